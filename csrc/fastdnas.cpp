@@ -1,0 +1,17 @@
+// The one schema block of the fastdnas op library; kernels register per dispatch key beside
+// each op, autograd and fake (meta) kernels from Python (fastdnas/ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing fastdnas._C loads this library and so runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastdnas, m) {
+  m.def("mixed_sum(Tensor[] inputs, Tensor weights) -> Tensor");
+  m.def("_mixed_sum_backward(Tensor grad, Tensor[] inputs, Tensor weights) -> (Tensor[], Tensor)");
+}

@@ -1,0 +1,48 @@
+// mixed_sum(inputs, weights) = sum_i weights[i] * inputs[i]: the node sum of a DARTS cell.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+#include "../common/checks.h"
+
+namespace fastdnas {
+
+// Kernels take the input pointers by value; 128 keeps both pointer tables of the backward
+// kernel inside the 4 KB parameter limit of older GPUs.
+constexpr int64_t kMaxMixedSumInputs = 128;
+
+inline void check_mixed_sum_args(at::TensorList inputs, const at::Tensor& weights) {
+  check_same_tensors(inputs, "mixed_sum", "inputs");
+  TORCH_CHECK(static_cast<int64_t>(inputs.size()) <= kMaxMixedSumInputs, "mixed_sum: inputs holds ", inputs.size(),
+              " tensors; at most ", kMaxMixedSumInputs, " are supported");
+  check_weight_vector(weights, static_cast<int64_t>(inputs.size()), inputs[0].device(), "mixed_sum", "weights",
+                      "one weight per input");
+}
+
+inline void check_mixed_sum_backward_args(const at::Tensor& grad, at::TensorList inputs, const at::Tensor& weights) {
+  check_mixed_sum_args(inputs, weights);
+  TORCH_CHECK(grad.defined() && grad.sizes() == inputs[0].sizes() && grad.scalar_type() == inputs[0].scalar_type() &&
+                  grad.device() == inputs[0].device(),
+              "_mixed_sum_backward: grad must match inputs[0] (shape ", inputs[0].sizes(), ", dtype ",
+              inputs[0].scalar_type(), ", device ", inputs[0].device(), ")");
+}
+
+// Contiguous views of the inputs (copies only where an input is not contiguous).
+inline std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(t.contiguous());
+  return out;
+}
+
+inline std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(at::empty_like(t, at::MemoryFormat::Contiguous));
+  return out;
+}
+
+}  // namespace fastdnas

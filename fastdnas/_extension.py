@@ -1,0 +1,33 @@
+"""Loads the compiled op library, explaining clearly why when it cannot."""
+import torch
+
+
+def _build_info():
+    try:
+        from . import _build_info
+
+        return _build_info
+    except ImportError:
+        return None
+
+
+def load():
+    try:
+        from . import _C  # noqa: F401  (registers the ops with torch.ops.fastdnas)
+    except ImportError as error:
+        info = _build_info()
+        if info is None:
+            reason = "it has not been built"
+        elif info.TORCH_VERSION != torch.__version__:
+            reason = f"it was built for torch {info.TORCH_VERSION} but torch {torch.__version__} is installed"
+        else:
+            reason = f"it failed to load: {error}"
+        raise ImportError(
+            f"fastdnas: the compiled extension fastdnas._C cannot be used: {reason}. "
+            "Build it from the repository root with: pip install --no-build-isolation -e ."
+        ) from error
+
+
+def cuda_kernels_built():
+    info = _build_info()
+    return bool(info and info.WITH_CUDA)
