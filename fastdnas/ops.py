@@ -41,9 +41,18 @@ def _check_mixed_sum_args(inputs, weights):
     )
     for i, x in enumerate(inputs):
         torch._check(
-            x.dtype == first.dtype and x.device == first.device and x.shape == first.shape,
-            lambda: f"mixed_sum: inputs[{i}] ({x.dtype}, {x.device}, {list(x.shape)}) does not match "
-            f"inputs[0] ({first.dtype}, {first.device}, {list(first.shape)})",
+            x.dtype == first.dtype,
+            lambda: f"mixed_sum: inputs[{i}] has dtype {x.dtype} but inputs[0] has dtype {first.dtype}; all must match",
+        )
+        torch._check(
+            x.device == first.device,
+            lambda: f"mixed_sum: inputs[{i}] is on {x.device} but inputs[0] is on {first.device}; "
+            "all must be on one device",
+        )
+        torch._check(
+            x.shape == first.shape,
+            lambda: f"mixed_sum: inputs[{i}] has shape {list(x.shape)} but inputs[0] has shape {list(first.shape)}; "
+            "all must match",
         )
     torch._check(
         weights.is_floating_point(), lambda: f"mixed_sum: weights must be a floating-point tensor, got {weights.dtype}"

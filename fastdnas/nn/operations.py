@@ -94,8 +94,13 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
+        if x.shape[-2] % 2 or x.shape[-1] % 2:
+            raise ValueError(
+                f"FactorizedReduce needs an even height and width, got {x.shape[-2]}x{x.shape[-1]} "
+                "(a reduction cell halves the resolution; use input sizes divisible by 4)"
+            )
         x = self.relu(x)
-        # The shifted branch sees odd rows/columns; both give ceil(H/2) outputs for even H.
+        # The shifted branch starts at the second row/column; for even sizes both give H/2 x W/2.
         out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
         return self.bn(out)
 

@@ -1,0 +1,88 @@
+"""MixedOp: the fused backend equals the original eager expression and never runs 'none'."""
+import pytest
+import torch
+
+from fastdnas.nn import OPS, PRIMITIVES, MixedOp, Zero
+from conftest import DEVICES, rel_err
+
+
+def run(op, x, alpha):
+    weights = torch.softmax(alpha, 0)
+    out = op(x, weights)
+    grads = torch.autograd.grad(out.square().sum(), [x, alpha, *op.parameters()])
+    return out, grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fused_equals_reference(stride, device):
+    C = 6
+    op = MixedOp(C, stride).double().to(device)
+    x = torch.randn(3, C, 10, 12, dtype=torch.float64, device=device, requires_grad=True)
+    alpha = torch.randn(len(PRIMITIVES), dtype=torch.float64, device=device, requires_grad=True)
+    fused_out, fused_grads = run(op, x, alpha)
+    op.backend = "reference"
+    ref_out, ref_grads = run(op, x, alpha)
+    assert rel_err(fused_out, ref_out) <= 1e-12
+    for got, want in zip(fused_grads, ref_grads):
+        assert rel_err(got, want) <= 1e-10
+
+
+def test_fused_never_computes_none(monkeypatch):
+    def fail(self, x):
+        raise AssertionError("the fused backend must not compute the 'none' op")
+
+    monkeypatch.setattr(Zero, "forward", fail)
+    op = MixedOp(4, 1)
+    out = op(torch.randn(2, 4, 5, 5), torch.softmax(torch.randn(8), 0))
+    assert out.shape == (2, 4, 5, 5)
+    op.backend = "reference"
+    with pytest.raises(AssertionError, match="must not compute"):
+        op(torch.randn(2, 4, 5, 5), torch.softmax(torch.randn(8), 0))
+
+
+def test_subset_of_primitives():
+    op = MixedOp(4, 1, primitives=["none", "skip_connect", "avg_pool_3x3"])
+    assert op.computed_indices == [1, 2]
+    x = torch.randn(2, 4, 5, 5)
+    w = torch.softmax(torch.randn(3), 0)
+    fused = op(x, w)
+    op.backend = "reference"
+    assert rel_err(fused, op(x, w)) <= 1e-6
+
+
+def test_search_mode_ops_have_no_affine_bn():
+    op = MixedOp(4, 1)
+    for module in op.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert not module.affine
+    # Pools are followed by BN in the search network.
+    assert isinstance(op._ops[PRIMITIVES.index("max_pool_3x3")][1], torch.nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(primitives=["conv_9x9"]), "unknown operation"),
+        (dict(primitives=[]), "at least one operation"),
+        (dict(primitives=["none"]), "other than 'none'"),
+        (dict(backend="cuda"), "backend must be one of"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MixedOp(4, 1, **kwargs)
+
+
+def test_odd_size_at_stride_2_raises_clearly():
+    with pytest.raises(ValueError, match="FactorizedReduce needs an even height and width"):
+        MixedOp(4, 2)(torch.randn(1, 4, 5, 6), torch.softmax(torch.randn(8), 0))
+
+
+def test_bad_weights_shape():
+    with pytest.raises(ValueError, match=r"weights must have shape \[8\]"):
+        MixedOp(4, 1)(torch.randn(1, 4, 3, 3), torch.ones(7))
+
+
+def test_ops_table_matches_primitives():
+    assert tuple(OPS) == PRIMITIVES
