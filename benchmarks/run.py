@@ -1,7 +1,7 @@
-"""The one entry of the benchmarks: runs everything that applies to this machine, prints one
-table and writes JSON.
+"""The one entry of the benchmarks: runs everything that applies to this machine, prints the
+tables and writes JSON.
 
-    python -m benchmarks.run [--out FILE] [--quick]
+    python -m benchmarks.run [--out FILE] [--quick] [--only kernels|steps]
 """
 import argparse
 import os
@@ -10,24 +10,34 @@ import torch
 
 from .common import machine, print_table, write_json
 from .kernels import CASES, bench_mixed_sum
+from .search_step import bench_search_step
 
-COLUMNS = ["op", "K", "shape", "dtype", "device", "reference_ms", "fused_ms", "speedup", "fused_GBps", "copy_GBps",
-           "fraction_of_copy"]
+KERNEL_COLUMNS = ["op", "K", "shape", "dtype", "device", "reference_ms", "fused_ms", "speedup", "fused_GBps",
+                  "copy_GBps", "fraction_of_copy"]
+STEP_COLUMNS = ["op", "shape", "device", "backend", "step_ms", "speedup", "saved_MB", "saved_ratio", "peak_MB"]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="JSON output (default benchmarks/results/<device>-<date>.json)")
     parser.add_argument("--quick", action="store_true", help="smaller cases and shorter timing, for a smoke run")
+    parser.add_argument("--only", choices=["kernels", "steps"], help="run one section only")
     args = parser.parse_args(argv)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    cases = CASES[:1] if args.quick else CASES
     min_run_time = 0.2 if args.quick else 1.0
-    results = []
+    results = {"kernels": [], "steps": []}
     for device in devices:
-        results += bench_mixed_sum(device, cases=cases, min_run_time=min_run_time)
-    print_table(results, COLUMNS)
+        if args.only in (None, "kernels"):
+            results["kernels"] += bench_mixed_sum(device, cases=CASES[:1] if args.quick else CASES,
+                                                  min_run_time=min_run_time)
+        if args.only in (None, "steps"):
+            small = dict(C=8, layers=5, image_size=16, batch=8) if args.quick else {}
+            results["steps"] += bench_search_step(device, min_run_time=2 * min_run_time, **small)
+    for section, columns in (("kernels", KERNEL_COLUMNS), ("steps", STEP_COLUMNS)):
+        if results[section]:
+            print()
+            print_table(results[section], columns)
     info = machine(devices[-1])
     name = info.get("gpu", "cpu").replace(" ", "_")
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"{name}-{info['date']}.json")

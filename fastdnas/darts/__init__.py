@@ -1,0 +1,35 @@
+"""DARTS: the cell search space of Liu et al. (search network, genotype, final network, interop)."""
+from .final_network import FinalNetwork, drop_path
+from .genotype import (
+    DARTS_V1,
+    DARTS_V2,
+    Genotype,
+    genotype_from_dict,
+    genotype_from_json,
+    genotype_from_text,
+    genotype_to_dict,
+    genotype_to_json,
+    load_genotype,
+    save_genotype,
+)
+from .interop import convert_state_dict, search_config_from_state_dict
+from .search_network import SearchCell, SearchNetwork
+
+__all__ = [
+    "DARTS_V1",
+    "DARTS_V2",
+    "FinalNetwork",
+    "Genotype",
+    "SearchCell",
+    "SearchNetwork",
+    "convert_state_dict",
+    "drop_path",
+    "genotype_from_dict",
+    "genotype_from_json",
+    "genotype_from_text",
+    "genotype_to_dict",
+    "genotype_to_json",
+    "load_genotype",
+    "save_genotype",
+    "search_config_from_state_dict",
+]

@@ -1,0 +1,203 @@
+"""DARTS search and final networks: backends agree, parameters are split right, shapes hold."""
+import pytest
+import torch
+
+import fastdnas.ops
+from fastdnas.darts import DARTS_V2, FinalNetwork, Genotype, SearchNetwork, drop_path
+from fastdnas.darts.final_network import FinalCell
+from fastdnas.nn import MixedOp
+from conftest import DEVICES, rel_err
+
+
+def small_network(backend="fused", **kwargs):
+    # layers=3 puts reduction cells at 1 and 2, so a cell follows a reduction cell too.
+    args = dict(C=4, num_classes=5, layers=3, backend=backend)
+    args.update(kwargs)
+    net = SearchNetwork(**args).double()
+    with torch.no_grad():  # random, not tiny: softmax far from uniform
+        for alphas in net.arch_parameters():
+            alphas.copy_(torch.randn_like(alphas))
+    return net
+
+
+def logits_and_grads(net, x, probe):
+    net.zero_grad(set_to_none=True)
+    logits = net(x)
+    (logits * probe).sum().backward()
+    return logits.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [(8, 8), (8, 12)])
+def test_fused_and_reference_backends_agree(size, device):
+    torch.manual_seed(0)
+    net = small_network().to(device)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
+    probe = torch.randn(2, 5, dtype=torch.float64, device=device)
+    fused_logits, fused_grads = logits_and_grads(net, x, probe)
+    net.backend = "reference"
+    ref_logits, ref_grads = logits_and_grads(net, x, probe)
+    assert rel_err(fused_logits, ref_logits) <= 1e-10
+    assert fused_grads.keys() == ref_grads.keys()
+    assert {"alphas_normal", "alphas_reduce"} <= fused_grads.keys()
+    for name in ref_grads:
+        assert rel_err(fused_grads[name], ref_grads[name]) <= 1e-10, name
+
+
+def test_fused_backend_makes_one_kernel_call_per_node(monkeypatch):
+    calls = []
+    original = fastdnas.ops.mixed_sum
+
+    def counting_mixed_sum(inputs, weights):
+        calls.append(len(inputs))
+        return original(inputs, weights)
+
+    monkeypatch.setattr(fastdnas.ops, "mixed_sum", counting_mixed_sum)
+    net = SearchNetwork(C=4, num_classes=5, layers=3, steps=4)
+    net(torch.randn(2, 3, 8, 8))
+    # 4 nodes per cell; node i sums 2 + i edges of 7 computed ops each ('none' is skipped).
+    assert calls == [7 * (2 + i) for i in range(4)] * 3
+
+
+def test_nodes_wider_than_one_kernel_call_are_summed_in_chunks(monkeypatch):
+    # Only nodes with more than 128 inputs (many steps) need chunks; a small limit shows the path.
+    monkeypatch.setattr(fastdnas.ops, "MAX_MIXED_SUM_INPUTS", 5)
+    torch.manual_seed(2)
+    net = small_network(steps=2, multiplier=2)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    fused = net(x)
+    net.backend = "reference"
+    assert rel_err(fused, net(x)) <= 1e-10
+
+
+def test_state_dict_runs_on_either_backend():
+    torch.manual_seed(1)
+    fused = small_network("fused", steps=2, multiplier=2)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    fused(x)  # moves the BatchNorm running statistics away from their initial values
+    reference = SearchNetwork(C=4, num_classes=5, layers=3, steps=2, multiplier=2, backend="reference").double()
+    reference.load_state_dict(fused.state_dict())
+    fused.eval()
+    reference.eval()
+    assert rel_err(fused(x), reference(x)) <= 1e-10
+
+
+def test_backend_switch_reaches_every_mixed_op():
+    net = SearchNetwork(C=4, num_classes=5, layers=3)
+    mixed_ops = [m for m in net.modules() if isinstance(m, MixedOp)]
+    assert len(mixed_ops) == 3 * 14
+    assert all(m.backend == "fused" for m in mixed_ops)
+    net.backend = "reference"
+    assert net.backend == "reference"
+    assert all(m.backend == "reference" for m in mixed_ops)
+    with pytest.raises(ValueError, match="backend"):
+        net.backend = "cuda"
+    with pytest.raises(ValueError, match="backend"):
+        SearchNetwork(C=4, layers=3, backend="eager")
+
+
+def test_weight_parameter_count_of_the_darts_search_network():
+    net = SearchNetwork(16, 10, 8)
+    assert sum(p.numel() for p in net.weight_parameters()) == 1_930_618
+
+
+def test_arch_and_weight_parameters_partition_the_parameters():
+    net = SearchNetwork(C=4, num_classes=5, layers=3)
+    arch = net.arch_parameters()
+    weights = net.weight_parameters()
+    assert arch == [net.alphas_normal, net.alphas_reduce]
+    assert all(isinstance(a, torch.nn.Parameter) and a.shape == (14, 8) for a in arch)
+    assert all(a.abs().max() < 0.01 for a in arch)  # 1e-3 * randn
+    ids = [id(p) for p in arch + weights]
+    assert len(set(ids)) == len(ids)
+    assert set(ids) == {id(p) for p in net.parameters()}
+
+
+def test_search_network_shapes_and_bad_arguments():
+    net = SearchNetwork(C=4, num_classes=7, layers=2, steps=3, multiplier=2, in_channels=1)
+    assert net.alphas_normal.shape == (2 + 3 + 4, 8)
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 7)
+    with pytest.raises(ValueError, match="multiplier"):
+        SearchNetwork(C=4, layers=3, steps=2, multiplier=3)
+    with pytest.raises(ValueError, match="layers"):
+        SearchNetwork(C=4, layers=0)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        net.cells[0](torch.randn(1, 12, 8, 8), torch.randn(1, 12, 8, 8), torch.randn(14, 8))
+
+
+def test_genotype_of_the_search_network():
+    net = SearchNetwork(C=4, num_classes=5, layers=3)
+    with torch.no_grad():
+        net.alphas_normal.zero_()
+        net.alphas_normal[:, 4] = 1.0  # sep_conv_3x3 everywhere; ties keep the lower states
+    genotype = net.genotype()
+    assert genotype.normal == [("sep_conv_3x3", 0), ("sep_conv_3x3", 1)] * 4
+    assert genotype.normal_concat == range(2, 6)
+    assert repr(genotype).startswith("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ")
+    assert "normal_concat=range(2, 6), reduce=[(" in repr(genotype)
+
+
+@pytest.mark.parametrize("size", [8, 32])  # 8: adaptive auxiliary pooling; 32: the original 8x8 head
+def test_final_network_shapes(size):
+    torch.manual_seed(0)
+    net = FinalNetwork(4, 10, 3, DARTS_V2, auxiliary=True, drop_path_prob=0.2)
+    x = torch.randn(2, 3, size, size)
+    logits, logits_aux = net(x)
+    assert logits.shape == (2, 10) and logits_aux.shape == (2, 10)
+    net.eval()
+    logits, logits_aux = net(x)
+    assert logits.shape == (2, 10) and logits_aux is None
+    logits, logits_aux = FinalNetwork(4, 10, 3, DARTS_V2)(x)
+    assert logits.shape == (2, 10) and logits_aux is None
+
+
+def test_final_network_parameter_count_of_darts_v2():
+    # DARTS_V2 at C=36, 20 layers: the 3.3M of the paper (the original training log says 3.349342 MB).
+    with torch.device("meta"):
+        net = FinalNetwork(36, 10, 20, DARTS_V2, auxiliary=True)
+    assert sum(p.numel() for name, p in net.named_parameters() if "auxiliary" not in name) == 3_349_342
+
+
+def test_drop_path_acts_in_training_only():
+    torch.manual_seed(0)
+    net = FinalNetwork(4, 10, 3, DARTS_V2, drop_path_prob=0.5)
+    x = torch.randn(4, 3, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        dropped_eval = net(x)[0]
+        net.drop_path_prob = 0.0
+        assert torch.equal(dropped_eval, net(x)[0])
+        net.train()
+        clean_train = net(x)[0]
+        net.drop_path_prob = 0.5
+        assert not torch.allclose(net(x)[0], clean_train)
+
+
+def test_drop_path_never_drops_identity_edges():
+    skip_only = Genotype(normal=[("skip_connect", 0), ("skip_connect", 1)] * 2, normal_concat=[2, 3],
+                         reduce=[("skip_connect", 0), ("skip_connect", 1)] * 2, reduce_concat=[2, 3])
+    cell = FinalCell(skip_only, 6, 6, 4, reduction=False, reduction_prev=False)
+    s0, s1 = torch.randn(3, 6, 4, 4), torch.randn(3, 6, 4, 4)
+    assert torch.equal(cell(s0, s1, 0.9), cell(s0, s1, 0.0))
+
+
+def test_drop_path_keeps_the_expectation():
+    torch.manual_seed(0)
+    x = torch.ones(10000, 1, 1, 1, dtype=torch.float64)
+    out = drop_path(x, 0.25)
+    assert set(out.flatten().tolist()) == {0.0, 1 / 0.75}
+    assert abs(out.mean().item() - 1.0) < 0.05
+
+
+def test_final_network_rejects_bad_genotypes():
+    unknown_op = DARTS_V2._replace(normal=[("sep_conv_7x7", 0)] + DARTS_V2.normal[1:])
+    with pytest.raises(ValueError, match="sep_conv_7x7"):
+        FinalNetwork(4, 10, 3, unknown_op)
+    future_state = DARTS_V2._replace(reduce=[("max_pool_3x3", 2)] + DARTS_V2.reduce[1:])
+    with pytest.raises(ValueError, match="node 0 cannot take state 2"):
+        FinalNetwork(4, 10, 3, future_state)
+    odd = DARTS_V2._replace(normal=DARTS_V2.normal[:3])
+    with pytest.raises(ValueError, match="two"):
+        FinalNetwork(4, 10, 3, odd)
+    with pytest.raises(ValueError, match="concat"):
+        FinalNetwork(4, 10, 3, DARTS_V2._replace(normal_concat=[2, 3, 4, 6]))
