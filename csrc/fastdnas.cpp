@@ -14,4 +14,8 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(fastdnas, m) {
   m.def("mixed_sum(Tensor[] inputs, Tensor weights) -> Tensor");
   m.def("_mixed_sum_backward(Tensor grad, Tensor[] inputs, Tensor weights) -> (Tensor[], Tensor)");
+  m.def("trellis_aggregate(Tensor[] blocks, int num_cells, Tensor betas) -> Tensor");
+  m.def("_trellis_aggregate_backward(Tensor grad, Tensor[] blocks, int num_cells, Tensor betas) -> (Tensor[], Tensor)");
+  m.def("resize_sum(Tensor[] inputs, SymInt[] size, Tensor? weights=None) -> Tensor");
+  m.def("_resize_sum_backward(Tensor grad, Tensor[] inputs, Tensor? weights) -> (Tensor[], Tensor)");
 }

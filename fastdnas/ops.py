@@ -95,3 +95,250 @@ def _mixed_sum_backward(ctx, grad):
 torch.library.register_autograd(
     "fastdnas::mixed_sum", _mixed_sum_backward, setup_context=_mixed_sum_setup_context
 )
+
+
+# --- trellis_aggregate: the Auto-DeepLab node sum ---------------------------------------------
+
+MAX_TRELLIS_CELLS = 3  # csrc/trellis/trellis_aggregate.h
+MAX_TRELLIS_BLOCKS_PER_CELL = 32  # csrc/trellis/trellis_aggregate.h
+
+
+def trellis_aggregate(cells: Sequence[Sequence[Tensor]], betas: Tensor) -> Tensor:
+    """``torch.cat([sum_t betas[t] * cells[t][b] for b in range(B)], dim=1)`` in one fused kernel.
+
+    Args:
+        cells: T (1 to 3) cell evaluations, one per incoming transition, each the list of its B
+            block outputs [N, C, H, W]; all T*B tensors share shape, dtype (float64, float32,
+            float16 or bfloat16) and device. Non-contiguous tensors are accepted.
+        betas: a floating tensor of shape [T] on the same device.
+
+    Returns [N, B*C, H, W]: block b's channel slice holds ``sum_t betas[t] * cells[t][b]``,
+    written straight into the concatenated output. Half inputs accumulate in float32. The
+    backward pass is one fused kernel giving ``betas[t] * grad slice b`` for every block and
+    ``sum_b sum(grad slice b * cells[t][b])`` for every beta (a deterministic reduction).
+    """
+    cells = [list(cell) for cell in cells]
+    if not 1 <= len(cells) <= MAX_TRELLIS_CELLS:
+        raise ValueError(
+            f"trellis_aggregate: cells must hold 1 to {MAX_TRELLIS_CELLS} cell evaluations "
+            f"(one per incoming transition), got {len(cells)}"
+        )
+    if not cells[0]:
+        raise ValueError("trellis_aggregate: cells[0] holds no block outputs")
+    for t, cell in enumerate(cells):
+        if len(cell) != len(cells[0]):
+            raise ValueError(
+                f"trellis_aggregate: cells[{t}] holds {len(cell)} blocks but cells[0] holds {len(cells[0])}; "
+                "every cell evaluation must give the same number of blocks"
+            )
+    # The schema takes one flat list, cell-major: blocks[t * B + b] = cells[t][b].
+    return torch.ops.fastdnas.trellis_aggregate([block for cell in cells for block in cell], len(cells), betas)
+
+
+def _check_trellis_aggregate_args(blocks, num_cells, betas):
+    """Mirrors csrc/trellis/trellis_aggregate.h; returns the number of blocks per cell."""
+    op = "trellis_aggregate"
+    torch._check(
+        1 <= num_cells <= MAX_TRELLIS_CELLS,
+        lambda: f"{op}: cells must hold 1 to {MAX_TRELLIS_CELLS} cell evaluations (one per incoming transition), "
+        f"got {num_cells}",
+    )
+    torch._check(
+        len(blocks) > 0 and len(blocks) % num_cells == 0,
+        lambda: f"{op}: blocks holds {len(blocks)} tensors, not a positive multiple of num_cells={num_cells}; "
+        "every cell evaluation must give the same number of blocks",
+    )
+    B = len(blocks) // num_cells
+    torch._check(
+        B <= MAX_TRELLIS_BLOCKS_PER_CELL,
+        lambda: f"{op}: each cell gives {B} blocks; at most {MAX_TRELLIS_BLOCKS_PER_CELL} are supported",
+    )
+    first = blocks[0]
+    torch._check(
+        first.dtype in _SUPPORTED_DTYPES,
+        lambda: f"{op}: cells must be float64, float32, float16 or bfloat16, got {first.dtype}",
+    )
+    torch._check(first.dim() == 4, lambda: f"{op}: cells[0][0] must be 4-D [N, C, H, W], got shape {list(first.shape)}")
+    for i, x in enumerate(blocks):
+        name = f"cells[{i // B}][{i % B}]"
+        torch._check(
+            x.dtype == first.dtype,
+            lambda: f"{op}: {name} has dtype {x.dtype} but cells[0][0] has dtype {first.dtype}; all must match",
+        )
+        torch._check(
+            x.device == first.device,
+            lambda: f"{op}: {name} is on {x.device} but cells[0][0] is on {first.device}; all must be on one device",
+        )
+        torch._check(
+            x.shape == first.shape,
+            lambda: f"{op}: {name} has shape {list(x.shape)} but cells[0][0] has shape {list(first.shape)}; "
+            "all must match",
+        )
+    _check_weight_vector(betas, num_cells, first.device, op, "betas", "one weight per cell evaluation")
+    return B
+
+
+def _check_weight_vector(weights, length, device, op, what, length_meaning):
+    # Mirrors check_weight_vector in csrc/common/checks.h.
+    torch._check(
+        weights.is_floating_point(), lambda: f"{op}: {what} must be a floating-point tensor, got {weights.dtype}"
+    )
+    torch._check(
+        weights.dim() == 1 and weights.shape[0] == length,
+        lambda: f"{op}: {what} must have shape [{length}] ({length_meaning}), got {list(weights.shape)}",
+    )
+    torch._check(
+        weights.device == device,
+        lambda: f"{op}: {what} is on {weights.device} but the inputs are on {device}; they must be on one device",
+    )
+
+
+def _trellis_output_shape(block, blocks_per_cell):
+    N, C, H, W = block.shape
+    return (N, blocks_per_cell * C, H, W)
+
+
+@torch.library.register_fake("fastdnas::trellis_aggregate")
+def _trellis_aggregate_fake(blocks, num_cells, betas):
+    B = _check_trellis_aggregate_args(blocks, num_cells, betas)
+    return blocks[0].new_empty(_trellis_output_shape(blocks[0], B))
+
+
+@torch.library.register_fake("fastdnas::_trellis_aggregate_backward")
+def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas):
+    B = _check_trellis_aggregate_args(blocks, num_cells, betas)
+    shape = _trellis_output_shape(blocks[0], B)
+    torch._check(
+        grad.shape == shape and grad.dtype == blocks[0].dtype and grad.device == blocks[0].device,
+        lambda: f"_trellis_aggregate_backward: grad must have shape {list(shape)}, dtype {blocks[0].dtype} "
+        f"and device {blocks[0].device}",
+    )
+    grad_blocks = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in blocks]
+    return grad_blocks, torch.empty_like(betas, memory_format=torch.contiguous_format)
+
+
+def _trellis_aggregate_setup_context(ctx, inputs, output):
+    blocks, num_cells, betas = inputs
+    ctx.num_cells = num_cells
+    ctx.save_for_backward(*blocks, betas)
+
+
+def _trellis_aggregate_backward(ctx, grad):
+    *blocks, betas = ctx.saved_tensors
+    grad_blocks, grad_betas = torch.ops.fastdnas._trellis_aggregate_backward(grad, blocks, ctx.num_cells, betas)
+    return list(grad_blocks), None, grad_betas
+
+
+torch.library.register_autograd(
+    "fastdnas::trellis_aggregate", _trellis_aggregate_backward, setup_context=_trellis_aggregate_setup_context
+)
+
+
+# --- resize_sum: a weighted sum of bilinear resizes --------------------------------------------
+
+MAX_RESIZE_SUM_INPUTS = 32  # csrc/trellis/resize_sum.h
+
+
+def resize_sum(inputs: Sequence[Tensor], size: Sequence[int], weights: Tensor | None = None) -> Tensor:
+    """``sum_i weights[i] * F.interpolate(inputs[i], size, mode="bilinear", align_corners=False)``
+    in one fused kernel.
+
+    Args:
+        inputs: K >= 1 (at most 32) tensors [N, C, H_i, W_i] of any heights and widths, sharing
+            N, C, dtype (float64, float32, float16 or bfloat16) and device.
+        size: the output (height, width), two positive ints.
+        weights: a floating tensor of shape [K] on the same device; ones when None.
+
+    Resizing up or down follows PyTorch's bilinear source indices exactly (no antialias). Half
+    inputs accumulate in float32. The backward pass gives each input the adjoint of its resize
+    (gathered per input pixel: deterministic, no atomics) and each weight
+    ``sum(grad * resized input)``, in one pass per input.
+    """
+    inputs = list(inputs)
+    if not inputs:  # with no tensor and no weights the dispatcher could not pick a kernel
+        raise ValueError("resize_sum: inputs must hold at least one tensor, got an empty list")
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"resize_sum: size must be 2 positive ints (height, width), got {size!r}")
+    for s in size:
+        if isinstance(s, bool) or not isinstance(s, (int, torch.SymInt)) or (isinstance(s, int) and s <= 0):
+            raise ValueError(f"resize_sum: size must be 2 positive ints (height, width), got {size!r}")
+    return torch.ops.fastdnas.resize_sum(inputs, list(size), weights)
+
+
+def _check_resize_sum_args(inputs, size, weights):
+    """Mirrors csrc/trellis/resize_sum.h."""
+    op = "resize_sum"
+    torch._check(len(inputs) > 0, lambda: f"{op}: inputs must hold at least one tensor, got an empty list")
+    torch._check(
+        len(inputs) <= MAX_RESIZE_SUM_INPUTS,
+        lambda: f"{op}: inputs holds {len(inputs)} tensors; at most {MAX_RESIZE_SUM_INPUTS} are supported",
+    )
+    first = inputs[0]
+    torch._check(
+        first.dtype in _SUPPORTED_DTYPES,
+        lambda: f"{op}: inputs must be float64, float32, float16 or bfloat16, got {first.dtype}",
+    )
+    for i, x in enumerate(inputs):
+        torch._check(
+            x.dim() == 4 and x.shape[2] > 0 and x.shape[3] > 0,
+            lambda: f"{op}: inputs[{i}] must be 4-D [N, C, H, W] with H, W > 0, got shape {list(x.shape)}",
+        )
+        torch._check(
+            x.dtype == first.dtype,
+            lambda: f"{op}: inputs[{i}] has dtype {x.dtype} but inputs[0] has dtype {first.dtype}; all must match",
+        )
+        torch._check(
+            x.device == first.device,
+            lambda: f"{op}: inputs[{i}] is on {x.device} but inputs[0] is on {first.device}; "
+            "all must be on one device",
+        )
+        torch._check(
+            x.shape[:2] == first.shape[:2],
+            lambda: f"{op}: inputs[{i}] has shape {list(x.shape)} but inputs[0] has shape {list(first.shape)}; "
+            "N and C must match",
+        )
+    torch._check(
+        len(size) == 2 and size[0] > 0 and size[1] > 0,
+        lambda: f"{op}: size must be 2 positive ints (height, width), got {list(size)}",
+    )
+    if weights is not None:
+        _check_weight_vector(weights, len(inputs), first.device, op, "weights", "one weight per input")
+
+
+@torch.library.register_fake("fastdnas::resize_sum")
+def _resize_sum_fake(inputs, size, weights=None):
+    _check_resize_sum_args(inputs, size, weights)
+    N, C = inputs[0].shape[:2]
+    return inputs[0].new_empty((N, C, size[0], size[1]))
+
+
+@torch.library.register_fake("fastdnas::_resize_sum_backward")
+def _resize_sum_backward_fake(grad, inputs, weights):
+    torch._check(grad.dim() == 4, lambda: "_resize_sum_backward: grad must be 4-D [N, C, H, W]")
+    _check_resize_sum_args(inputs, grad.shape[2:], weights)
+    first = inputs[0]
+    torch._check(
+        grad.shape[:2] == first.shape[:2] and grad.dtype == first.dtype and grad.device == first.device,
+        lambda: f"_resize_sum_backward: grad must have N={first.shape[0]}, C={first.shape[1]}, dtype {first.dtype} "
+        f"and device {first.device}",
+    )
+    grad_inputs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
+    grad_weights_dtype = weights.dtype if weights is not None else grad.dtype
+    return grad_inputs, grad.new_empty((len(inputs),), dtype=grad_weights_dtype)
+
+
+def _resize_sum_setup_context(ctx, inputs, output):
+    tensors, _size, weights = inputs
+    ctx.has_weights = weights is not None
+    ctx.save_for_backward(*tensors, weights)
+
+
+def _resize_sum_backward(ctx, grad):
+    *tensors, weights = ctx.saved_tensors
+    grad_inputs, grad_weights = torch.ops.fastdnas._resize_sum_backward(grad, tensors, weights)
+    return list(grad_inputs), None, grad_weights if ctx.has_weights else None
+
+
+torch.library.register_autograd(
+    "fastdnas::resize_sum", _resize_sum_backward, setup_context=_resize_sum_setup_context
+)

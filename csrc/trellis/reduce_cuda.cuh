@@ -1,0 +1,65 @@
+// Deterministic two-stage reductions for the trellis kernels: each block writes its partial
+// sums in a fixed order, then one block per sum adds the partials in a fixed tree order.
+#pragma once
+
+#include <cstdint>
+
+namespace fastdnas {
+namespace trellis_cuda {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+// Backward grids depend only on the element count, never on the device, so the reduction
+// order (and so the weight gradients) is the same on every GPU.
+constexpr int64_t kMaxBackwardBlocks = 1024;
+
+inline int64_t grid_for(int64_t n, int64_t max_blocks) {
+  const int64_t needed = (n + kThreads - 1) / kThreads;
+  return needed < 1 ? 1 : (needed < max_blocks ? needed : max_blocks);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+  // Fixed butterfly order: deterministic.
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sums each thread's values[j] (j < count) over a kThreads block into out[j * out_stride], in
+// a fixed order. Every thread of the block must call it.
+template <typename acc_t, int kMaxCount>
+__device__ void block_sums(const acc_t (&values)[kMaxCount], int count, acc_t* out, int64_t out_stride) {
+  __shared__ acc_t warp_partials[kMaxCount][kWarps];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int j = 0; j < kMaxCount; ++j) {
+    const acc_t v = warp_sum(values[j]);
+    if (lane == 0) warp_partials[j][warp] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < count) {
+    acc_t sum = 0;
+    for (int w = 0; w < kWarps; ++w) sum += warp_partials[threadIdx.x][w];
+    out[threadIdx.x * out_stride] = sum;
+  }
+}
+
+// sums[k] = sum over rows of partials[row, k] (partials is [rows, K]); launch K blocks of kThreads.
+template <typename acc_t>
+__global__ void sum_partials_kernel(const acc_t* __restrict__ partials, int64_t rows, int K, acc_t* __restrict__ sums) {
+  __shared__ acc_t shared[kThreads];
+  const int k = blockIdx.x;
+  acc_t v = 0;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) v += partials[r * K + k];
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width) shared[threadIdx.x] += shared[threadIdx.x + width];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) sums[k] = shared[0];
+}
+
+}  // namespace trellis_cuda
+}  // namespace fastdnas
