@@ -54,17 +54,7 @@ def _check_mixed_sum_args(inputs, weights):
             lambda: f"mixed_sum: inputs[{i}] has shape {list(x.shape)} but inputs[0] has shape {list(first.shape)}; "
             "all must match",
         )
-    torch._check(
-        weights.is_floating_point(), lambda: f"mixed_sum: weights must be a floating-point tensor, got {weights.dtype}"
-    )
-    torch._check(
-        weights.dim() == 1 and weights.shape[0] == len(inputs),
-        lambda: f"mixed_sum: weights must have shape [{len(inputs)}] (one weight per input), got {list(weights.shape)}",
-    )
-    torch._check(
-        weights.device == first.device,
-        lambda: f"mixed_sum: weights is on {weights.device} but the inputs are on {first.device}",
-    )
+    _check_weight_vector(weights, len(inputs), first.device, "mixed_sum", "weights", "one weight per input")
 
 
 @torch.library.register_fake("fastdnas::mixed_sum")

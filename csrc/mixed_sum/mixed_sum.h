@@ -30,19 +30,4 @@ inline void check_mixed_sum_backward_args(const at::Tensor& grad, at::TensorList
               inputs[0].scalar_type(), ", device ", inputs[0].device(), ")");
 }
 
-// Contiguous views of the inputs (copies only where an input is not contiguous).
-inline std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
-  std::vector<at::Tensor> out;
-  out.reserve(tensors.size());
-  for (const auto& t : tensors) out.push_back(t.contiguous());
-  return out;
-}
-
-inline std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& tensors) {
-  std::vector<at::Tensor> out;
-  out.reserve(tensors.size());
-  for (const auto& t : tensors) out.push_back(at::empty_like(t, at::MemoryFormat::Contiguous));
-  return out;
-}
-
 }  // namespace fastdnas

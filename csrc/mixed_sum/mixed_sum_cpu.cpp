@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "../common/element_math.h"
+#include "../common/reduce_cpu.h"
+#include "../common/tensor_lists.h"
 #include "mixed_sum.h"
 
 namespace fastdnas {
@@ -19,15 +21,6 @@ constexpr int64_t kForwardBlock = 1024;
 // Elements per chunk of the backward reduction. Fixed (not derived from the thread count) so
 // the weight gradients are bitwise identical however many threads run.
 constexpr int64_t kBackwardChunk = 4096;
-// Independent partial sums per chunk, so the dot products vectorise without reassociation.
-constexpr int kLanes = 16;
-
-template <typename scalar_t>
-std::vector<const scalar_t*> data_pointers(const std::vector<at::Tensor>& tensors) {
-  std::vector<const scalar_t*> ptrs;
-  for (const auto& t : tensors) ptrs.push_back(t.const_data_ptr<scalar_t>());
-  return ptrs;
-}
 
 at::Tensor mixed_sum_cpu(at::TensorList inputs_arg, const at::Tensor& weights_arg) {
   check_mixed_sum_args(inputs_arg, weights_arg);
@@ -77,8 +70,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
     const at::Tensor weights = weights_arg.to(acc_dtype).contiguous();
     const acc_t* w = weights.const_data_ptr<acc_t>();
     const auto x = data_pointers<scalar_t>(inputs);
-    std::vector<scalar_t*> gx;
-    for (auto& t : grad_inputs) gx.push_back(t.mutable_data_ptr<scalar_t>());
+    const auto gx = mutable_data_pointers<scalar_t>(grad_inputs);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
     const int64_t chunks = (n + kBackwardChunk - 1) / kBackwardChunk;
@@ -91,34 +83,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
         const int64_t start = c * kBackwardChunk;
         const int64_t len = std::min(kBackwardChunk, n - start);
         for (int64_t j = 0; j < len; ++j) g_acc[j] = static_cast<acc_t>(g[start + j]);
-        for (int64_t k = 0; k < K; ++k) {
-          const scalar_t* xk = x[k] + start;
-          scalar_t* gxk = gx[k] + start;
-          const acc_t wk = w[k];
-          acc_t lanes[kLanes] = {};
-          int64_t j = 0;
-          for (; j + kLanes <= len; j += kLanes) {
-            for (int l = 0; l < kLanes; ++l) {
-              gxk[j + l] = scaled_gradient<scalar_t>(wk, g_acc[j + l]);
-              lanes[l] = accumulate_product(lanes[l], g_acc[j + l], xk[j + l]);
-            }
-          }
-          for (int l = 0; j < len; ++j, ++l) {
-            gxk[j] = scaled_gradient<scalar_t>(wk, g_acc[j]);
-            lanes[l] = accumulate_product(lanes[l], g_acc[j], xk[j]);
-          }
-          acc_t sum = 0;
-          for (int l = 0; l < kLanes; ++l) sum += lanes[l];
-          partial[c * K + k] = sum;
-        }
+        for (int64_t k = 0; k < K; ++k)
+          partial[c * K + k] = scale_and_dot(w[k], g_acc, x[k] + start, gx[k] + start, len);
       }
     });
-    // Chunks are summed serially in index order: deterministic.
-    at::Tensor sums = at::zeros({K}, weights.options());
-    acc_t* sum = sums.mutable_data_ptr<acc_t>();
-    for (int64_t c = 0; c < chunks; ++c)
-      for (int64_t k = 0; k < K; ++k) sum[k] += partial[c * K + k];
-    grad_weights = sums.to(weights_arg.scalar_type());
+    grad_weights = sum_chunk_partials<acc_t>(partials, chunks).to(weights_arg.scalar_type());
   });
   return {grad_inputs, grad_weights};
 }

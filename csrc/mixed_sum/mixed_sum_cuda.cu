@@ -7,22 +7,20 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "../common/element_math.h"
+#include "../common/reduce_cuda.cuh"
+#include "../common/tensor_lists.h"
 #include "mixed_sum.h"
 
 namespace fastdnas {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+using namespace cuda_reduce;
+
 // Inputs handled per sweep of the backward kernel: their partial sums live in registers.
 constexpr int kGroup = 8;
-// The backward grid depends only on the element count, never on the device, so the reduction
-// order (and so the weight gradient) is the same on every GPU.
-constexpr int64_t kMaxBackwardBlocks = 1024;
 
 template <typename T>
 struct PointerTable {
@@ -34,10 +32,6 @@ PointerTable<T> pointer_table(const std::vector<at::Tensor>& tensors) {
   PointerTable<T> table{};
   for (size_t k = 0; k < tensors.size(); ++k) table.ptr[k] = static_cast<T>(tensors[k].data_ptr());
   return table;
-}
-
-int64_t grid_for(int64_t n, int64_t max_blocks) {
-  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, max_blocks));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -54,13 +48,6 @@ __global__ void mixed_sum_forward_kernel(PointerTable<const scalar_t*> inputs, c
   }
 }
 
-template <typename acc_t>
-__device__ acc_t warp_sum(acc_t v) {
-  // Fixed butterfly order: deterministic.
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // grad_inputs[k] = w[k] * grad, and per block partial sums of grad * inputs[k] into
 // partials[block, k]; grad is read once per group of kGroup inputs.
 template <typename scalar_t, typename acc_t>
@@ -68,12 +55,9 @@ __global__ void mixed_sum_backward_kernel(const scalar_t* __restrict__ grad, Poi
                                           PointerTable<scalar_t*> grad_inputs, const acc_t* __restrict__ weights,
                                           int K, int64_t n, acc_t* __restrict__ partials) {
   __shared__ acc_t w[kMaxMixedSumInputs];
-  __shared__ acc_t warp_partials[kGroup][kWarps];
   for (int k = threadIdx.x; k < K; k += blockDim.x) w[k] = weights[k];
   __syncthreads();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
   for (int k0 = 0; k0 < K; k0 += kGroup) {
     acc_t acc[kGroup];
 #pragma unroll
@@ -89,36 +73,8 @@ __global__ void mixed_sum_backward_kernel(const scalar_t* __restrict__ grad, Poi
         }
       }
     }
-#pragma unroll
-    for (int j = 0; j < kGroup; ++j) {
-      const acc_t v = warp_sum(acc[j]);
-      if (lane == 0) warp_partials[j][warp] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x < kGroup && k0 + threadIdx.x < K) {
-      acc_t sum = 0;
-      for (int v = 0; v < kWarps; ++v) sum += warp_partials[threadIdx.x][v];
-      partials[static_cast<int64_t>(blockIdx.x) * K + k0 + threadIdx.x] = sum;
-    }
-    __syncthreads();
+    block_sums(acc, min(kGroup, K - k0), partials + static_cast<int64_t>(blockIdx.x) * K + k0, 1);
   }
-}
-
-// grad_weights[k] = sum over blocks of partials[block, k]; one block per k, fixed tree order.
-template <typename acc_t>
-__global__ void sum_partials_kernel(const acc_t* __restrict__ partials, int64_t blocks, int K,
-                                    acc_t* __restrict__ sums) {
-  __shared__ acc_t shared[kThreads];
-  const int k = blockIdx.x;
-  acc_t v = 0;
-  for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) v += partials[b * K + k];
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (threadIdx.x < width) shared[threadIdx.x] += shared[threadIdx.x + width];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) sums[k] = shared[0];
 }
 
 at::Tensor mixed_sum_cuda(at::TensorList inputs_arg, const at::Tensor& weights_arg) {
@@ -130,12 +86,11 @@ at::Tensor mixed_sum_cuda(at::TensorList inputs_arg, const at::Tensor& weights_a
   const int K = static_cast<int>(inputs.size());
   if (n == 0) return out;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "mixed_sum_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor weights = weights_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    mixed_sum_forward_kernel<scalar_t, acc_t><<<grid_for(n, max_blocks), kThreads, 0, stream>>>(
+    mixed_sum_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
         pointer_table<const scalar_t*>(inputs), weights.const_data_ptr<acc_t>(), K, n,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

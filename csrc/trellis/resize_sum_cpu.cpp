@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../common/element_math.h"
-#include "../mixed_sum/mixed_sum.h"  // contiguous_all, empty_like_all
+#include "../common/tensor_lists.h"
 #include "bilinear.h"
 #include "resize_sum.h"
 

@@ -10,15 +10,15 @@
 #include <vector>
 
 #include "../common/element_math.h"
-#include "../mixed_sum/mixed_sum.h"  // contiguous_all, empty_like_all
+#include "../common/reduce_cuda.cuh"
+#include "../common/tensor_lists.h"
 #include "bilinear.h"
-#include "reduce_cuda.cuh"
 #include "resize_sum.h"
 
 namespace fastdnas {
 namespace {
 
-using namespace trellis_cuda;
+using namespace cuda_reduce;
 
 // Every input's data and its two axes, passed by value to the forward kernel.
 template <typename scalar_t, typename acc_t>
@@ -85,7 +85,6 @@ at::Tensor resize_sum_cuda(at::TensorList inputs_arg, at::IntArrayRef size,
   if (n == 0) return out;
   const int K = static_cast<int>(inputs.size());
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "resize_sum_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -97,7 +96,7 @@ at::Tensor resize_sum_cuda(at::TensorList inputs_arg, at::IntArrayRef size,
       table.rows[k] = resize_axis<acc_t>(inputs[k].size(2), out_h);
       table.cols[k] = resize_axis<acc_t>(inputs[k].size(3), out_w);
     }
-    resize_sum_forward_kernel<scalar_t, acc_t><<<grid_for(n, max_blocks), kThreads, 0, stream>>>(
+    resize_sum_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
         table, weights.const_data_ptr<acc_t>(), K, out_h, out_w, n, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -9,7 +9,8 @@
 #include <vector>
 
 #include "../common/element_math.h"
-#include "../mixed_sum/mixed_sum.h"  // contiguous_all, empty_like_all
+#include "../common/reduce_cpu.h"
+#include "../common/tensor_lists.h"
 #include "trellis_aggregate.h"
 
 namespace fastdnas {
@@ -20,8 +21,6 @@ constexpr int64_t kForwardBlock = 1024;
 // Elements per chunk of the backward reduction; chunks never cross a block's row, and their
 // number depends only on the sizes, so the beta gradients are the same for any thread count.
 constexpr int64_t kBackwardChunk = 4096;
-// Independent partial sums per chunk, so the dot products vectorise without reassociation.
-constexpr int kLanes = 16;
 
 at::Tensor trellis_aggregate_cpu(at::TensorList blocks_arg, int64_t num_cells, const at::Tensor& betas_arg) {
   const int64_t B = check_trellis_aggregate_args(blocks_arg, num_cells, betas_arg);
@@ -36,8 +35,7 @@ at::Tensor trellis_aggregate_cpu(at::TensorList blocks_arg, int64_t num_cells, c
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor betas = betas_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* beta = betas.const_data_ptr<acc_t>();
-    std::vector<const scalar_t*> x;
-    for (const auto& t : blocks) x.push_back(t.const_data_ptr<scalar_t>());
+    const auto x = data_pointers<scalar_t>(blocks);
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kForwardBlock / inner);
     at::parallel_for(0, rows, grain, [&](int64_t row_begin, int64_t row_end) {
@@ -78,10 +76,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cpu(c
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor betas = betas_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* beta = betas.const_data_ptr<acc_t>();
-    std::vector<const scalar_t*> x;
-    for (const auto& t : blocks) x.push_back(t.const_data_ptr<scalar_t>());
-    std::vector<scalar_t*> gx;
-    for (auto& t : grad_blocks) gx.push_back(t.mutable_data_ptr<scalar_t>());
+    const auto x = data_pointers<scalar_t>(blocks);
+    const auto gx = mutable_data_pointers<scalar_t>(grad_blocks);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
     const int64_t chunks_per_row = (inner + kBackwardChunk - 1) / kBackwardChunk;
@@ -98,34 +94,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cpu(c
         const int64_t len = std::min(kBackwardChunk, inner - start);
         const scalar_t* g_row = g + row * inner + start;
         for (int64_t j = 0; j < len; ++j) g_acc[j] = static_cast<acc_t>(g_row[j]);
-        for (int64_t t = 0; t < T; ++t) {
-          const scalar_t* xt = x[t * B + b] + n * inner + start;
-          scalar_t* gxt = gx[t * B + b] + n * inner + start;
-          const acc_t bt = beta[t];
-          acc_t lanes[kLanes] = {};
-          int64_t j = 0;
-          for (; j + kLanes <= len; j += kLanes) {
-            for (int l = 0; l < kLanes; ++l) {
-              gxt[j + l] = scaled_gradient<scalar_t>(bt, g_acc[j + l]);
-              lanes[l] = accumulate_product(lanes[l], g_acc[j + l], xt[j + l]);
-            }
-          }
-          for (int l = 0; j < len; ++j, ++l) {
-            gxt[j] = scaled_gradient<scalar_t>(bt, g_acc[j]);
-            lanes[l] = accumulate_product(lanes[l], g_acc[j], xt[j]);
-          }
-          acc_t sum = 0;
-          for (int l = 0; l < kLanes; ++l) sum += lanes[l];
-          partial[c * T + t] = sum;
-        }
+        const int64_t offset = n * inner + start;
+        for (int64_t t = 0; t < T; ++t)
+          partial[c * T + t] = scale_and_dot(beta[t], g_acc, x[t * B + b] + offset, gx[t * B + b] + offset, len);
       }
     });
-    // Chunks are summed serially in index order: deterministic.
-    at::Tensor sums = at::zeros({T}, betas.options());
-    acc_t* sum = sums.mutable_data_ptr<acc_t>();
-    for (int64_t c = 0; c < chunks; ++c)
-      for (int64_t t = 0; t < T; ++t) sum[t] += partial[c * T + t];
-    grad_betas = sums.to(betas_arg.scalar_type());
+    grad_betas = sum_chunk_partials<acc_t>(partials, chunks).to(betas_arg.scalar_type());
   });
   return {grad_blocks, grad_betas};
 }

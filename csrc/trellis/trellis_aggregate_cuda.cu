@@ -10,14 +10,14 @@
 #include <vector>
 
 #include "../common/element_math.h"
-#include "../mixed_sum/mixed_sum.h"  // contiguous_all, empty_like_all
-#include "reduce_cuda.cuh"
+#include "../common/reduce_cuda.cuh"
+#include "../common/tensor_lists.h"
 #include "trellis_aggregate.h"
 
 namespace fastdnas {
 namespace {
 
-using namespace trellis_cuda;
+using namespace cuda_reduce;
 
 constexpr int64_t kMaxTrellisBlocks = kMaxTrellisCells * kMaxTrellisBlocksPerCell;
 
@@ -103,12 +103,11 @@ at::Tensor trellis_aggregate_cuda(at::TensorList blocks_arg, int64_t num_cells, 
   if (n == 0) return out;
   const int64_t inner = blocks[0].numel() / blocks[0].size(0);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t max_blocks = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "trellis_aggregate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor betas = betas_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    trellis_aggregate_forward_kernel<scalar_t, acc_t><<<grid_for(n, max_blocks), kThreads, 0, stream>>>(
+    trellis_aggregate_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
         block_table<const scalar_t*>(blocks), betas.const_data_ptr<acc_t>(), static_cast<int>(num_cells),
         static_cast<int>(B), inner, n, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,11 +1,14 @@
-// Deterministic two-stage reductions for the trellis kernels: each block writes its partial
-// sums in a fixed order, then one block per sum adds the partials in a fixed tree order.
+// Deterministic two-stage reductions for the CUDA kernels: each block writes its partial sums
+// in a fixed order, then one block per sum adds the partials in a fixed tree order.
 #pragma once
 
+#include <ATen/cuda/CUDAContext.h>
+
+#include <algorithm>
 #include <cstdint>
 
 namespace fastdnas {
-namespace trellis_cuda {
+namespace cuda_reduce {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -14,8 +17,13 @@ constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxBackwardBlocks = 1024;
 
 inline int64_t grid_for(int64_t n, int64_t max_blocks) {
-  const int64_t needed = (n + kThreads - 1) / kThreads;
-  return needed < 1 ? 1 : (needed < max_blocks ? needed : max_blocks);
+  return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, max_blocks));
+}
+
+// Grid of an element-wise forward kernel: a few blocks per SM. Only kernels whose results do
+// not depend on the grid may size it by the device.
+inline int64_t forward_grid_for(int64_t n) {
+  return grid_for(n, static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8);
 }
 
 template <typename acc_t>
@@ -26,7 +34,8 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
 }
 
 // Sums each thread's values[j] (j < count) over a kThreads block into out[j * out_stride], in
-// a fixed order. Every thread of the block must call it.
+// a fixed order. Every thread of the block must call it. It ends with a barrier, so a kernel
+// may call it again (its shared buffer is reused).
 template <typename acc_t, int kMaxCount>
 __device__ void block_sums(const acc_t (&values)[kMaxCount], int count, acc_t* out, int64_t out_stride) {
   __shared__ acc_t warp_partials[kMaxCount][kWarps];
@@ -43,6 +52,7 @@ __device__ void block_sums(const acc_t (&values)[kMaxCount], int count, acc_t* o
     for (int w = 0; w < kWarps; ++w) sum += warp_partials[threadIdx.x][w];
     out[threadIdx.x * out_stride] = sum;
   }
+  __syncthreads();
 }
 
 // sums[k] = sum over rows of partials[row, k] (partials is [rows, K]); launch K blocks of kThreads.
@@ -61,5 +71,5 @@ __global__ void sum_partials_kernel(const acc_t* __restrict__ partials, int64_t 
   if (threadIdx.x == 0) sums[k] = shared[0];
 }
 
-}  // namespace trellis_cuda
+}  // namespace cuda_reduce
 }  // namespace fastdnas
