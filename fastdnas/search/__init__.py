@@ -1,0 +1,19 @@
+"""Bilevel architecture search shared by the search spaces: architect (first/second order), loop, checkpoints."""
+from .architect import Architect, cross_entropy_loss
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .loop import Metrics, Search, SearchConfig
+from .schedule import cosine_lr, set_lr
+
+__all__ = [
+    "Architect",
+    "Metrics",
+    "Search",
+    "SearchConfig",
+    "cosine_lr",
+    "cross_entropy_loss",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_lr",
+    "set_rng_state",
+]

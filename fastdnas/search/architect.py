@@ -1,0 +1,127 @@
+"""The architecture step of bilevel search: first order, or second order through one unrolled weight step."""
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy_loss(model, inputs, targets):
+    """Default loss: cross entropy of ``model(inputs)``; returns (loss, logits) so the loop can count accuracy."""
+    logits = model(inputs)
+    return F.cross_entropy(logits, targets), logits
+
+
+def split_loss(result):
+    """A loss function may return the loss alone or (loss, logits)."""
+    if isinstance(result, (tuple, list)):
+        return result[0], result[1]
+    return result, None
+
+
+class Architect:
+    """Updates the architecture parameters with Adam on validation batches.
+
+    The weights it differentiates through (second order) are exactly those the weight optimizer
+    updates; the architecture parameters never appear among them.
+    """
+
+    def __init__(self, model, weight_optimizer, loss_fn=cross_entropy_loss, lr=3e-4, betas=(0.5, 0.999),
+                 weight_decay=1e-3, unrolled=False):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.unrolled = unrolled
+        self.weight_optimizer = weight_optimizer
+        self.arch_params = list(model.arch_parameters())
+        self.weights = [p for group in weight_optimizer.param_groups for p in group["params"]]
+        arch_ids = {id(p) for p in self.arch_params}
+        if any(id(p) in arch_ids for p in self.weights):
+            raise ValueError("the weight optimizer must not hold architecture parameters")
+        if unrolled:
+            for group in weight_optimizer.param_groups:
+                if group.get("nesterov") or group.get("dampening", 0) != 0:
+                    raise ValueError("the unrolled step models plain SGD momentum: no nesterov, no dampening")
+        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+
+    def loss(self, inputs, targets):
+        return split_loss(self.loss_fn(self.model, inputs, targets))[0]
+
+    def step(self, train_inputs, train_targets, val_inputs, val_targets):
+        """One Adam step on the architecture parameters (the weights are left as they were)."""
+        if self.unrolled:
+            grads = self.unrolled_grads(train_inputs, train_targets, val_inputs, val_targets)
+        else:
+            grads = self.first_order_grads(val_inputs, val_targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(self.arch_params, grads):
+            p.grad = g
+        self.optimizer.step()
+
+    def first_order_grads(self, val_inputs, val_targets):
+        """dL_val(w, alpha) / dalpha (its forward updates BatchNorm running statistics, as in DARTS)."""
+        return self.grad(self.loss(val_inputs, val_targets), self.arch_params)
+
+    def unrolled_grads(self, train_inputs, train_targets, val_inputs, val_targets):
+        """dL_val(w', alpha)/dalpha - eta * d2L_train(w, alpha)/dalpha dw . dL_val(w', alpha)/dw'.
+
+        w' = w - eta * (momentum * buffer + dL_train/dw + wd * w) is one virtual SGD step, taken in
+        place on the model's weights; the Hessian-vector product is a central finite difference
+        around w with radius R = 0.01 / ||dL_val/dw'||. Weights and buffers (BatchNorm running
+        statistics) are restored exactly before returning, so these extra forwards leave no trace.
+        """
+        weights = self.weights
+        saved_weights = [w.detach().clone() for w in weights]
+        saved_buffers = [b.detach().clone() for b in self.model.buffers()]
+        etas = {group["lr"] for group in self.weight_optimizer.param_groups}
+        if len(etas) != 1:
+            raise ValueError(f"the unrolled step needs one weight learning rate for all groups, got {sorted(etas)}")
+        eta = etas.pop()
+
+        self.virtual_step(self.grad(self.loss(train_inputs, train_targets), weights))
+        grads = self.grad(self.loss(val_inputs, val_targets), self.arch_params + weights)
+        alpha_grads, v = grads[: len(self.arch_params)], grads[len(self.arch_params) :]
+
+        radius = 0.01 / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v))).clamp_min(1e-12)
+        step = torch._foreach_mul(v, radius)
+        with torch.no_grad():
+            torch._foreach_copy_(weights, saved_weights)
+            torch._foreach_add_(weights, step)  # w + R v
+        grads_plus = self.grad(self.loss(train_inputs, train_targets), self.arch_params)
+        with torch.no_grad():
+            torch._foreach_copy_(weights, saved_weights)
+            torch._foreach_sub_(weights, step)  # w - R v
+        grads_minus = self.grad(self.loss(train_inputs, train_targets), self.arch_params)
+
+        with torch.no_grad():
+            torch._foreach_copy_(weights, saved_weights)
+            for b, saved in zip(self.model.buffers(), saved_buffers):
+                b.copy_(saved)
+        # g - eta * (g+ - g-) / (2R)
+        hessian = torch._foreach_sub(grads_plus, grads_minus)
+        torch._foreach_mul_(hessian, eta / (2 * radius))
+        return torch._foreach_sub(alpha_grads, hessian)
+
+    @torch.no_grad()
+    def virtual_step(self, train_grads):
+        """w <- w - eta * (momentum * buffer + grad + wd * w), group by group, like the real SGD step."""
+        start = 0
+        for group in self.weight_optimizer.param_groups:
+            params = group["params"]
+            grads = train_grads[start : start + len(params)]
+            start += len(params)
+            direction = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            momentum = group.get("momentum", 0)
+            with_buffer = [(i, self.weight_optimizer.state[p]["momentum_buffer"]) for i, p in enumerate(params)
+                           if momentum and self.weight_optimizer.state.get(p, {}).get("momentum_buffer") is not None]
+            if with_buffer:
+                indices, buffers = zip(*with_buffer)
+                torch._foreach_add_([direction[i] for i in indices], list(buffers), alpha=momentum)
+            torch._foreach_add_(params, direction, alpha=-group["lr"])
+
+    @staticmethod
+    def grad(loss, params):
+        """Gradients of ``loss`` w.r.t. ``params``; zeros for parameters the loss does not use."""
+        return list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state)

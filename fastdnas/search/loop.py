@@ -1,0 +1,251 @@
+"""Bilevel search loop: per step an architecture step on a val batch, then a weight step on a train batch.
+
+The loop knows nothing about the search space: a model exposes ``arch_parameters()`` and
+``weight_parameters()``, and ``loss_fn(model, inputs, targets)`` returns the loss (or (loss, logits)).
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+
+from ..data.base import epoch_generator, iterate_batches
+from .architect import Architect, cross_entropy_loss, split_loss
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .schedule import cosine_lr, set_lr
+
+
+@dataclass
+class SearchConfig:
+    """DARTS search settings (SPEC section 2 defaults)."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_betas: tuple = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    unrolled: bool = False
+    arch_start_epoch: int = 0  # no architecture updates before this epoch (warm-up)
+    seed: int = 2
+    log_interval: int = 50  # steps between progress-bar updates (each one reads the device once)
+
+    def __post_init__(self):
+        self.arch_betas = tuple(self.arch_betas)
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "lr_min": 0 <= self.lr_min <= self.lr,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "grad_clip": self.grad_clip > 0,
+            "arch_lr": self.arch_lr > 0,
+            "arch_weight_decay": self.arch_weight_decay >= 0,
+            "arch_start_epoch": self.arch_start_epoch >= 0,
+            "log_interval": self.log_interval >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid search settings: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+
+
+class Metrics:
+    """Loss and accuracy sums kept on the device; ``read()`` is the only host synchronisation.
+
+    Accuracy counts every labelled element (one per image, or one per pixel for segmentation);
+    targets outside [0, classes) (ignore labels such as 255 or -100) are left out.
+    """
+
+    def __init__(self, device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.labelled = torch.zeros((), dtype=torch.long, device=device)
+        self.samples = 0
+
+    def update(self, loss, logits, targets):
+        n = targets.shape[0]
+        self.loss_sum += loss.detach() * n
+        self.samples += n
+        if logits is not None:
+            labelled = (targets >= 0) & (targets < logits.shape[1])
+            self.correct += ((logits.detach().argmax(1) == targets) & labelled).sum()
+            self.labelled += labelled.sum()
+
+    def read(self):
+        loss_sum, correct, labelled = torch.stack([self.loss_sum.double(), self.correct.double(),
+                                                   self.labelled.double()]).tolist()  # one transfer
+        return {"loss": loss_sum / max(self.samples, 1), "acc": correct / max(labelled, 1)}
+
+
+class Search:
+    """Runs (and resumes) a bilevel architecture search.
+
+    ``describe(model)`` may return a JSON-able dict merged into each epoch's record (DARTS: the
+    genotype). With ``out_dir`` the run writes ``checkpoint.pt`` and ``log.jsonl`` there after
+    every epoch; ``extra`` is stored in the checkpoint as is (e.g. the command-line settings).
+    """
+
+    def __init__(self, model, train_data, val_data, config=None, loss_fn=cross_entropy_loss, device="cpu",
+                 describe=None, out_dir=None, extra=None, progress=None, log=print):
+        self.config = config = config or SearchConfig()
+        for name, data in (("search-train", train_data), ("search-val", val_data)):
+            if len(data) < config.batch_size:
+                raise ValueError(f"batch_size {config.batch_size} is larger than the {name} set ({len(data)} images)")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.train_data, self.val_data = train_data, val_data
+        self.loss_fn = loss_fn
+        self.describe = describe
+        self.out_dir = out_dir
+        self.extra = extra or {}
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = log
+        self.weights = list(model.weight_parameters())
+        self.weight_optimizer = torch.optim.SGD(self.weights, lr=config.lr, momentum=config.momentum,
+                                                weight_decay=config.weight_decay, foreach=True)
+        self.architect = Architect(model, self.weight_optimizer, loss_fn, lr=config.arch_lr, betas=config.arch_betas,
+                                   weight_decay=config.arch_weight_decay, unrolled=config.unrolled)
+        self.epoch = 0  # epochs completed
+        self.history = {"epochs": [], "alphas": []}
+
+    @property
+    def checkpoint_path(self):
+        return os.path.join(self.out_dir, "checkpoint.pt")
+
+    def run(self, until=None):
+        """Search from the current epoch up to epoch ``until`` (default: all); returns the history."""
+        for epoch in range(self.epoch, self.config.epochs if until is None else until):
+            start = time.perf_counter()
+            lr = cosine_lr(epoch, self.config.epochs, self.config.lr, self.config.lr_min)
+            train = self.train_epoch(epoch, lr)
+            val = self.evaluate(self.val_data)
+            record = {
+                "epoch": epoch,
+                "lr": lr,
+                "arch_updates": epoch >= self.config.arch_start_epoch,
+                "train_loss": train["loss"],
+                "train_acc": train["acc"],
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+                "time": time.perf_counter() - start,
+            }
+            if self.describe is not None:
+                record.update(self.describe(self.model))
+            self.history["epochs"].append(record)
+            self.history["alphas"].append([a.detach().cpu().clone() for a in self.model.arch_parameters()])
+            self.epoch = epoch + 1
+            self.log(
+                f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train loss {train['loss']:.4f} "
+                f"acc {train['acc']:.4f} val loss {val['loss']:.4f} acc {val['acc']:.4f} ({record['time']:.1f} s)"
+            )
+            if self.out_dir is not None:
+                self.save(self.checkpoint_path)
+                write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
+        return self.history
+
+    def train_epoch(self, epoch, lr):
+        """One pass over the search-train half, zipped with a pass over the search-val half."""
+        config = self.config
+        set_lr(self.weight_optimizer, lr)
+        update_arch = epoch >= config.arch_start_epoch
+        generator = epoch_generator(config.seed, epoch)
+        train_batches = iterate_batches(self.train_data, config.batch_size, generator, shuffle=True, drop_last=True)
+        val_batches = iterate_batches(self.val_data, config.batch_size, generator, shuffle=True, drop_last=True)
+        steps = min(len(self.train_data), len(self.val_data)) // config.batch_size
+        metrics = Metrics(self.device)
+        self.model.train()
+        bar = make_progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", self.progress)
+        for step, ((inputs, targets), (val_inputs, val_targets)) in enumerate(zip(train_batches, val_batches)):
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            if update_arch:
+                val_inputs = val_inputs.to(self.device, non_blocking=True)
+                val_targets = val_targets.to(self.device, non_blocking=True)
+                self.architect.step(inputs, targets, val_inputs, val_targets)
+            loss, logits = self.weight_step(inputs, targets)
+            metrics.update(loss, logits, targets)
+            if bar is not None:
+                if (step + 1) % config.log_interval == 0 or step + 1 == steps:
+                    current = metrics.read()
+                    bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['acc']:.3f}", lr=f"{lr:.4f}")
+                bar.update()
+        if bar is not None:
+            bar.close()
+        return metrics.read()
+
+    def weight_step(self, inputs, targets):
+        """SGD on the weights only: the backward pass stops at the weights, the alphas get no gradient."""
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
+        loss.backward(inputs=self.weights)
+        clip_grad_norm_(self.weights, self.config.grad_clip, foreach=True)
+        self.weight_optimizer.step()
+        return loss.detach(), logits
+
+    @torch.no_grad()
+    def evaluate(self, data):
+        """Loss and accuracy on ``data`` in eval mode (BatchNorm running statistics)."""
+        self.model.eval()
+        metrics = Metrics(self.device)
+        for inputs, targets in iterate_batches(data, self.config.batch_size):
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
+            metrics.update(loss, logits, targets)
+        self.model.train()
+        return metrics.read()
+
+    def state_dict(self):
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "arch_parameters": [a.detach().clone() for a in self.model.arch_parameters()],
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "arch_optimizer": self.architect.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "config": asdict(self.config),
+            "extra": self.extra,
+        }
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for a, saved in zip(self.model.arch_parameters(), state["arch_parameters"], strict=True):
+                a.copy_(saved)
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        self.architect.load_state_dict(state["arch_optimizer"])
+        set_rng_state(state["rng"])
+        self.history = state["history"]
+        self.epoch = state["epoch"]
+
+    def save(self, path):
+        save_checkpoint(self.state_dict(), path)
+
+    def resume(self, path=None):
+        """Load ``path`` (default: out_dir/checkpoint.pt); ``run()`` then continues where it stopped."""
+        self.load_state_dict(load_checkpoint(path or self.checkpoint_path))
+        return self
+
+
+def make_progress_bar(total, description, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def write_json_lines(path, records):
+    """Rewrite the whole log from the history (atomically), so it always agrees with the checkpoint."""
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp_path, path)

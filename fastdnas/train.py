@@ -1,0 +1,155 @@
+"""Retraining a found architecture from scratch: SGD with cosine lr, drop-path, optional auxiliary head."""
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import clip_grad_norm_
+
+from .data.base import epoch_generator, iterate_batches
+from .search.loop import Metrics, make_progress_bar, write_json_lines
+from .search.schedule import cosine_lr, set_lr
+
+
+@dataclass
+class TrainConfig:
+    """DARTS retraining settings (the original CIFAR-10 recipe by default)."""
+
+    epochs: int = 600
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary_weight: float = 0.4  # used when the network has an auxiliary head
+    drop_path_prob: float = 0.2  # reached at the last epoch, growing linearly from 0
+    seed: int = 0
+    log_interval: int = 50
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "lr_min": 0 <= self.lr_min <= self.lr,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "grad_clip": self.grad_clip > 0,
+            "auxiliary_weight": self.auxiliary_weight >= 0,
+            "drop_path_prob": 0 <= self.drop_path_prob < 1,
+            "log_interval": self.log_interval >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid training settings: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+
+
+def count_parameters(model):
+    """Parameters used at test time (the auxiliary head only helps training, as DARTS counts)."""
+    return sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
+
+
+def classification_loss(model, inputs, targets, auxiliary_weight):
+    logits, logits_aux = model(inputs)
+    loss = F.cross_entropy(logits, targets)
+    if logits_aux is not None:
+        loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, targets)
+    return loss, logits
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size, device):
+    model.eval()
+    metrics = Metrics(device)
+    for inputs, targets in iterate_batches(data, batch_size):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits, _ = model(inputs)
+        metrics.update(F.cross_entropy(logits, targets), logits, targets)
+    model.train()
+    return metrics.read()
+
+
+def train_network(model, train_data, test_data, config=None, device="cpu", out_dir=None, progress=None, log=print):
+    """Train ``model`` (a FinalNetwork: forward returns (logits, logits_aux)) and test it after every epoch.
+
+    Returns the per-epoch records; with ``out_dir``, ``log.jsonl`` is rewritten after each epoch.
+    """
+    config = config or TrainConfig()
+    if len(train_data) < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_data)} images)")
+    device = torch.device(device)
+    progress = sys.stderr.isatty() if progress is None else progress
+    torch.manual_seed(config.seed)  # drop-path masks come from the global generator
+    model = model.to(device)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, foreach=True)
+    records = []
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        lr = cosine_lr(epoch, config.epochs, config.lr, config.lr_min)
+        set_lr(optimizer, lr)
+        model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
+        model.train()
+        metrics = Metrics(device)
+        batches = iterate_batches(train_data, config.batch_size, epoch_generator(config.seed, epoch), shuffle=True,
+                                  drop_last=True)
+        steps = len(train_data) // config.batch_size
+        bar = make_progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", progress)
+        for step, (inputs, targets) in enumerate(batches):
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss, logits = classification_loss(model, inputs, targets, config.auxiliary_weight)
+            loss.backward()
+            clip_grad_norm_(parameters, config.grad_clip, foreach=True)
+            optimizer.step()
+            metrics.update(loss.detach(), logits, targets)
+            if bar is not None:
+                if (step + 1) % config.log_interval == 0 or step + 1 == steps:
+                    current = metrics.read()
+                    bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['acc']:.3f}", lr=f"{lr:.4f}")
+                bar.update()
+        if bar is not None:
+            bar.close()
+        train = metrics.read()
+        test = evaluate(model, test_data, config.batch_size, device)
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "drop_path_prob": model.drop_path_prob,
+            "train_loss": train["loss"],
+            "train_acc": train["acc"],
+            "test_loss": test["loss"],
+            "test_acc": test["acc"],
+            "time": time.perf_counter() - start,
+        }
+        records.append(record)
+        log(
+            f"epoch {epoch + 1}/{config.epochs} lr {lr:.5f} train loss {train['loss']:.4f} acc {train['acc']:.4f} "
+            f"test loss {test['loss']:.4f} acc {test['acc']:.4f} ({record['time']:.1f} s)"
+        )
+        if out_dir is not None:
+            write_json_lines(os.path.join(out_dir, "log.jsonl"), records)
+    return records
+
+
+def write_result(path, records, model, config, extra=None):
+    """The final numbers as one JSON object."""
+    result = {
+        "test_acc": records[-1]["test_acc"],
+        "test_loss": records[-1]["test_loss"],
+        "train_acc": records[-1]["train_acc"],
+        "parameters": count_parameters(model),
+        "time": sum(r["time"] for r in records),
+        "epochs": len(records),
+        "config": asdict(config),
+        **(extra or {}),
+    }
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    return result

@@ -1,0 +1,118 @@
+"""Pictures of a search: each cell as a DAG, and the softmax alpha weights over the epochs.
+
+Matplotlib's object API (Figure + savefig, Agg) is used without pyplot, so nothing global changes
+and no display or graphviz is needed.
+"""
+import math
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+INPUT_COLOR, NODE_COLOR, OUTPUT_COLOR = "#b7e4c7", "#bde0fe", "#ffe8a3"
+
+
+def cell_layout(steps):
+    """Node name -> (x, y): the two inputs on the left, the intermediate nodes in a row, the output right."""
+    positions = {"c_{k-2}": (0.0, 2.0), "c_{k-1}": (0.0, -2.0)}
+    for i in range(steps):
+        positions[str(i)] = (2.0 + 1.8 * i, 0.0)
+    positions["c_{k}"] = (2.0 + 1.8 * steps + 1.2, 0.0)
+    return positions
+
+
+def state_name(index):
+    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(index, str(index - 2))
+
+
+def plot_cell(pairs, concat, path, title=None):
+    """Draw one cell of a genotype: ``pairs`` are its (op_name, state_index) pairs, two per node."""
+    steps = len(pairs) // 2
+    positions = cell_layout(steps)
+    figure = Figure(figsize=(2.4 + 1.8 * steps, 4.6))
+    ax = figure.add_subplot()
+    edges = [(state_name(index), str(k // 2), op) for k, (op, index) in enumerate(pairs)]
+    edges += [(state_name(i), "c_{k}", None) for i in concat]
+    for source, target, op in edges:
+        (x0, y0), (x1, y1) = positions[source], positions[target]
+        # Edges along the row of nodes would run through the nodes between: bend them (ops up, output down).
+        skips_nodes = y0 == y1 and abs(x1 - x0) > 2.0
+        rad = (0.3 if op is None else -0.3) if skips_nodes else 0.0
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="-|>", color="gray" if op is None else "black", lw=1.0,
+                                    shrinkA=16, shrinkB=16, connectionstyle=f"arc3,rad={rad}"))
+        if op is not None:
+            # Label on matplotlib's arc3 curve (control point mid + rad * (dy, -dx)), near the target
+            # where edges into different nodes have spread apart, rotated along the edge.
+            cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
+            t = 0.62
+            lx = (1 - t) ** 2 * x0 + 2 * t * (1 - t) * cx + t**2 * x1
+            ly = (1 - t) ** 2 * y0 + 2 * t * (1 - t) * cy + t**2 * y1
+            angle = math.degrees(math.atan2((1 - t) * (cy - y0) + t * (y1 - cy), (1 - t) * (cx - x0) + t * (x1 - cx)))
+            angle = angle - 180 if angle > 90 else angle + 180 if angle < -90 else angle
+            ax.text(lx, ly, op, fontsize=7, ha="center", va="center", rotation=angle, rotation_mode="anchor",
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
+    for name, (x, y) in positions.items():
+        color = INPUT_COLOR if name.startswith("c_{k-") else OUTPUT_COLOR if name == "c_{k}" else NODE_COLOR
+        label = f"${name}$" if name.startswith("c_") else name
+        ax.text(x, y, label, fontsize=10, ha="center", va="center", zorder=3,
+                bbox=dict(boxstyle="round,pad=0.4", fc=color, ec="black"))
+    xs, ys = zip(*positions.values())
+    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
+    ax.set_ylim(min(ys) - 1.2, max(ys) + 1.2)
+    ax.set_aspect("equal")  # so the label angles match the drawn edges
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def plot_genotype(genotype, folder):
+    """normal.png and reduce.png in ``folder``; returns their paths."""
+    import os
+
+    paths = []
+    for kind in ("normal", "reduce"):
+        path = os.path.join(folder, f"{kind}.png")
+        plot_cell(getattr(genotype, kind), getattr(genotype, f"{kind}_concat"), path, title=f"{kind} cell")
+        paths.append(path)
+    return paths
+
+
+def edge_names(num_edges):
+    """'i<-j' (node i from state j) for the DARTS edge order, when ``num_edges`` fits it."""
+    names, node = [], 0
+    while len(names) < num_edges:
+        names += [f"{node} <- {state_name(j)}" for j in range(2 + node)]
+        node += 1
+    return names[:num_edges] if len(names) == num_edges else [f"edge {e}" for e in range(num_edges)]
+
+
+def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "reduce"), columns=7):
+    """One subplot per edge of each cell: softmax(alpha) of every op over the epochs.
+
+    ``alpha_history`` is a list (one entry per epoch) of the architecture tensors [edges, ops].
+    """
+    epochs = list(range(1, len(alpha_history) + 1))
+    weights = [torch.stack([torch.softmax(epoch[c].float(), dim=-1) for epoch in alpha_history])
+               for c in range(len(cell_names))]  # per cell: [epochs, edges, ops]
+    rows_per_cell = [-(-w.shape[1] // columns) for w in weights]
+    figure = Figure(figsize=(2.3 * columns, 1.9 * sum(rows_per_cell) + 0.8))
+    # Fixed margins: tight_layout would cost a second full draw of every subplot.
+    grid = figure.add_gridspec(sum(rows_per_cell), columns, left=0.03, right=0.99, top=0.96, bottom=0.12,
+                               wspace=0.25, hspace=0.45)
+    row = 0
+    lines = []
+    for name, cell_weights, rows in zip(cell_names, weights, rows_per_cell):
+        for edge, edge_name in enumerate(edge_names(cell_weights.shape[1])):
+            ax = figure.add_subplot(grid[row + edge // columns, edge % columns])
+            lines = [ax.plot(epochs, cell_weights[:, edge, k], marker="." if len(epochs) < 20 else None, lw=1)[0]
+                     for k in range(cell_weights.shape[2])]
+            ax.set_title(f"{name}: {edge_name}", fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        row += rows
+    figure.legend(lines, list(primitives), loc="lower center", ncol=len(primitives), fontsize=8)
+    figure.supxlabel("epoch", fontsize=8, y=0.06)
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,125 @@
+"""The command line end to end on a tiny synthetic search and retraining."""
+import json
+
+import pytest
+import torch
+
+from fastdnas import cli
+from fastdnas.darts import DARTS_V2, genotype_from_text, genotype_to_dict, load_genotype
+from fastdnas.search import Search, load_checkpoint
+
+TINY = ["--dataset", "synthetic", "--init-channels", "2", "--layers", "2", "--batch-size", "32", "--device", "cpu",
+        "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: a second thread only adds synchronisation (and stalls badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def search(out, *flags):
+    return cli.main(["search", "darts", *TINY, "--out", str(out), *flags])
+
+
+def test_search_writes_every_output(tmp_path):
+    assert search(tmp_path, "--epochs", "1", "--unrolled") == 0
+    for name in ("genotype.json", "genotype.txt", "normal.png", "reduce.png", "alphas.png", "log.jsonl",
+                 "checkpoint.pt", "settings.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    genotype = load_genotype(tmp_path / "genotype.json")
+    assert genotype_to_dict(genotype_from_text((tmp_path / "genotype.txt").read_text())) == genotype_to_dict(genotype)
+    assert (tmp_path / "genotype.txt").read_text().startswith("Genotype(normal=[(")
+    (record,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time", "genotype"} <= set(record)
+    assert record["genotype"] == genotype_to_dict(genotype)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["extra"]["settings"]["unrolled"] is True
+
+
+def test_resumed_search_equals_uninterrupted(tmp_path, monkeypatch):
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history"):  # pictures are tested above; they take seconds
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+    assert search(tmp_path / "straight", "--epochs", "2") == 0
+
+    original_run = Search.run
+    monkeypatch.setattr(Search, "run", lambda self, until=None: original_run(self, until=1))  # "killed" after epoch 1
+    assert search(tmp_path / "resumed", "--epochs", "2") == 0
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(Search, "run", original_run)
+    assert search(tmp_path / "resumed", "--epochs", "2", "--resume") == 0
+
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert resumed["epoch"] == 2
+    for a, b in zip(straight["arch_parameters"], resumed["arch_parameters"]):
+        assert torch.equal(a, b)
+    assert (tmp_path / "straight" / "genotype.json").read_text() == (tmp_path / "resumed" / "genotype.json").read_text()
+
+
+def test_train_from_genotype(tmp_path):
+    genotype_file = tmp_path / "genotype.txt"
+    genotype_file.write_text(repr(DARTS_V2) + "\n")
+    out = tmp_path / "train"
+    code = cli.main(["train", "darts", "--genotype", str(genotype_file), *TINY, "--epochs", "1", "--auxiliary",
+                     "--drop-path-prob", "0.2", "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert 0 <= result["test_acc"] <= 1 and result["epochs"] == 1 and result["parameters"] > 0
+    assert result["genotype"]["normal"][0] == list(DARTS_V2.normal[0])
+    assert (out / "model.pt").stat().st_size > 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_settings_precedence(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"epochs": 3, "layers": 4, "arch-lr": 0.01}))
+    args = cli.build_parser().parse_args(["search", "darts", "--config", str(config), "--epochs", "5"])
+    settings, given = cli.resolve_settings(args, cli.SEARCH_DEFAULTS, cli.SEARCH_DATASET_DEFAULTS)
+    assert settings["epochs"] == 5 and settings["layers"] == 4 and settings["arch_lr"] == 0.01
+    assert settings["dataset"] == "digits" and settings["init_channels"] == 8  # digits-sized default
+    assert settings["lr"] == 0.025 and settings["out"].endswith("search-darts-digits")
+    assert set(given) == {"config", "epochs"}
+    args = cli.build_parser().parse_args(["search", "darts", "--dataset", "cifar10"])
+    settings, _ = cli.resolve_settings(args, cli.SEARCH_DEFAULTS, cli.SEARCH_DATASET_DEFAULTS)
+    assert (settings["epochs"], settings["batch_size"], settings["init_channels"], settings["layers"]) == (50, 64, 16, 8)
+    assert settings["arch_lr"] == 3e-4 and settings["lr_min"] == 0.001
+
+
+def fails(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_arguments_fail_clearly(tmp_path, capsys):
+    fails(capsys, ["search", "darts", "--dataset", "mnist"], "invalid choice")
+    fails(capsys, ["search", "nas"], "invalid choice")
+    fails(capsys, ["train", "darts", "--dataset", "synthetic"], "needs --genotype")
+    fails(capsys, ["train", "darts", "--genotype", str(tmp_path / "missing.json")], "cannot read")
+    (tmp_path / "bad.json").write_text('{"normal": 1}')
+    fails(capsys, ["train", "darts", "--genotype", str(tmp_path / "bad.json")], "genotype")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"epochs": 3, "layer": 4}))
+    fails(capsys, ["search", "darts", "--config", str(config)], "unknown setting(s) ['layer']")
+    fails(capsys, ["search", "darts", "--config", str(tmp_path / "nope.json")], "cannot read")
+    fails(capsys, ["search", "darts", *TINY, "--epochs", "0", "--out", str(tmp_path / "a")], "--epochs must be >= 1")
+    fails(capsys, ["search", "darts", *TINY, "--lr-min", "1", "--out", str(tmp_path / "a")], "lr_min")
+    fails(capsys, ["search", "darts", "--dataset", "cifar10", "--data", str(tmp_path), "--out", str(tmp_path / "c")],
+          "cifar-10-batches-py")
+    fails(capsys, ["search", "darts", "--out", str(tmp_path / "none"), "--resume"], "nothing to resume")
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    settings = {"dataset": "synthetic", "layers": 2, "epochs": 1}
+    torch.save({"extra": {"settings": settings}}, out / "checkpoint.pt")
+    fails(capsys, ["search", "darts", "--dataset", "synthetic", "--out", str(out)], "add --resume")
+    fails(capsys, ["search", "darts", "--dataset", "synthetic", "--layers", "3", "--out", str(out), "--resume"],
+          "layers (saved 2, given 3)")
