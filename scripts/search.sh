@@ -6,5 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=${OUT:-runs/digits}
-.venv/bin/fastdnas search darts --dataset digits --out "$OUT" "$@"
+# Re-running continues an interrupted search (or just rewrites the outputs of a finished one).
+RESUME=()
+[ -f "$OUT/checkpoint.pt" ] && RESUME=(--resume)
+.venv/bin/fastdnas search darts --dataset digits --out "$OUT" "${RESUME[@]}" "$@"
 .venv/bin/fastdnas train darts --dataset digits --genotype "$OUT/genotype.json" --out "$OUT/retrain"
