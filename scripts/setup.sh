@@ -19,6 +19,12 @@ if [ -z "${FASTDNAS_CUDA:-}" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bi
   export FASTDNAS_CUDA=1
 fi
 export MAX_JOBS=${MAX_JOBS:-2}
-echo "building fastdnas (FASTDNAS_CUDA=${FASTDNAS_CUDA:-auto}, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-default})"
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+# Build unless the compiled library is there, newer than every source, loads, and has the CUDA
+# kernels when they are required.
+library=$(ls fastdnas/_C*.so 2>/dev/null | head -n 1 || true)
+if [ -z "$library" ] || [ -n "$(find csrc setup.py -newer "$library" -print -quit)" ] \
+   || ! .venv/bin/python -c "import fastdnas, fastdnas._build_info as b; assert b.WITH_CUDA or '${FASTDNAS_CUDA:-}' != '1'" 2>/dev/null; then
+  echo "building fastdnas (FASTDNAS_CUDA=${FASTDNAS_CUDA:-auto}, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-default})"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+fi
 .venv/bin/python -c "import fastdnas._build_info as b; print(f'fastdnas built for torch {b.TORCH_VERSION}, CUDA kernels: {b.WITH_CUDA} {b.CUDA_ARCH_LIST}')"
