@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every CUDA check and benchmark in one call, for a machine with a GPU: build, the whole test
+# suite (CUDA cases included), compute-sanitizer memcheck and racecheck on the kernel tests, and
+# the benchmarks. Logs and JSON go to ${OUT:-benchmarks/results}/ with the device name and date.
+# Uses the current python3 (set PYTHON=.venv/bin/python to use the project's venv).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} FASTDNAS_CUDA=1 FASTDNAS_EXPECT_CUDA_BUILD=1 MAX_JOBS=${MAX_JOBS:-16}
+gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))") || { echo "no CUDA GPU"; exit 1; }
+dest=${OUT:-benchmarks/results}/${gpu}-$(date +%F)
+mkdir -p "$dest"
+status=0
+"$PYTHON" -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -n 20 || exit 1
+"$PYTHON" -m pytest -q -ra tests 2>&1 | tee "$dest/tests.log" || status=1
+sanitizer=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")
+for tool in memcheck racecheck; do
+  "$sanitizer" --tool "$tool" --error-exitcode 1 "$PYTHON" -m pytest -q -x -k cuda \
+    tests/test_mixed_sum.py tests/test_trellis_ops.py 2>&1 | tail -n 40 | tee "$dest/sanitizer-$tool.log" || status=1
+done
+"$PYTHON" -m benchmarks.run --out "$dest/benchmarks.json" 2>&1 | tee "$dest/benchmarks.log" || status=1
+echo "results in $dest (status $status)"
+exit $status
