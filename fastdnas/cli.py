@@ -1,4 +1,4 @@
-"""Command line: ``fastdnas search darts ...`` and ``fastdnas train darts --genotype FILE ...``.
+"""Command line: ``fastdnas search darts|autodeeplab ...`` and ``fastdnas train darts|autodeeplab ...``.
 
 Settings come, later ones winning, from: built-in defaults, the dataset's defaults, ``--config
 FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the command line.
@@ -8,12 +8,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 # Shared by search and retraining, then the dataset-sized settings of each.
 COMMON_DEFAULTS = {"dataset": "digits", "data": "data", "device": None, "threads": None, "log_interval": 50}
 SEARCH_DEFAULTS = {
     "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0,
-    "arch_lr": 3e-4, "arch_weight_decay": 1e-3, "unrolled": False, "arch_start_epoch": 0,
+    "arch_lr": 3e-4, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3, "unrolled": False, "arch_start_epoch": 0,
     "backend": "fused", "seed": 2, "epochs": 50, "batch_size": 64, "init_channels": 16, "layers": 8,
 }
 SEARCH_DATASET_DEFAULTS = {
@@ -37,8 +38,49 @@ TRAIN_DATASET_DEFAULTS = {
     "digits": {"epochs": 20, "batch_size": 64, "init_channels": 16, "layers": 5, "lr": 0.05, "drop_path_prob": 0.1},
     "synthetic": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 3, "drop_path_prob": 0.0},
 }
+# Auto-DeepLab (SPEC section 4): first order; alphas and betas share one Adam; architecture
+# updates only in the second half. crop_size None: the dataset's own (shapes: the whole image).
+AUTODEEPLAB_SEARCH_DEFAULTS = {
+    "dataset": "shapes",
+    "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0,
+    "arch_lr": 3e-3, "arch_betas": [0.9, 0.999], "arch_weight_decay": 1e-3, "unrolled": False,
+    "arch_start_epoch": 20, "backend": "fused", "seed": 2, "epochs": 40, "batch_size": 2,
+    "layers": 12, "blocks": 5, "filter_multiplier": 8, "crop_size": None,
+}
+AUTODEEPLAB_SEARCH_DATASET_DEFAULTS = {
+    "cityscapes": {},  # 321x321 crops of half-resolution images, batch 2 (the paper's search)
+    "voc": {},
+    # Measured at about 5 minutes on 2 CPU cores: a 4-layer trellis of 3-block cells, F = 4, on
+    # 64 x 64 crops. One thread: the supernet's thousands of tiny ops gain nothing from a second.
+    "shapes": {"epochs": 6, "arch_start_epoch": 3, "batch_size": 16, "layers": 4, "blocks": 3,
+               "filter_multiplier": 4, "crop_size": 64, "threads": 1},
+}
+AUTODEEPLAB_TRAIN_DEFAULTS = {
+    "dataset": "shapes",
+    "lr": 0.05, "lr_min": 0.0, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "seed": 0,
+    "epochs": 100, "batch_size": 8, "filter_multiplier": 20, "crop_size": None,
+}
+AUTODEEPLAB_TRAIN_DATASET_DEFAULTS = {
+    "cityscapes": {},
+    "voc": {},
+    # Measured at about 4 minutes on 2 CPU cores, ~0.88 val mIoU for the default search's network.
+    "shapes": {"epochs": 40, "batch_size": 16, "filter_multiplier": 16, "lr": 0.1, "threads": 1},
+}
+# (command, space) -> (defaults, dataset defaults): the settings each command knows.
+SETTINGS = {
+    ("search", "darts"): (SEARCH_DEFAULTS, SEARCH_DATASET_DEFAULTS),
+    ("train", "darts"): (TRAIN_DEFAULTS, TRAIN_DATASET_DEFAULTS),
+    ("search", "autodeeplab"): (AUTODEEPLAB_SEARCH_DEFAULTS, AUTODEEPLAB_SEARCH_DATASET_DEFAULTS),
+    ("train", "autodeeplab"): (AUTODEEPLAB_TRAIN_DEFAULTS, AUTODEEPLAB_TRAIN_DATASET_DEFAULTS),
+}
+# Settings that name a file to read rather than a number (known to the train commands).
+FILE_SETTINGS = {"darts": "genotype", "autodeeplab": "arch"}
 # What --resume may change; every other setting must match the interrupted run.
 RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config"}
+SEARCH_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
+                      "arch_betas", "arch_weight_decay", "unrolled", "arch_start_epoch", "seed", "log_interval")
+TRAIN_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "seed",
+                     "log_interval")
 
 
 class UsageError(Exception):
@@ -46,18 +88,21 @@ class UsageError(Exception):
 
 
 def build_parser():
+    from .data import DATASETS
+
     parser = argparse.ArgumentParser(prog="fastdnas", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # SUPPRESS: only the flags actually given appear in the namespace, so they can override the rest.
     search = commands.add_parser("search", help="architecture search", argument_default=argparse.SUPPRESS)
     train = commands.add_parser("train", help="retrain a found architecture", argument_default=argparse.SUPPRESS)
     for sub in (search, train):
-        sub.add_argument("space", choices=["darts"], help="search space")
+        sub.add_argument("space", choices=["darts", "autodeeplab"], help="search space")
         sub.add_argument("--config", metavar="FILE.json", help="settings file (keys as the flags); flags override it")
-        sub.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "synthetic"],
-                         help="dataset (default digits: bundled with scikit-learn)")
-        sub.add_argument("--data", metavar="PATH", help="folder with the CIFAR files (default ./data)")
-        sub.add_argument("--out", metavar="DIR", help="output folder (default runs/<command>-darts-<dataset>)")
+        sub.add_argument("--dataset", choices=DATASETS,
+                         help="dataset (default: darts digits, bundled with scikit-learn; autodeeplab shapes, "
+                              "generated)")
+        sub.add_argument("--data", metavar="PATH", help="folder with the CIFAR, Cityscapes or VOC files (default ./data)")
+        sub.add_argument("--out", metavar="DIR", help="output folder (default runs/<command>-<space>-<dataset>)")
         sub.add_argument("--epochs", type=int)
         sub.add_argument("--batch-size", type=int)
         sub.add_argument("--lr", type=float, help="initial weight learning rate (cosine annealed)")
@@ -65,24 +110,34 @@ def build_parser():
         sub.add_argument("--momentum", type=float)
         sub.add_argument("--weight-decay", type=float)
         sub.add_argument("--grad-clip", type=float, help="max gradient norm of the weights")
-        sub.add_argument("--init-channels", type=int, help="channels C of the first cells")
-        sub.add_argument("--layers", type=int, help="number of cells")
+        sub.add_argument("--init-channels", type=int, help="darts: channels C of the first cells")
+        sub.add_argument("--filter-multiplier", type=int, metavar="F",
+                         help="autodeeplab: a cell at downsample rate s has F*s/4 channels per block")
+        sub.add_argument("--crop-size", type=int, metavar="PIXELS",
+                         help="autodeeplab: side of the training crops (default: cityscapes and voc 321; shapes "
+                              "64 to search, the whole 96 x 96 image to train)")
         sub.add_argument("--seed", type=int)
         sub.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda when available)")
         sub.add_argument("--threads", type=int, metavar="N",
                          help="CPU threads for torch (default: torch's choice; 1 can be faster on a busy machine)")
         sub.add_argument("--log-interval", type=int, metavar="STEPS", help="steps between progress updates")
-    search.add_argument("--arch-lr", type=float, help="Adam learning rate of the alphas")
+    search.add_argument("--layers", type=int, help="darts: number of cells; autodeeplab: trellis layers L")
+    search.add_argument("--blocks", type=int, help="autodeeplab: blocks B per cell")
+    search.add_argument("--arch-lr", type=float, help="Adam learning rate of the architecture parameters")
+    search.add_argument("--arch-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
+                        help="Adam betas of the architecture optimizer (darts 0.5 0.999, autodeeplab 0.9 0.999)")
     search.add_argument("--arch-weight-decay", type=float)
-    search.add_argument("--unrolled", action=argparse.BooleanOptionalAction, help="second-order architecture step")
+    search.add_argument("--unrolled", action=argparse.BooleanOptionalAction, help="second-order architecture step (default: first order)")
     search.add_argument("--arch-start-epoch", type=int, metavar="N", help="no architecture updates before epoch N")
     search.add_argument("--backend", choices=["fused", "reference"], help="node sums: fused kernels or eager")
     search.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--genotype", metavar="FILE", help="genotype.json or genotype.txt from a search (required)")
-    train.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, help="auxiliary head")
+    train.add_argument("--layers", type=int, help="darts: number of cells (autodeeplab: from --arch)")
+    train.add_argument("--genotype", metavar="FILE", help="darts: genotype.json or genotype.txt from a search (required)")
+    train.add_argument("--arch", metavar="FILE", help="autodeeplab: arch.json from a search (required)")
+    train.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, help="darts: auxiliary head")
     train.add_argument("--auxiliary-weight", type=float)
-    train.add_argument("--drop-path-prob", type=float, help="drop-path probability reached at the last epoch")
-    train.add_argument("--cutout", type=int, metavar="PIXELS", help="cutout length, 0 for none (CIFAR only)")
+    train.add_argument("--drop-path-prob", type=float, help="darts: drop-path probability reached at the last epoch")
+    train.add_argument("--cutout", type=int, metavar="PIXELS", help="darts: cutout length, 0 for none (CIFAR only)")
     search.set_defaults(run=run_search)
     train.set_defaults(run=run_train)
     return parser
@@ -109,12 +164,21 @@ def resolve_settings(args, defaults, dataset_defaults):
     """Merge defaults, dataset defaults, the config file and the given flags into one dict."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "run", "space")}
     known = set(COMMON_DEFAULTS) | set(defaults) | {"out"}
-    from_file = read_config_file(given["config"], known) if "config" in given else {}
-    dataset = given.get("dataset", from_file.get("dataset", COMMON_DEFAULTS["dataset"]))
+    if args.command == "train":
+        known.add(FILE_SETTINGS[args.space])
+    if args.command == "search":
+        known.add("resume")
+    foreign = sorted(set(given) - known - {"config"})
+    if foreign:
+        raise UsageError(", ".join("--" + k.replace("_", "-") for k in foreign)
+                         + f" does not apply to `{args.command} {args.space}`")
+    from_file = read_config_file(given["config"], known - {"resume"}) if "config" in given else {}
+    dataset = given.get("dataset", from_file.get("dataset", defaults.get("dataset", COMMON_DEFAULTS["dataset"])))
     if dataset not in dataset_defaults:
-        raise UsageError(f"unknown dataset {dataset!r}; choose one of {sorted(dataset_defaults)}")
+        raise UsageError(f"dataset {dataset!r} does not suit `{args.command} {args.space}`; "
+                         f"choose one of {sorted(dataset_defaults)}")
     settings = {**COMMON_DEFAULTS, **defaults, **dataset_defaults[dataset], **from_file, **given}
-    settings.setdefault("out", os.path.join("runs", f"{args.command}-darts-{dataset}"))
+    settings.setdefault("out", os.path.join("runs", f"{args.command}-{args.space}-{dataset}"))
     return settings, given
 
 
@@ -138,19 +202,37 @@ def pick_device(name, threads=None):
 
 
 def check_positive(settings, names):
-    bad = [n for n in names if settings[n] < 1]
+    bad = [n for n in names if settings[n] is not None and settings[n] < 1]
     if bad:
         raise UsageError(", ".join(f"--{n.replace('_', '-')} must be >= 1, got {settings[n]}" for n in bad))
 
 
+def make_config(cls, settings, keys, **fixed):
+    try:
+        return cls(**{k: settings[k] for k in keys}, **fixed)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+@dataclass
+class SearchRun:
+    """What a search space adds to the shared search command."""
+
+    model: object
+    loss_fn: object = None  # default: cross entropy of the model's logits
+    metrics: object = None  # default: loss and accuracy
+    describe: object = None  # model -> JSON-able dict for every epoch's record
+    finish: object = None  # (model, search, out) -> names of the files written
+
+
 def run_search(args):
+    """The search command of every space: settings, resume, data, the shared ``Search``, outputs."""
     import torch
 
-    from .darts import SearchNetwork, genotype_to_dict, save_genotype
     from .search import Search, SearchConfig, load_checkpoint
-    from .viz import plot_alpha_history, plot_genotype
 
-    settings, given = resolve_settings(args, SEARCH_DEFAULTS, SEARCH_DATASET_DEFAULTS)
+    defaults, dataset_defaults = SETTINGS["search", args.space]
+    settings, given = resolve_settings(args, defaults, dataset_defaults)
     checkpoint_path = os.path.join(settings["out"], "checkpoint.pt")
     resume_state = None
     if settings.get("resume"):
@@ -163,100 +245,212 @@ def run_search(args):
         if changed:
             raise UsageError(f"--resume continues the saved run; these settings differ from it: "
                              + ", ".join(f"{k} (saved {saved.get(k)!r}, given {given[k]!r})" for k in changed))
-        settings = {**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
+        # Settings added since the run was saved keep their defaults.
+        settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
     elif os.path.exists(checkpoint_path):
         raise UsageError(f"{checkpoint_path} exists: add --resume to continue that run, or choose another --out")
-    check_positive(settings, ["epochs", "batch_size", "init_channels", "layers", "log_interval"])
+    check_positive(settings, ["epochs", "batch_size", "layers", "log_interval"])
+    check_space_settings("search", args.space, settings)
     device = pick_device(settings["device"], settings["threads"])
-    try:
-        config = SearchConfig(**{k: settings[k] for k in (
-            "epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
-            "arch_weight_decay", "unrolled", "arch_start_epoch", "seed", "log_interval")})
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS)
 
     data = load_data(settings)
     torch.manual_seed(config.seed)
-    model = SearchNetwork(settings["init_channels"], data.num_classes, settings["layers"], backend=settings["backend"],
-                          in_channels=data.in_channels)
+    space = SEARCH_SPACES[args.space](settings, data)
+    model = space.model
     out = settings["out"]
     os.makedirs(out, exist_ok=True)
     persisted = {k: v for k, v in settings.items() if k not in ("resume", "config")}
     with open(os.path.join(out, "settings.json"), "w") as f:
         json.dump(persisted, f, indent=2)
-    print(f"search darts on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
+    print(f"search {args.space} on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
           f"device {device}; output in {out}")
-    search = Search(model, data.search_train, data.search_val, config, device=device,
-                    describe=lambda m: {"genotype": genotype_to_dict(m.genotype())}, out_dir=out,
-                    extra={"settings": persisted})
+    options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
+    search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
+                    out_dir=out, extra={"settings": persisted}, **options)
     if resume_state is not None:
         search.load_state_dict(resume_state)
         print(f"resumed after epoch {search.epoch}")
     start = time.perf_counter()
     search.run()
-
-    genotype = model.genotype()
-    save_genotype(genotype, os.path.join(out, "genotype.json"))
-    with open(os.path.join(out, "genotype.txt"), "w") as f:
-        f.write(repr(genotype) + "\n")
-    plot_genotype(genotype, out)
-    plot_alpha_history(search.history["alphas"], model.primitives, os.path.join(out, "alphas.png"))
-    print(f"genotype: {genotype}")
-    print(f"search took {time.perf_counter() - start:.0f} s; wrote genotype.json, genotype.txt, normal.png, "
-          f"reduce.png, alphas.png, log.jsonl, checkpoint.pt in {out}")
+    written = space.finish(model, search, out)
+    print(f"search took {time.perf_counter() - start:.0f} s; wrote {', '.join(written)}, log.jsonl, checkpoint.pt "
+          f"in {out}")
     return 0
 
 
+def darts_search(settings, data):
+    from .darts import SearchNetwork, genotype_to_dict, save_genotype
+    from .viz import plot_alpha_history, plot_genotype
+
+    model = SearchNetwork(settings["init_channels"], data.num_classes, settings["layers"], backend=settings["backend"],
+                          in_channels=data.in_channels)
+
+    def finish(model, search, out):
+        genotype = model.genotype()
+        save_genotype(genotype, os.path.join(out, "genotype.json"))
+        with open(os.path.join(out, "genotype.txt"), "w") as f:
+            f.write(repr(genotype) + "\n")
+        plot_genotype(genotype, out)
+        plot_alpha_history(search.history["alphas"], model.primitives, os.path.join(out, "alphas.png"))
+        print(f"genotype: {genotype}")
+        return ["genotype.json", "genotype.txt", "normal.png", "reduce.png", "alphas.png"]
+
+    return SearchRun(model, describe=lambda m: {"genotype": genotype_to_dict(m.genotype())}, finish=finish)
+
+
+def autodeeplab_search(settings, data):
+    from functools import partial
+
+    from .autodeeplab import SearchNetwork, arch_to_dict, save_arch
+    from .segmentation import SegmentationMetrics, segmentation_loss
+    from .viz import plot_alpha_history, plot_cell, plot_trellis
+
+    model = SearchNetwork(data.num_classes, layers=settings["layers"], blocks=settings["blocks"],
+                          filter_multiplier=settings["filter_multiplier"], backend=settings["backend"],
+                          in_channels=data.in_channels)
+
+    def finish(model, search, out):
+        arch = arch_to_dict(model.decode())
+        save_arch(arch, os.path.join(out, "arch.json"))
+        plot_trellis(model.normalized_betas().detach(), arch["path"], os.path.join(out, "trellis.png"),
+                     title="network level: transition probabilities and the decoded path")
+        plot_cell([tuple(pair) for pair in arch["cell"]], list(range(2, 2 + model.blocks)),
+                  os.path.join(out, "cell.png"), title="cell")
+        plot_alpha_history(search.history["alphas"], model.primitives, os.path.join(out, "alphas.png"),
+                           cell_names=("cell",))
+        print(f"path (levels of layers 1..{model.layers}, rate 4 * 2^level): {arch['path']}")
+        print(f"cell: {[tuple(pair) for pair in arch['cell']]}")
+        return ["arch.json", "trellis.png", "cell.png", "alphas.png"]
+
+    return SearchRun(model, loss_fn=segmentation_loss, metrics=partial(SegmentationMetrics, num_classes=data.num_classes),
+                     describe=lambda m: arch_to_dict(m.decode()), finish=finish)
+
+
+SEARCH_SPACES = {"darts": darts_search, "autodeeplab": autodeeplab_search}
+
+
+@dataclass
+class TrainRun:
+    """What a search space adds to the shared train command."""
+
+    model: object  # () -> the network (called after seeding)
+    report: object  # result dict -> one line for the terminal
+    extra: object  # the epoch records -> a dict merged into result.json
+    train_options: dict = field(default_factory=dict)  # loss_fn, metrics, eval_name for train_network
+    config_options: dict = field(default_factory=dict)  # TrainConfig settings of the space
+
+
 def run_train(args):
+    """The train command of every space: settings, data, ``train_network``, model.pt and result.json."""
     import torch
 
-    from .darts import FinalNetwork, genotype_to_dict, load_genotype
     from .train import TrainConfig, count_parameters, train_network, write_result
 
-    settings, _ = resolve_settings(args, TRAIN_DEFAULTS, TRAIN_DATASET_DEFAULTS)
-    if "genotype" not in settings:
-        raise UsageError("train needs --genotype FILE (genotype.json or genotype.txt written by a search)")
-    try:
-        genotype = load_genotype(settings["genotype"])
-    except OSError as error:
-        raise UsageError(f"--genotype: cannot read {settings['genotype']!r}: {error.strerror}") from error
-    except ValueError as error:
-        raise UsageError(f"--genotype {settings['genotype']!r}: {error}") from error
-    check_positive(settings, ["epochs", "batch_size", "init_channels", "layers", "log_interval"])
+    defaults, dataset_defaults = SETTINGS["train", args.space]
+    settings, _ = resolve_settings(args, defaults, dataset_defaults)
+    file_setting = FILE_SETTINGS[args.space]
+    if file_setting not in settings:
+        what = "genotype.json or genotype.txt" if args.space == "darts" else "arch.json"
+        raise UsageError(f"train {args.space} needs --{file_setting} FILE ({what} written by a search)")
+    architecture = read_architecture(args.space, settings[file_setting], file_setting)
+    check_positive(settings, ["epochs", "batch_size", "log_interval"])
+    check_space_settings("train", args.space, settings)
     device = pick_device(settings["device"], settings["threads"])
-    try:
-        config = TrainConfig(**{k: settings[k] for k in (
-            "epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "auxiliary_weight",
-            "drop_path_prob", "seed", "log_interval")})
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-
-    data = load_data(settings, cutout=settings["cutout"])
+    data = load_data(settings, cutout=settings.get("cutout", 0))
+    space = TRAIN_SPACES[args.space](settings, data, architecture)
+    config = make_config(TrainConfig, settings, TRAIN_CONFIG_KEYS, **space.config_options)
     torch.manual_seed(config.seed)
-    try:
-        model = FinalNetwork(settings["init_channels"], data.num_classes, settings["layers"], genotype,
-                             auxiliary=settings["auxiliary"], in_channels=data.in_channels)
-    except ValueError as error:
-        raise UsageError(f"--genotype {settings['genotype']!r}: {error}") from error
+    model = space.model()
     out = settings["out"]
     os.makedirs(out, exist_ok=True)
-    print(f"train darts on {data.summary()}; {count_parameters(model):,} parameters; device {device}; "
+    print(f"train {args.space} on {data.summary()}; {count_parameters(model):,} parameters; device {device}; "
           f"output in {out}")
-    records = train_network(model, data.train, data.test, config, device=device, out_dir=out)
+    records = train_network(model, data.train, data.test, config, device=device, out_dir=out, **space.train_options)
     torch.save(model.state_dict(), os.path.join(out, "model.pt"))
-    result = write_result(os.path.join(out, "result.json"), records, model, config,
-                          extra={"genotype": genotype_to_dict(genotype),
-                                 "settings": {k: v for k, v in settings.items() if k != "config"}})
-    print(f"test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs ({result['time']:.0f} s); "
+    extra = {**space.extra(records), "settings": {k: v for k, v in settings.items() if k != "config"}}
+    result = write_result(os.path.join(out, "result.json"), records, model, config, extra=extra,
+                          eval_name=space.train_options.get("eval_name", "test"))
+    print(f"{space.report(result)} after {result['epochs']} epochs ({result['time']:.0f} s); "
           f"wrote result.json, log.jsonl, model.pt in {out}")
     return 0
 
 
+def read_architecture(space, path, flag):
+    from .autodeeplab import load_arch
+    from .darts import load_genotype
+
+    try:
+        return load_genotype(path) if space == "darts" else load_arch(path)
+    except OSError as error:
+        raise UsageError(f"--{flag}: cannot read {path!r}: {error.strerror}") from error
+    except ValueError as error:
+        raise UsageError(f"--{flag} {path!r}: {error}") from error
+
+
+def darts_train(settings, data, genotype):
+    from .darts import FinalNetwork, genotype_to_dict
+
+    def build():
+        try:
+            return FinalNetwork(settings["init_channels"], data.num_classes, settings["layers"], genotype,
+                                auxiliary=settings["auxiliary"], in_channels=data.in_channels)
+        except ValueError as error:
+            raise UsageError(f"--genotype {settings['genotype']!r}: {error}") from error
+
+    return TrainRun(build, report=lambda result: f"test accuracy {result['test_acc']:.4f}",
+                    extra=lambda records: {"genotype": genotype_to_dict(genotype)},
+                    config_options={k: settings[k] for k in ("auxiliary_weight", "drop_path_prob")})
+
+
+def autodeeplab_train(settings, data, arch):
+    from functools import partial
+
+    from .autodeeplab import DecodedNetwork, arch_to_dict
+    from .segmentation import SegmentationMetrics, segmentation_loss
+
+
+    def build():
+        return DecodedNetwork(data.num_classes, arch["path"], arch["cell"], filter_multiplier=settings["filter_multiplier"],
+                              blocks=len(arch["cell"]) // 2, in_channels=data.in_channels)
+
+    def extra(records):
+        ious = records[-1]["val_iou"]
+        return {"val_iou_per_class": dict(zip(data.class_names, ious)), "arch": arch_to_dict(arch)}
+
+    def report(result):
+        per_class = ", ".join(f"{name} {'-' if iou is None else f'{iou:.3f}'}"
+                              for name, iou in result["val_iou_per_class"].items())
+        return f"val mIoU {result['val_miou']:.4f} (pixel accuracy {result['val_acc']:.4f}; {per_class})"
+
+    return TrainRun(build, report=report, extra=extra,
+                    train_options={"loss_fn": segmentation_loss, "eval_name": "val",
+                                   "metrics": partial(SegmentationMetrics, num_classes=data.num_classes)},
+                    config_options={"auxiliary_weight": 0.0, "drop_path_prob": 0.0})
+
+
+TRAIN_SPACES = {"darts": darts_train, "autodeeplab": autodeeplab_train}
+
+
+def check_space_settings(command, space, settings):
+    """The settings only one search space has, checked before any data is read."""
+    check_positive(settings, {("search", "darts"): ["init_channels"], ("train", "darts"): ["init_channels", "layers"],
+                              ("search", "autodeeplab"): ["blocks", "filter_multiplier"],
+                              ("train", "autodeeplab"): ["filter_multiplier"]}[command, space])
+    if space == "autodeeplab" and settings["batch_size"] < 2:
+        raise UsageError(f"--batch-size must be >= 2 for autodeeplab, got {settings['batch_size']} (the ASPP "
+                         "image-pooling branch normalises over the batch)")
+    if settings.get("crop_size") is not None and settings["crop_size"] < 1:
+        raise UsageError(f"--crop-size must be >= 1, got {settings['crop_size']}")
+
+
 def load_data(settings, cutout=0):
-    from .data import load_dataset
+    from .data import SEGMENTATION_DATASETS, load_dataset
 
     name = settings["dataset"]
     kwargs = {"cutout": cutout} if name.startswith("cifar") else {}
+    if name in SEGMENTATION_DATASETS and settings.get("crop_size") is not None:
+        kwargs["crop_size"] = settings["crop_size"]
     try:
         return load_dataset(name, root=settings["data"], **kwargs)
     except FileNotFoundError as error:

@@ -1,16 +1,17 @@
-"""Retraining a found architecture from scratch: SGD with cosine lr, drop-path, optional auxiliary head."""
+"""Retraining a found architecture from scratch: SGD with cosine lr (DARTS: drop-path, optional auxiliary head)."""
 import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
 from .data.base import epoch_generator, iterate_batches
-from .search.loop import Metrics, make_progress_bar, write_json_lines
+from .search.loop import Metrics, format_metrics, make_progress_bar, prefixed, write_json_lines
 from .search.schedule import cosine_lr, set_lr
 
 
@@ -62,23 +63,41 @@ def classification_loss(model, inputs, targets, auxiliary_weight):
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size, device):
+def evaluate(model, data, batch_size, device, loss_fn=None, metrics=Metrics):
+    """Metrics of ``model`` on ``data`` in eval mode; ``loss_fn(model, inputs, targets)`` returns
+    (loss, logits) (default: cross entropy of a FinalNetwork's logits)."""
+    loss_fn = loss_fn or classification_eval_loss
     model.eval()
-    metrics = Metrics(device)
+    meter = metrics(device)
     for inputs, targets in iterate_batches(data, batch_size):
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits, _ = model(inputs)
-        metrics.update(F.cross_entropy(logits, targets), logits, targets)
+        loss, logits = loss_fn(model, inputs, targets)
+        meter.update(loss, logits, targets)
     model.train()
-    return metrics.read()
+    return meter.read()
 
 
-def train_network(model, train_data, test_data, config=None, device="cpu", out_dir=None, progress=None, log=print):
-    """Train ``model`` (a FinalNetwork: forward returns (logits, logits_aux)) and test it after every epoch.
+def classification_eval_loss(model, inputs, targets):
+    logits, _ = model(inputs)
+    return F.cross_entropy(logits, targets), logits
 
-    Returns the per-epoch records; with ``out_dir``, ``log.jsonl`` is rewritten after each epoch.
+
+def train_network(model, train_data, test_data, config=None, device="cpu", out_dir=None, progress=None, log=print,
+                  loss_fn=None, eval_loss_fn=None, metrics=Metrics, eval_name="test"):
+    """Train ``model`` and evaluate it on ``test_data`` after every epoch.
+
+    By default ``model`` is a FinalNetwork (forward returns (logits, logits_aux); drop-path and the
+    auxiliary head are used). Other tasks pass ``loss_fn(model, inputs, targets)`` -> (loss, logits)
+    for training and ``eval_loss_fn`` for evaluation (default: ``loss_fn``), and ``metrics(device)``
+    (e.g. segmentation metrics); ``eval_name`` prefixes the evaluation keys of the records
+    ("test_acc", or "val_miou", ...). Returns the per-epoch records; with ``out_dir``,
+    ``log.jsonl`` is rewritten after each epoch.
     """
     config = config or TrainConfig()
+    if loss_fn is None:
+        loss_fn = partial(classification_loss, auxiliary_weight=config.auxiliary_weight)
+        eval_loss_fn = eval_loss_fn or classification_eval_loss
+    eval_loss_fn = eval_loss_fn or loss_fn
     if len(train_data) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_data)} images)")
     device = torch.device(device)
@@ -93,9 +112,10 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
         start = time.perf_counter()
         lr = cosine_lr(epoch, config.epochs, config.lr, config.lr_min)
         set_lr(optimizer, lr)
-        model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
+        if hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = config.drop_path_prob * epoch / config.epochs
         model.train()
-        metrics = Metrics(device)
+        meter = metrics(device)
         batches = iterate_batches(train_data, config.batch_size, epoch_generator(config.seed, epoch), shuffle=True,
                                   drop_last=True)
         steps = len(train_data) // config.batch_size
@@ -103,46 +123,39 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
         for step, (inputs, targets) in enumerate(batches):
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss, logits = classification_loss(model, inputs, targets, config.auxiliary_weight)
+            loss, logits = loss_fn(model, inputs, targets)
             loss.backward()
             clip_grad_norm_(parameters, config.grad_clip, foreach=True)
             optimizer.step()
-            metrics.update(loss.detach(), logits, targets)
+            meter.update(loss.detach(), logits, targets)
             if bar is not None:
                 if (step + 1) % config.log_interval == 0 or step + 1 == steps:
-                    current = metrics.read()
-                    bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['acc']:.3f}", lr=f"{lr:.4f}")
+                    current = meter.read()
+                    bar.set_postfix(**{k: f"{v:.3f}" for k, v in current.items() if isinstance(v, float)},
+                                    lr=f"{lr:.4f}")
                 bar.update()
         if bar is not None:
             bar.close()
-        train = metrics.read()
-        test = evaluate(model, test_data, config.batch_size, device)
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            "drop_path_prob": model.drop_path_prob,
-            "train_loss": train["loss"],
-            "train_acc": train["acc"],
-            "test_loss": test["loss"],
-            "test_acc": test["acc"],
-            "time": time.perf_counter() - start,
-        }
+        train = meter.read()
+        test = evaluate(model, test_data, config.batch_size, device, eval_loss_fn, metrics)
+        record = {"epoch": epoch, "lr": lr}
+        if hasattr(model, "drop_path_prob"):
+            record["drop_path_prob"] = model.drop_path_prob
+        record.update({**prefixed("train", train), **prefixed(eval_name, test), "time": time.perf_counter() - start})
         records.append(record)
-        log(
-            f"epoch {epoch + 1}/{config.epochs} lr {lr:.5f} train loss {train['loss']:.4f} acc {train['acc']:.4f} "
-            f"test loss {test['loss']:.4f} acc {test['acc']:.4f} ({record['time']:.1f} s)"
-        )
+        log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.5f} train {format_metrics(train)} "
+            f"{eval_name} {format_metrics(test)} ({record['time']:.1f} s)")
         if out_dir is not None:
             write_json_lines(os.path.join(out_dir, "log.jsonl"), records)
     return records
 
 
-def write_result(path, records, model, config, extra=None):
-    """The final numbers as one JSON object."""
+def write_result(path, records, model, config, extra=None, eval_name="test"):
+    """The final numbers as one JSON object (every ``eval_name`` metric of the last epoch)."""
+    last = records[-1]
     result = {
-        "test_acc": records[-1]["test_acc"],
-        "test_loss": records[-1]["test_loss"],
-        "train_acc": records[-1]["train_acc"],
+        **{key: value for key, value in last.items() if key.startswith(eval_name + "_")},
+        "train_acc": last["train_acc"],
         "parameters": count_parameters(model),
         "time": sum(r["time"] for r in records),
         "epochs": len(records),

@@ -1,4 +1,4 @@
-"""Pictures of a search: each cell as a DAG, and the softmax alpha weights over the epochs.
+"""Pictures of a search: each cell as a DAG, the softmax alpha weights over the epochs, the Auto-DeepLab trellis.
 
 Matplotlib's object API (Figure + savefig, Agg) is used without pyplot, so nothing global changes
 and no display or graphviz is needed.
@@ -116,3 +116,60 @@ def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "r
     figure.legend(lines, list(primitives), loc="lower center", ncol=len(primitives), fontsize=8)
     figure.supxlabel("epoch", fontsize=8, y=0.06)
     figure.savefig(path, dpi=100)
+
+
+def plot_trellis(probabilities, path, out_path, title=None):
+    """The Auto-DeepLab network level: every transition of the trellis drawn with a width and
+    colour by its probability, the decoded path on top in red.
+
+    ``probabilities``: [L, 4, 3] normalised betas (``SearchNetwork.normalized_betas()``; entry
+    [l, s, d] leads from level s of layer l to level s - 1 + d of layer l + 1; layer 0 is the
+    stem); ``path``: the decoded levels of layers 1..L.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from .decode import NUM_LEVELS, reachable_levels, transition_mask
+
+    probabilities = torch.as_tensor(probabilities, dtype=torch.float64).detach().cpu()
+    layers = probabilities.shape[0]
+    mask = transition_mask(layers)
+    cmap, norm = colormaps["Blues"], Normalize(0.0, 1.0)
+    figure = Figure(figsize=(1.6 + 0.75 * (layers + 1), 3.8))
+    ax = figure.add_subplot()
+    for layer in range(layers):
+        for s in reachable_levels(layer):
+            for d in range(3):
+                if mask[layer][s][d]:
+                    p = probabilities[layer, s, d].item()
+                    ax.plot([layer, layer + 1], [s, s - 1 + d], color=cmap(norm(0.15 + 0.85 * p)),
+                            lw=0.5 + 4.5 * p, solid_capstyle="round", zorder=1)
+    levels = [0] + list(path)
+    ax.plot(range(layers + 1), levels, color="#d62828", lw=2.2, zorder=2, label="decoded path")
+    for layer in range(layers):  # the chosen transitions' probabilities
+        d = levels[layer + 1] - levels[layer] + 1
+        ax.text(layer + 0.5, (levels[layer] + levels[layer + 1]) / 2 - 0.12,
+                f"{probabilities[layer, levels[layer], d].item():.2f}", fontsize=6.5, ha="center", color="#d62828",
+                zorder=4, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+    for layer in range(layers + 1):
+        for s in reachable_levels(layer):
+            on_path = levels[layer] == s
+            ax.scatter([layer], [s], s=60 if on_path else 30, zorder=3, edgecolors="black", linewidths=0.6,
+                       color="#ffb703" if on_path else "white")
+    ax.set_xticks(range(layers + 1), ["stem"] + [str(layer) for layer in range(1, layers + 1)], fontsize=8)
+    ax.set_yticks(range(NUM_LEVELS), [f"1/{4 * 2**s}" for s in range(NUM_LEVELS)], fontsize=8)
+    ax.set_ylim(NUM_LEVELS - 0.5, -0.5)  # finest level at the top
+    ax.set_xlim(-0.4, layers + 0.4)
+    ax.set_xlabel("layer", fontsize=9)
+    ax.set_ylabel("spatial resolution", fontsize=9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(loc="lower left", fontsize=7, frameon=False)
+    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.04, pad=0.02).set_label(
+        "transition probability", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=120)
+    return out_path

@@ -5,6 +5,8 @@ i.e. from ``SearchNetwork.decode()``. Same stem and resampling as the search net
 the two chosen ops per block (``FINAL_OPS``: affine BN, pools without BN); one ASPP at the last
 layer's level, its logits bilinearly upsampled to the input size.
 """
+import json
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -134,3 +136,37 @@ class DecodedNetwork(nn.Module):
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, sizes[cell.level])
         return F.interpolate(self.aspp(s1), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def arch_to_dict(arch):
+    """``SearchNetwork.decode()``'s result as plain JSON types: {"path": [ints], "cell": [[op, index], ...]}."""
+    return {"path": [int(level) for level in arch["path"]], "cell": [[op, int(index)] for op, index in arch["cell"]]}
+
+
+def save_arch(arch, path):
+    """Write a decoded architecture as JSON (arch.json): the level path and the cell genotype."""
+    arch = arch_to_dict(arch)
+    with open(path, "w") as f:
+        # One cell pair per line: readable, and still one JSON object.
+        pairs = ",\n    ".join(json.dumps(pair) for pair in arch["cell"])
+        f.write(f'{{\n  "path": {json.dumps(arch["path"])},\n  "cell": [\n    {pairs}\n  ]\n}}\n')
+
+
+def load_arch(path):
+    """Read arch.json: {"path": [...], "cell": [...]}, checked (a ValueError says what is wrong).
+
+    Keys other than "path" and "cell" are ignored, so a file may carry notes. The number of
+    blocks is read off the cell (two pairs per block).
+    """
+    with open(path) as f:
+        try:
+            arch = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON: {error}") from error
+    if not isinstance(arch, dict) or not {"path", "cell"} <= set(arch):
+        raise ValueError("expected a JSON object with the keys 'path' (levels by layer) and 'cell' "
+                         "(op, state-index pairs)")
+    cell = arch["cell"]
+    if not isinstance(cell, list) or not cell or len(cell) % 2:
+        raise ValueError(f"'cell' must list two (op, state index) pairs per block, got {cell!r}")
+    return {"path": check_path(arch["path"]), "cell": check_cell_genotype(cell, len(cell) // 2)}

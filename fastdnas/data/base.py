@@ -120,7 +120,9 @@ class DataSplits:
     """One dataset, split for search and for retraining.
 
     search_train / search_val: the two halves the bilevel search uses (weights / architecture).
-    train: everything but the test set (retraining); test: held out, for the final accuracy.
+    train: everything but the test set (retraining); test: held out, for the final accuracy
+    (segmentation sets: their official val split). The sets are ``ImageSet``s, or
+    ``SegmentationSet``s with per-pixel labels (``image_size`` is then the training crop).
     """
 
     name: str
@@ -131,6 +133,7 @@ class DataSplits:
     search_val: ImageSet
     train: ImageSet
     test: ImageSet
+    class_names: tuple = ()  # optional, for reports (segmentation: per-class IoU)
 
     def summary(self):
         return (
@@ -143,3 +146,13 @@ def split_halves(train):
     """Split by index into two halves (first half for weights, second for the architecture), as DARTS does."""
     half = len(train) // 2
     return train.subset(torch.arange(half)), train.subset(torch.arange(half, len(train)))
+
+
+def split_random_halves(train, seed=0):
+    """Split into two random halves (Auto-DeepLab: trainA for the weights, trainB for the architecture).
+
+    The permutation comes from its own generator seeded with ``seed``: the split is fixed for a dataset.
+    """
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    half = len(train) // 2
+    return train.subset(order[:half].sort().values), train.subset(order[half:].sort().values)

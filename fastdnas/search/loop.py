@@ -85,16 +85,29 @@ class Metrics:
         return {"loss": loss_sum / max(self.samples, 1), "acc": correct / max(labelled, 1)}
 
 
+def prefixed(prefix, values):
+    """{"loss": 1.0, "acc": 0.5} -> {"<prefix>_loss": 1.0, "<prefix>_acc": 0.5}: the keys of an epoch record."""
+    return {f"{prefix}_{key}": value for key, value in values.items()}
+
+
+def format_metrics(values):
+    """'loss 0.1234 acc 0.9876 ...': the scalar metrics of one ``read()``, for the log line."""
+    return " ".join(f"{key} {value:.4f}" for key, value in values.items() if isinstance(value, float))
+
+
 class Search:
     """Runs (and resumes) a bilevel architecture search.
 
     ``describe(model)`` may return a JSON-able dict merged into each epoch's record (DARTS: the
-    genotype). With ``out_dir`` the run writes ``checkpoint.pt`` and ``log.jsonl`` there after
-    every epoch; ``extra`` is stored in the checkpoint as is (e.g. the command-line settings).
+    genotype). ``metrics(device)`` makes the per-epoch meters (default ``Metrics``: loss and
+    accuracy; segmentation passes one that adds mIoU); every value a meter reads goes into the
+    record as ``train_<name>`` / ``val_<name>``. With ``out_dir`` the run writes ``checkpoint.pt``
+    and ``log.jsonl`` there after every epoch; ``extra`` is stored in the checkpoint as is (e.g.
+    the command-line settings).
     """
 
     def __init__(self, model, train_data, val_data, config=None, loss_fn=cross_entropy_loss, device="cpu",
-                 describe=None, out_dir=None, extra=None, progress=None, log=print):
+                 describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics):
         self.config = config = config or SearchConfig()
         for name, data in (("search-train", train_data), ("search-val", val_data)):
             if len(data) < config.batch_size:
@@ -103,6 +116,7 @@ class Search:
         self.model = model.to(self.device)
         self.train_data, self.val_data = train_data, val_data
         self.loss_fn = loss_fn
+        self.metrics = metrics
         self.describe = describe
         self.out_dir = out_dir
         self.extra = extra or {}
@@ -131,10 +145,8 @@ class Search:
                 "epoch": epoch,
                 "lr": lr,
                 "arch_updates": epoch >= self.config.arch_start_epoch,
-                "train_loss": train["loss"],
-                "train_acc": train["acc"],
-                "val_loss": val["loss"],
-                "val_acc": val["acc"],
+                **prefixed("train", train),
+                **prefixed("val", val),
                 "time": time.perf_counter() - start,
             }
             if self.describe is not None:
@@ -142,10 +154,8 @@ class Search:
             self.history["epochs"].append(record)
             self.history["alphas"].append([a.detach().cpu().clone() for a in self.model.arch_parameters()])
             self.epoch = epoch + 1
-            self.log(
-                f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train loss {train['loss']:.4f} "
-                f"acc {train['acc']:.4f} val loss {val['loss']:.4f} acc {val['acc']:.4f} ({record['time']:.1f} s)"
-            )
+            self.log(f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train {format_metrics(train)} "
+                     f"val {format_metrics(val)} ({record['time']:.1f} s)")
             if self.out_dir is not None:
                 self.save(self.checkpoint_path)
                 write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
@@ -160,7 +170,7 @@ class Search:
         train_batches = iterate_batches(self.train_data, config.batch_size, generator, shuffle=True, drop_last=True)
         val_batches = iterate_batches(self.val_data, config.batch_size, generator, shuffle=True, drop_last=True)
         steps = min(len(self.train_data), len(self.val_data)) // config.batch_size
-        metrics = Metrics(self.device)
+        metrics = self.metrics(self.device)
         self.model.train()
         bar = make_progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", self.progress)
         for step, ((inputs, targets), (val_inputs, val_targets)) in enumerate(zip(train_batches, val_batches)):
@@ -174,7 +184,8 @@ class Search:
             if bar is not None:
                 if (step + 1) % config.log_interval == 0 or step + 1 == steps:
                     current = metrics.read()
-                    bar.set_postfix(loss=f"{current['loss']:.3f}", acc=f"{current['acc']:.3f}", lr=f"{lr:.4f}")
+                    bar.set_postfix(**{k: f"{v:.3f}" for k, v in current.items() if isinstance(v, float)},
+                                    lr=f"{lr:.4f}")
                 bar.update()
         if bar is not None:
             bar.close()
@@ -191,9 +202,9 @@ class Search:
 
     @torch.no_grad()
     def evaluate(self, data):
-        """Loss and accuracy on ``data`` in eval mode (BatchNorm running statistics)."""
+        """The metrics of ``data`` in eval mode (BatchNorm running statistics)."""
         self.model.eval()
-        metrics = Metrics(self.device)
+        metrics = self.metrics(self.device)
         for inputs, targets in iterate_batches(data, self.config.batch_size):
             inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
