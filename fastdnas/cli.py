@@ -50,7 +50,7 @@ AUTODEEPLAB_SEARCH_DEFAULTS = {
 AUTODEEPLAB_SEARCH_DATASET_DEFAULTS = {
     "cityscapes": {},  # 321x321 crops of half-resolution images, batch 2 (the paper's search)
     "voc": {},
-    # Measured at about 5 minutes on 2 CPU cores: a 4-layer trellis of 3-block cells, F = 4, on
+    # Measured at about 7 CPU minutes (one thread): a 4-layer trellis of 3-block cells, F = 4, on
     # 64 x 64 crops. One thread: the supernet's thousands of tiny ops gain nothing from a second.
     "shapes": {"epochs": 6, "arch_start_epoch": 3, "batch_size": 16, "layers": 4, "blocks": 3,
                "filter_multiplier": 4, "crop_size": 64, "threads": 1},
