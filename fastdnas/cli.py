@@ -248,6 +248,7 @@ def run_search(args):
     settings, given = resolve_settings(args, defaults, dataset_defaults)
     context, device = start_distributed(settings)
     settings, resume_state = distributed.run_on_main(lambda: read_resume_state(settings, given), context)
+    device = device or pick_device(settings["device"], settings["threads"])  # one process: saved settings count
     check_positive(settings, ["epochs", "batch_size", "layers", "log_interval"])
     check_space_settings("search", args.space, settings)
     config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS)
@@ -313,12 +314,15 @@ def read_resume_state(settings, given):
 
 
 def start_distributed(settings):
-    """(Distributed, device): under torchrun, join the process group on this rank's device."""
+    """Under torchrun: (Distributed, device), the process group joined on this rank's device (the
+    device must be known before rank 0 can send the saved settings). Otherwise (SINGLE, None)."""
     from .search import distributed
 
-    device = pick_device(settings["device"], settings["threads"])
     try:
-        return distributed.setup(device)
+        context = distributed.from_environment()
+        if not context.enabled:
+            return context, None
+        return distributed.setup(pick_device(settings["device"], settings["threads"]))
     except ValueError as error:
         raise UsageError(str(error)) from error
 

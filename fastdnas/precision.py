@@ -54,7 +54,7 @@ def autocast_inputs(tensors):
     half type, an identity edge in whatever it was given); the fused kernels need one dtype.
     """
     device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return [t.to(dtype) if t.is_floating_point() else t for t in tensors]
