@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass, field
 
 # Shared by search and retraining, then the dataset-sized settings of each.
-COMMON_DEFAULTS = {"dataset": "digits", "data": "data", "device": None, "threads": None, "log_interval": 50}
+COMMON_DEFAULTS = {"dataset": "digits", "data": "data", "device": None, "threads": None, "log_interval": 50,
+                   "amp": None}
 SEARCH_DEFAULTS = {
     "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0,
     "arch_lr": 3e-4, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3, "unrolled": False, "arch_start_epoch": 0,
+    "sync_bn": False,
     "backend": "fused", "seed": 2, "epochs": 50, "batch_size": 64, "init_channels": 16, "layers": 8,
 }
 SEARCH_DATASET_DEFAULTS = {
@@ -44,7 +46,7 @@ AUTODEEPLAB_SEARCH_DEFAULTS = {
     "dataset": "shapes",
     "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0,
     "arch_lr": 3e-3, "arch_betas": [0.9, 0.999], "arch_weight_decay": 1e-3, "unrolled": False,
-    "arch_start_epoch": 20, "backend": "fused", "seed": 2, "epochs": 40, "batch_size": 2,
+    "arch_start_epoch": 20, "backend": "fused", "seed": 2, "epochs": 40, "batch_size": 2, "sync_bn": False,
     "layers": 12, "blocks": 5, "filter_multiplier": 8, "crop_size": None,
 }
 AUTODEEPLAB_SEARCH_DATASET_DEFAULTS = {
@@ -75,12 +77,14 @@ SETTINGS = {
 }
 # Settings that name a file to read rather than a number (known to the train commands).
 FILE_SETTINGS = {"darts": "genotype", "autodeeplab": "arch"}
-# What --resume may change; every other setting must match the interrupted run.
-RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config"}
+# What --resume may change; every other setting must match the interrupted run. How the run is
+# executed may change (the checkpoint does not depend on the precision or the number of ranks).
+RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn"}
 SEARCH_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
-                      "arch_betas", "arch_weight_decay", "unrolled", "arch_start_epoch", "seed", "log_interval")
+                      "arch_betas", "arch_weight_decay", "unrolled", "arch_start_epoch", "seed", "log_interval",
+                      "amp", "sync_bn")
 TRAIN_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "seed",
-                     "log_interval")
+                     "log_interval", "amp")
 
 
 class UsageError(Exception):
@@ -104,7 +108,7 @@ def build_parser():
         sub.add_argument("--data", metavar="PATH", help="folder with the CIFAR, Cityscapes or VOC files (default ./data)")
         sub.add_argument("--out", metavar="DIR", help="output folder (default runs/<command>-<space>-<dataset>)")
         sub.add_argument("--epochs", type=int)
-        sub.add_argument("--batch-size", type=int)
+        sub.add_argument("--batch-size", type=int, help="images per step (search under torchrun: over all ranks)")
         sub.add_argument("--lr", type=float, help="initial weight learning rate (cosine annealed)")
         sub.add_argument("--lr-min", type=float, help="final weight learning rate")
         sub.add_argument("--momentum", type=float)
@@ -121,6 +125,8 @@ def build_parser():
         sub.add_argument("--threads", type=int, metavar="N",
                          help="CPU threads for torch (default: torch's choice; 1 can be faster on a busy machine)")
         sub.add_argument("--log-interval", type=int, metavar="STEPS", help="steps between progress updates")
+        sub.add_argument("--amp", choices=["bf16", "fp16"],
+                         help="mixed precision: autocast to bfloat16, or float16 with loss scaling (default: float32)")
     search.add_argument("--layers", type=int, help="darts: number of cells; autodeeplab: trellis layers L")
     search.add_argument("--blocks", type=int, help="autodeeplab: blocks B per cell")
     search.add_argument("--arch-lr", type=float, help="Adam learning rate of the architecture parameters")
@@ -131,6 +137,8 @@ def build_parser():
     search.add_argument("--arch-start-epoch", type=int, metavar="N", help="no architecture updates before epoch N")
     search.add_argument("--backend", choices=["fused", "reference"], help="node sums: fused kernels or eager")
     search.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    search.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
+                        help="under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)")
     train.add_argument("--layers", type=int, help="darts: number of cells (autodeeplab: from --arch)")
     train.add_argument("--genotype", metavar="FILE", help="darts: genotype.json or genotype.txt from a search (required)")
     train.add_argument("--arch", metavar="FILE", help="autodeeplab: arch.json from a search (required)")
@@ -226,57 +234,97 @@ class SearchRun:
 
 
 def run_search(args):
-    """The search command of every space: settings, resume, data, the shared ``Search``, outputs."""
+    """The search command of every space: settings, resume, data, the shared ``Search``, outputs.
+
+    Under torchrun every rank runs this; rank 0 alone reads the checkpoint to resume (and sends
+    it to the others), prints and writes files.
+    """
     import torch
 
-    from .search import Search, SearchConfig, load_checkpoint
+    from .search import Search, SearchConfig
+    from .search import distributed
 
     defaults, dataset_defaults = SETTINGS["search", args.space]
     settings, given = resolve_settings(args, defaults, dataset_defaults)
-    checkpoint_path = os.path.join(settings["out"], "checkpoint.pt")
-    resume_state = None
-    if settings.get("resume"):
-        try:
-            resume_state = load_checkpoint(checkpoint_path)
-        except FileNotFoundError as error:
-            raise UsageError(str(error)) from error
-        saved = resume_state["extra"]["settings"]
-        changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
-        if changed:
-            raise UsageError(f"--resume continues the saved run; these settings differ from it: "
-                             + ", ".join(f"{k} (saved {saved.get(k)!r}, given {given[k]!r})" for k in changed))
-        # Settings added since the run was saved keep their defaults.
-        settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
-    elif os.path.exists(checkpoint_path):
-        raise UsageError(f"{checkpoint_path} exists: add --resume to continue that run, or choose another --out")
+    context, device = start_distributed(settings)
+    settings, resume_state = distributed.run_on_main(lambda: read_resume_state(settings, given), context)
+    device = device or pick_device(settings["device"], settings["threads"])  # one process: saved settings count
     check_positive(settings, ["epochs", "batch_size", "layers", "log_interval"])
     check_space_settings("search", args.space, settings)
-    device = pick_device(settings["device"], settings["threads"])
     config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS)
+    if settings["batch_size"] % context.world_size:
+        raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
+                         f"{context.world_size} ranks")
+    if args.space == "autodeeplab" and settings["batch_size"] // context.world_size < 2 and not settings["sync_bn"]:
+        raise UsageError(f"--batch-size {settings['batch_size']} leaves fewer than 2 images per rank: the ASPP "
+                         "image-pooling branch normalises over the batch (give a larger batch, or --sync-bn)")
+    say = print if context.is_main else (lambda *args, **kwargs: None)
 
     data = load_data(settings)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial network on every rank
     space = SEARCH_SPACES[args.space](settings, data)
     model = space.model
     out = settings["out"]
-    os.makedirs(out, exist_ok=True)
     persisted = {k: v for k, v in settings.items() if k not in ("resume", "config")}
-    with open(os.path.join(out, "settings.json"), "w") as f:
-        json.dump(persisted, f, indent=2)
-    print(f"search {args.space} on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
-          f"device {device}; output in {out}")
+    if context.is_main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "settings.json"), "w") as f:
+            json.dump(persisted, f, indent=2)
+    ranks = (f" x {context.world_size} ranks (batch {config.batch_size // context.world_size} per rank)"
+             if context.enabled else "")
+    say(f"search {args.space} on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
+        f"device {device}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
     options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
-                    out_dir=out, extra={"settings": persisted}, **options)
+                    out_dir=out, extra={"settings": persisted}, distributed=context, **options)
     if resume_state is not None:
         search.load_state_dict(resume_state)
-        print(f"resumed after epoch {search.epoch}")
+        say(f"resumed after epoch {search.epoch}")
     start = time.perf_counter()
     search.run()
-    written = space.finish(model, search, out)
-    print(f"search took {time.perf_counter() - start:.0f} s; wrote {', '.join(written)}, log.jsonl, checkpoint.pt "
-          f"in {out}")
+    if context.is_main:
+        written = space.finish(search.model, search, out)
+        print(f"search took {time.perf_counter() - start:.0f} s; wrote {', '.join(written)}, log.jsonl, "
+              f"checkpoint.pt in {out}")
     return 0
+
+
+def read_resume_state(settings, given):
+    """(settings, checkpoint state or None): with --resume the saved run's settings and state,
+    else a check that no run would be overwritten."""
+    from .search import load_checkpoint
+
+    checkpoint_path = os.path.join(settings["out"], "checkpoint.pt")
+    if not settings.get("resume"):
+        if os.path.exists(checkpoint_path):
+            raise UsageError(f"{checkpoint_path} exists: add --resume to continue that run, or choose another --out")
+        return settings, None
+    try:
+        resume_state = load_checkpoint(checkpoint_path)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
+    saved = resume_state["extra"]["settings"]
+    changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
+    if changed:
+        raise UsageError(f"--resume continues the saved run; these settings differ from it: "
+                         + ", ".join(f"{k} (saved {saved.get(k)!r}, given {given[k]!r})" for k in changed))
+    # Settings added since the run was saved keep their defaults.
+    settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
+    return settings, resume_state
+
+
+def start_distributed(settings):
+    """Under torchrun: (Distributed, device), the process group joined on this rank's device (the
+    device must be known before rank 0 can send the saved settings). Otherwise (SINGLE, None)."""
+    from .search import distributed
+
+    try:
+        context = distributed.from_environment()
+        if not context.enabled:
+            return context, None
+        return distributed.setup(pick_device(settings["device"], settings["threads"]))
+    except ValueError as error:
+        raise UsageError(str(error)) from error
 
 
 def darts_search(settings, data):
@@ -347,6 +395,10 @@ def run_train(args):
 
     from .train import TrainConfig, count_parameters, train_network, write_result
 
+    from .search import distributed
+
+    if distributed.from_environment().enabled:
+        raise UsageError("train runs in one process: launch it without torchrun (only search is data-parallel)")
     defaults, dataset_defaults = SETTINGS["train", args.space]
     settings, _ = resolve_settings(args, defaults, dataset_defaults)
     file_setting = FILE_SETTINGS[args.space]
@@ -458,12 +510,16 @@ def load_data(settings, cutout=0):
 
 
 def main(argv=None):
+    from .search import distributed
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except UsageError as error:
         parser.exit(2, f"fastdnas {args.command}: error: {error}\n")
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

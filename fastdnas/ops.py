@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from . import _extension
+from .precision import autocast_inputs
 
 _extension.load()
 
@@ -20,11 +21,13 @@ def mixed_sum(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
             bfloat16) and device; non-contiguous tensors are accepted.
         weights: a floating tensor of shape [K] on the same device.
 
-    Half inputs accumulate in float32. The result is contiguous, in the inputs' dtype. The
+    Half inputs accumulate in float32. The result is contiguous, in the inputs' dtype (under
+    autocast the inputs are first cast to the autocast dtype; the weights never are). The
     backward pass is one fused kernel giving ``weights[i] * grad`` for every input and
     ``sum(grad * inputs[i])`` for every weight (a deterministic reduction).
     """
-    return torch.ops.fastdnas.mixed_sum(list(inputs), weights)
+    inputs = list(inputs)
+    return torch.ops.fastdnas.mixed_sum(autocast_inputs(inputs) if inputs else inputs, weights)
 
 
 def _check_mixed_sum_args(inputs, weights):
@@ -122,7 +125,8 @@ def trellis_aggregate(cells: Sequence[Sequence[Tensor]], betas: Tensor) -> Tenso
                 "every cell evaluation must give the same number of blocks"
             )
     # The schema takes one flat list, cell-major: blocks[t * B + b] = cells[t][b].
-    return torch.ops.fastdnas.trellis_aggregate([block for cell in cells for block in cell], len(cells), betas)
+    blocks = autocast_inputs([block for cell in cells for block in cell])
+    return torch.ops.fastdnas.trellis_aggregate(blocks, len(cells), betas)
 
 
 def _check_trellis_aggregate_args(blocks, num_cells, betas):
@@ -252,7 +256,7 @@ def resize_sum(inputs: Sequence[Tensor], size: Sequence[int], weights: Tensor | 
     for s in size:
         if isinstance(s, bool) or not isinstance(s, (int, torch.SymInt)) or (isinstance(s, int) and s <= 0):
             raise ValueError(f"resize_sum: size must be 2 positive ints (height, width), got {size!r}")
-    return torch.ops.fastdnas.resize_sum(inputs, list(size), weights)
+    return torch.ops.fastdnas.resize_sum(autocast_inputs(inputs), list(size), weights)
 
 
 def _check_resize_sum_args(inputs, size, weights):

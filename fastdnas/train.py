@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
 from .data.base import epoch_generator, iterate_batches
+from .precision import AMP_MODES, MixedPrecision
 from .search.loop import Metrics, format_metrics, make_progress_bar, prefixed, write_json_lines
 from .search.schedule import cosine_lr, set_lr
 
@@ -30,8 +31,11 @@ class TrainConfig:
     drop_path_prob: float = 0.2  # reached at the last epoch, growing linearly from 0
     seed: int = 0
     log_interval: int = 50
+    amp: str = None  # None (float32), "bf16" or "fp16" (autocast; fp16 with loss scaling)
 
     def __post_init__(self):
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise ValueError(f"invalid training settings: amp={self.amp!r} (expected one of {sorted(AMP_MODES)} or None)")
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
@@ -63,15 +67,17 @@ def classification_loss(model, inputs, targets, auxiliary_weight):
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size, device, loss_fn=None, metrics=Metrics):
+def evaluate(model, data, batch_size, device, loss_fn=None, metrics=Metrics, precision=None):
     """Metrics of ``model`` on ``data`` in eval mode; ``loss_fn(model, inputs, targets)`` returns
     (loss, logits) (default: cross entropy of a FinalNetwork's logits)."""
     loss_fn = loss_fn or classification_eval_loss
+    precision = precision or MixedPrecision()
     model.eval()
     meter = metrics(device)
     for inputs, targets in iterate_batches(data, batch_size):
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss, logits = loss_fn(model, inputs, targets)
+        with precision.autocast():
+            loss, logits = loss_fn(model, inputs, targets)
         meter.update(loss, logits, targets)
     model.train()
     return meter.read()
@@ -107,6 +113,8 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
     parameters = list(model.parameters())
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, foreach=True)
+    precision = MixedPrecision(config.amp, device)
+    scaler = precision.scaler  # fp16 only; its calls pass straight through otherwise
     records = []
     for epoch in range(config.epochs):
         start = time.perf_counter()
@@ -123,10 +131,13 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
         for step, (inputs, targets) in enumerate(batches):
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss, logits = loss_fn(model, inputs, targets)
-            loss.backward()
+            with precision.autocast():
+                loss, logits = loss_fn(model, inputs, targets)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             clip_grad_norm_(parameters, config.grad_clip, foreach=True)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             meter.update(loss.detach(), logits, targets)
             if bar is not None:
                 if (step + 1) % config.log_interval == 0 or step + 1 == steps:
@@ -137,7 +148,7 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
         if bar is not None:
             bar.close()
         train = meter.read()
-        test = evaluate(model, test_data, config.batch_size, device, eval_loss_fn, metrics)
+        test = evaluate(model, test_data, config.batch_size, device, eval_loss_fn, metrics, precision)
         record = {"epoch": epoch, "lr": lr}
         if hasattr(model, "drop_path_prob"):
             record["drop_path_prob"] = model.drop_path_prob

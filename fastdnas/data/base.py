@@ -98,18 +98,33 @@ def cutout(images, length, generator):
     return images * (~inside).unsqueeze(1).to(images.dtype)
 
 
-def iterate_batches(data, batch_size, generator=None, shuffle=False, drop_last=False):
+def iterate_batches(data, batch_size, generator=None, shuffle=False, drop_last=False, rank=0, world_size=1):
     """Yield (images, labels) batches of ``data``.
 
     With a generator the order is a permutation drawn from it (if ``shuffle``) and the images are
     augmented with it; without one, batches come in index order, unaugmented.
+
+    With ``world_size`` > 1, rank ``rank`` reads only its shard of the order: positions rank,
+    rank + world_size, ... (DistributedSampler's split; with ``drop_last`` the order is first cut
+    to a multiple of world_size so every rank gets as many batches). Every rank draws the same
+    permutation, so batch s of all ranks together is batch s of one process with
+    world_size * batch_size. Augmentation then comes from a generator of this rank's own (seeded
+    from the shared one), so ranks do not crop and flip in lockstep.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if shuffle and generator is None:
         raise ValueError("shuffle needs a generator (the data order must be reproducible)")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if world_size > 1:
+        order = order[: n - n % world_size if drop_last else n][rank::world_size]
+        n = len(order)
+        if generator is not None and data.augments:
+            seed = int(torch.randint(0, 2**62, (), generator=generator))
+            generator = torch.Generator().manual_seed(seed + rank)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         yield data.batch(order[start : start + batch_size], generator if data.augments else None)

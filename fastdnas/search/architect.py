@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from ..precision import MixedPrecision
+
 
 def cross_entropy_loss(model, inputs, targets):
     """Default loss: cross entropy of ``model(inputs)``; returns (loss, logits) so the loop can count accuracy."""
@@ -21,13 +23,23 @@ class Architect:
 
     The weights it differentiates through (second order) are exactly those the weight optimizer
     updates; the architecture parameters never appear among them.
+
+    Data-parallel runs pass ``average_gradients``, which replaces a list of gradients by their
+    mean over the ranks in place: it is applied to the weight gradients of the virtual step, to
+    the validation gradient v of the unrolled weights, and to the final architecture gradient,
+    so every rank takes the same step. ``precision`` (a ``MixedPrecision``) runs the forward
+    passes under autocast; with fp16 the losses are scaled and the Adam step goes through its
+    GradScaler (skipped if a gradient overflowed), whose ``update()`` the caller makes once per
+    iteration.
     """
 
     def __init__(self, model, weight_optimizer, loss_fn=cross_entropy_loss, lr=3e-4, betas=(0.5, 0.999),
-                 weight_decay=1e-3, unrolled=False):
+                 weight_decay=1e-3, unrolled=False, average_gradients=None, precision=None):
         self.model = model
         self.loss_fn = loss_fn
         self.unrolled = unrolled
+        self.average_gradients = average_gradients or (lambda grads: grads)
+        self.precision = precision or MixedPrecision()
         self.weight_optimizer = weight_optimizer
         self.arch_params = list(model.arch_parameters())
         self.weights = [p for group in weight_optimizer.param_groups for p in group["params"]]
@@ -41,7 +53,10 @@ class Architect:
         self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
 
     def loss(self, inputs, targets):
-        return split_loss(self.loss_fn(self.model, inputs, targets))[0]
+        """The loss on one batch, times the fp16 loss scale when there is one."""
+        with self.precision.autocast():
+            loss = split_loss(self.loss_fn(self.model, inputs, targets))[0]
+        return self.precision.scaler.scale(loss)
 
     def step(self, train_inputs, train_targets, val_inputs, val_targets):
         """One Adam step on the architecture parameters (the weights are left as they were)."""
@@ -49,10 +64,11 @@ class Architect:
             grads = self.unrolled_grads(train_inputs, train_targets, val_inputs, val_targets)
         else:
             grads = self.first_order_grads(val_inputs, val_targets)
+        self.average_gradients(grads)
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.arch_params, grads):
             p.grad = g
-        self.optimizer.step()
+        self.precision.scaler.step(self.optimizer)  # without fp16: optimizer.step()
 
     def first_order_grads(self, val_inputs, val_targets):
         """dL_val(w, alpha) / dalpha (its forward updates BatchNorm running statistics, as in DARTS)."""
@@ -65,6 +81,9 @@ class Architect:
         place on the model's weights; the Hessian-vector product is a central finite difference
         around w with radius R = 0.01 / ||dL_val/dw'||. Weights and buffers (BatchNorm running
         statistics) are restored exactly before returning, so these extra forwards leave no trace.
+        With a loss scale s every gradient here is s times the true one: the virtual step and the
+        radius use the unscaled values, the returned gradient stays scaled (the GradScaler's step
+        unscales it).
         """
         weights = self.weights
         saved_weights = [w.detach().clone() for w in weights]
@@ -73,13 +92,16 @@ class Architect:
         if len(etas) != 1:
             raise ValueError(f"the unrolled step needs one weight learning rate for all groups, got {sorted(etas)}")
         eta = etas.pop()
+        inv_scale = 1.0 / self.precision.scaler.get_scale()  # exactly 1.0 without fp16
 
-        self.virtual_step(self.grad(self.loss(train_inputs, train_targets), weights))
+        train_grads = self.average_gradients(self.grad(self.loss(train_inputs, train_targets), weights))
+        self.virtual_step(torch._foreach_mul(train_grads, inv_scale))
         grads = self.grad(self.loss(val_inputs, val_targets), self.arch_params + weights)
-        alpha_grads, v = grads[: len(self.arch_params)], grads[len(self.arch_params) :]
+        alpha_grads, v = grads[: len(self.arch_params)], self.average_gradients(grads[len(self.arch_params) :])
 
-        radius = 0.01 / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v))).clamp_min(1e-12)
-        step = torch._foreach_mul(v, radius)
+        v_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v))) * inv_scale
+        radius = 0.01 / v_norm.clamp_min(1e-12)
+        step = torch._foreach_mul(v, radius * inv_scale)  # R * (unscaled v)
         with torch.no_grad():
             torch._foreach_copy_(weights, saved_weights)
             torch._foreach_add_(weights, step)  # w + R v

@@ -21,8 +21,10 @@ def rng_state():
         },
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # The current device's generator only: a data-parallel rank owns one GPU, and reading
+        # every GPU's state would open a context on each of them.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -40,7 +42,10 @@ def set_rng_state(state):
     )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda_state = state["cuda"]
+        if isinstance(cuda_state, (list, tuple)):  # older checkpoints: one state per visible GPU
+            cuda_state = cuda_state[min(torch.cuda.current_device(), len(cuda_state) - 1)]
+        torch.cuda.set_rng_state(cuda_state)
 
 
 def save_checkpoint(state, path):

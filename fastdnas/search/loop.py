@@ -8,13 +8,16 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch.nn.utils import clip_grad_norm_
 
 from ..data.base import epoch_generator, iterate_batches
+from ..precision import AMP_MODES, MixedPrecision
 from .architect import Architect, cross_entropy_loss, split_loss
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import SINGLE, average_, broadcast_, data_parallel, sum_meter_, sync_batch_norm
 from .schedule import cosine_lr, set_lr
 
 
@@ -36,9 +39,13 @@ class SearchConfig:
     arch_start_epoch: int = 0  # no architecture updates before this epoch (warm-up)
     seed: int = 2
     log_interval: int = 50  # steps between progress-bar updates (each one reads the device once)
+    amp: str = None  # None (float32), "bf16" or "fp16" (autocast; fp16 with loss scaling)
+    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the batches of all ranks
 
     def __post_init__(self):
         self.arch_betas = tuple(self.arch_betas)
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise ValueError(f"invalid search settings: amp={self.amp!r} (expected one of {sorted(AMP_MODES)} or None)")
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
@@ -104,15 +111,31 @@ class Search:
     record as ``train_<name>`` / ``val_<name>``. With ``out_dir`` the run writes ``checkpoint.pt``
     and ``log.jsonl`` there after every epoch; ``extra`` is stored in the checkpoint as is (e.g.
     the command-line settings).
+
+    ``distributed`` (from ``distributed.setup``) makes the run data-parallel: ``batch_size`` stays
+    the global batch, each of the N ranks takes batch_size / N of it (its shard of both halves),
+    the weight step runs under DistributedDataParallel, the architecture gradients are averaged
+    over the ranks, and only rank 0 logs and writes. Batch s of all ranks together is batch s of
+    a single-process run, so with ``sync_bn`` the N-rank search computes what one process would
+    (up to float rounding), and the checkpoint, the same whatever N, resumes with any N.
     """
 
     def __init__(self, model, train_data, val_data, config=None, loss_fn=cross_entropy_loss, device="cpu",
-                 describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics):
+                 describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics,
+                 distributed=SINGLE):
         self.config = config = config or SearchConfig()
+        self.distributed = distributed
+        world = distributed.world_size
+        if config.batch_size % world:
+            raise ValueError(f"batch_size {config.batch_size} (the global batch) must be a multiple of the "
+                             f"{world} ranks")
+        self.rank_batch_size = config.batch_size // world
         for name, data in (("search-train", train_data), ("search-val", val_data)):
             if len(data) < config.batch_size:
                 raise ValueError(f"batch_size {config.batch_size} is larger than the {name} set ({len(data)} images)")
         self.device = torch.device(device)
+        if config.sync_bn and distributed.enabled:
+            model = sync_batch_norm(model, self.device)
         self.model = model.to(self.device)
         self.train_data, self.val_data = train_data, val_data
         self.loss_fn = loss_fn
@@ -120,13 +143,17 @@ class Search:
         self.describe = describe
         self.out_dir = out_dir
         self.extra = extra or {}
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        self.log = log
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main
+        self.log = log if distributed.is_main else (lambda *args, **kwargs: None)
         self.weights = list(model.weight_parameters())
         self.weight_optimizer = torch.optim.SGD(self.weights, lr=config.lr, momentum=config.momentum,
                                                 weight_decay=config.weight_decay, foreach=True)
+        self.precision = MixedPrecision(config.amp, self.device)
+        # The weight step's forward goes through DDP (the model itself with one process).
+        self.train_model = data_parallel(self.model, distributed, self.device)
         self.architect = Architect(model, self.weight_optimizer, loss_fn, lr=config.arch_lr, betas=config.arch_betas,
-                                   weight_decay=config.arch_weight_decay, unrolled=config.unrolled)
+                                   weight_decay=config.arch_weight_decay, unrolled=config.unrolled,
+                                   average_gradients=partial(average_, context=distributed), precision=self.precision)
         self.epoch = 0  # epochs completed
         self.history = {"epochs": [], "alphas": []}
 
@@ -140,6 +167,8 @@ class Search:
             start = time.perf_counter()
             lr = cosine_lr(epoch, self.config.epochs, self.config.lr, self.config.lr_min)
             train = self.train_epoch(epoch, lr)
+            # Rank 0's BatchNorm running statistics for everyone: one model to evaluate and save.
+            broadcast_(list(self.model.buffers()), self.distributed)
             val = self.evaluate(self.val_data)
             record = {
                 "epoch": epoch,
@@ -156,7 +185,7 @@ class Search:
             self.epoch = epoch + 1
             self.log(f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train {format_metrics(train)} "
                      f"val {format_metrics(val)} ({record['time']:.1f} s)")
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.distributed.is_main:
                 self.save(self.checkpoint_path)
                 write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
         return self.history
@@ -167,8 +196,11 @@ class Search:
         set_lr(self.weight_optimizer, lr)
         update_arch = epoch >= config.arch_start_epoch
         generator = epoch_generator(config.seed, epoch)
-        train_batches = iterate_batches(self.train_data, config.batch_size, generator, shuffle=True, drop_last=True)
-        val_batches = iterate_batches(self.val_data, config.batch_size, generator, shuffle=True, drop_last=True)
+        shard = {"rank": self.distributed.rank, "world_size": self.distributed.world_size}
+        train_batches = iterate_batches(self.train_data, self.rank_batch_size, generator, shuffle=True,
+                                        drop_last=True, **shard)
+        val_batches = iterate_batches(self.val_data, self.rank_batch_size, generator, shuffle=True, drop_last=True,
+                                      **shard)
         steps = min(len(self.train_data), len(self.val_data)) // config.batch_size
         metrics = self.metrics(self.device)
         self.model.train()
@@ -189,15 +221,23 @@ class Search:
                 bar.update()
         if bar is not None:
             bar.close()
-        return metrics.read()
+        return sum_meter_(metrics, self.distributed).read()
 
     def weight_step(self, inputs, targets):
-        """SGD on the weights only: the backward pass stops at the weights, the alphas get no gradient."""
+        """SGD on the weights only: the backward pass stops at the weights, the alphas get no gradient.
+
+        The gradient is clipped after the fp16 loss scale is divided out (and, data-parallel, after
+        DDP has averaged it); the GradScaler calls pass straight through without fp16.
+        """
         self.weight_optimizer.zero_grad(set_to_none=True)
-        loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
-        loss.backward(inputs=self.weights)
+        with self.precision.autocast():
+            loss, logits = split_loss(self.loss_fn(self.train_model, inputs, targets))
+        scaler = self.precision.scaler
+        scaler.scale(loss).backward(inputs=self.weights)
+        scaler.unscale_(self.weight_optimizer)
         clip_grad_norm_(self.weights, self.config.grad_clip, foreach=True)
-        self.weight_optimizer.step()
+        scaler.step(self.weight_optimizer)
+        scaler.update()  # once per iteration: after the architecture step and this one
         return loss.detach(), logits
 
     @torch.no_grad()
@@ -205,12 +245,14 @@ class Search:
         """The metrics of ``data`` in eval mode (BatchNorm running statistics)."""
         self.model.eval()
         metrics = self.metrics(self.device)
-        for inputs, targets in iterate_batches(data, self.config.batch_size):
+        shard = {"rank": self.distributed.rank, "world_size": self.distributed.world_size}
+        for inputs, targets in iterate_batches(data, self.rank_batch_size, **shard):
             inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
+            with self.precision.autocast():
+                loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
             metrics.update(loss, logits, targets)
         self.model.train()
-        return metrics.read()
+        return sum_meter_(metrics, self.distributed).read()
 
     def state_dict(self):
         return {
@@ -220,6 +262,7 @@ class Search:
             "weight_optimizer": self.weight_optimizer.state_dict(),
             "arch_optimizer": self.architect.state_dict(),
             "rng": rng_state(),
+            "grad_scaler": self.precision.state_dict(),
             "history": self.history,
             "config": asdict(self.config),
             "extra": self.extra,
@@ -232,6 +275,7 @@ class Search:
                 a.copy_(saved)
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.architect.load_state_dict(state["arch_optimizer"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))
         set_rng_state(state["rng"])
         self.history = state["history"]
         self.epoch = state["epoch"]

@@ -1,0 +1,283 @@
+"""Data-parallel search with torch.distributed: one process per device, launched by torchrun.
+
+Each rank holds the whole supernet. The weights train under DistributedDataParallel (gradients
+averaged by DDP); the architecture parameters are left out of DDP and their gradients are
+averaged here with one all-reduce, so every rank applies the same Adam step to the same alphas
+(and betas) and they stay bit-identical. Each rank reads its own shard of every epoch's
+permutation (``iterate_batches(..., rank, world_size)``, the order DistributedSampler would
+give). Only rank 0 writes files or prints.
+
+Without torchrun (no RANK / WORLD_SIZE in the environment) ``SINGLE`` stands for the one
+process and every helper here does nothing, so the single-process search is unchanged.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.distributed._functional_collectives as functional_collectives
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in the job: its rank, the number of ranks, its rank on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        """Rank 0: the one that logs, saves checkpoints and draws pictures."""
+        return self.rank == 0
+
+
+SINGLE = Distributed()
+_started_here = False  # whether setup() made the process group (so shutdown() may end it)
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def from_environment():
+    """The ranks torchrun announced in RANK, WORLD_SIZE and LOCAL_RANK (``SINGLE`` without torchrun)."""
+    if not launched_by_torchrun():
+        return SINGLE
+    try:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError as error:
+        raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {error}") from error
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK must be in [0, WORLD_SIZE={world_size}), got {rank}")
+    return Distributed(rank, world_size, local_rank)
+
+
+def setup(device):
+    """Join torchrun's process group and pick this rank's device.
+
+    ``device`` is "cpu" (gloo backend) or "cuda"/"cuda:N" (nccl backend; each rank takes the GPU
+    of its LOCAL_RANK, so N is ignored). Returns (Distributed, device name). Without torchrun,
+    or with one process, returns (SINGLE-like, ``device``) and starts nothing.
+    """
+    context = from_environment()
+    if not context.enabled:
+        return context, device
+    device_type = torch.device(device).type
+    if device_type == "cuda":
+        if context.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {context.local_rank} has no GPU: this node has {torch.cuda.device_count()}")
+        torch.cuda.set_device(context.local_rank)
+        device = f"cuda:{context.local_rank}"
+    elif device_type != "cpu":
+        raise ValueError(f"distributed search runs on cpu or cuda, got device {device!r}")
+    if not dist.is_initialized():
+        global _started_here
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        _started_here = True
+    if dist.get_world_size() != context.world_size or dist.get_rank() != context.rank:
+        raise RuntimeError("the process group does not match RANK / WORLD_SIZE")
+    return context, device
+
+
+def shutdown():
+    """End the process group ``setup`` started (one made by the caller is left alone)."""
+    global _started_here
+    if _started_here and dist.is_initialized():
+        dist.destroy_process_group()
+    _started_here = False
+
+
+def average_(tensors, context):
+    """Replace each tensor by its mean over the ranks, in place, with one all-reduce.
+
+    Every rank receives the same reduced values and divides them the same way, so the results
+    are bit-identical across ranks.
+    """
+    if not context.enabled or not tensors:
+        return tensors
+    with torch.no_grad():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat.div_(context.world_size)
+        torch._foreach_copy_(tensors, [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]),
+                                                                             tensors)])
+    return tensors
+
+
+@torch.no_grad()
+def broadcast_(tensors, context):
+    """Copy rank 0's values into ``tensors`` on every rank."""
+    if context.enabled:
+        for t in tensors:
+            dist.broadcast(t, src=0)
+    return tensors
+
+
+def differentiable_all_reduce(tensor):
+    """The sum of ``tensor`` over the ranks; its backward sums the incoming gradients over the ranks."""
+    return functional_collectives.wait_tensor(functional_collectives.all_reduce(tensor, "sum", dist.group.WORLD))
+
+
+def sum_meter_(meter, context):
+    """Add up a meter's running sums over the ranks (every tensor attribute and ``samples``).
+
+    The meters of the loop (``Metrics``, ``SegmentationMetrics``) hold only sums, so the summed
+    meter reads as if one process had seen every rank's batches.
+    """
+    if not context.enabled:
+        return meter
+    for name, value in vars(meter).items():
+        if isinstance(value, torch.Tensor):
+            dist.all_reduce(value)
+    samples = torch.tensor([meter.samples], dtype=torch.int64, device=meter_device(meter))
+    dist.all_reduce(samples)
+    meter.samples = int(samples.item())
+    return meter
+
+
+def meter_device(meter):
+    tensors = [v for v in vars(meter).values() if isinstance(v, torch.Tensor)]
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+def data_parallel(model, context, device):
+    """``model`` wrapped in DistributedDataParallel for the weight step (``model`` itself with one process).
+
+    The architecture parameters are left to DDP's ignore list: the weight step never computes
+    their gradient, and the architect averages it itself. Buffers (BatchNorm running statistics)
+    are not broadcast every step; the loop copies rank 0's buffers once per epoch.
+    """
+    if not context.enabled:
+        return model
+    arch_ids = {id(p) for p in model.arch_parameters()}
+    # DDP names a parameter "<module name>.<parameter name>" (".alphas" on the root module).
+    ignored = [f"{module_name}.{name}" for module_name, module in model.named_modules()
+               for name, p in module.named_parameters(recurse=False) if id(p) in arch_ids]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    device = torch.device(device)
+    device_ids = [device.index] if device.type == "cuda" else None
+    # The same initial state everywhere (DDP broadcasts the weights it owns, not the ignored alphas).
+    broadcast_(list(model.arch_parameters()) + list(model.buffers()), context)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+
+
+def sync_batch_norm(model, device):
+    """Make every BatchNorm of ``model`` normalise over the batches of all ranks together.
+
+    On CUDA: torch's SyncBatchNorm. On CPU, where SyncBatchNorm does not run, ``CrossRankBatchNorm``
+    (the same arithmetic from autograd-aware all-reduces). Parameters and buffers are shared with
+    the replaced modules, so the state dict keeps its keys.
+    """
+    if torch.device(device).type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return CrossRankBatchNorm.convert(model)
+
+
+class CrossRankBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics cover the batches of every rank (SyncBatchNorm's
+    semantics), for CPU tensors and the gloo backend.
+
+    The per-channel sums go through torch's functional (autograd-aware) all-reduce, whose
+    backward all-reduces the incoming gradients: each rank's backward sees the effect of its
+    inputs on every rank's loss, exactly as SyncBatchNorm's backward does. Two passes (mean,
+    then the centred sum of squares) keep the variance accurate. Every rank must call forward
+    and backward in the same order, as DDP requires anyway. In eval mode, or alone, it is
+    plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input [N, C, ...], got shape {list(input.shape)}")
+
+    def forward(self, x):
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        dtype = torch.promote_types(x.dtype, torch.float32)  # statistics of half inputs in float32
+        values = x.to(dtype)
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=dtype, device=x.device)
+        sums = differentiable_all_reduce(torch.cat([values.sum(dims), count.reshape(1)]))
+        total = sums[-1]
+        mean = sums[:-1] / total
+        centred = values - mean.view(shape)
+        var = differentiable_all_reduce(centred.square().sum(dims)) / total
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            self.update_running_stats(mean.detach(), var.detach(), total.detach())
+        return out.to(x.dtype)
+
+    @torch.no_grad()
+    def update_running_stats(self, mean, var, count):
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * count / (count - 1).clamp_min(1)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+    @classmethod
+    def convert(cls, module):
+        """``module`` with every BatchNorm replaced (in place below the root; returns the root)."""
+        if isinstance(module, _BatchNorm) and not isinstance(module, (cls, nn.SyncBatchNorm)):
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats)
+            if module.affine:
+                converted.weight, converted.bias = module.weight, module.bias
+            converted.running_mean, converted.running_var = module.running_mean, module.running_var
+            converted.num_batches_tracked = module.num_batches_tracked
+            converted.train(module.training)
+            return converted
+        for name, child in module.named_children():
+            module.add_module(name, cls.convert(child))
+        return module
+
+
+def run_on_main(fn, context):
+    """``fn()`` on rank 0, its result (or its exception) sent to every rank: one reading of files
+    (settings, a checkpoint to resume) that every node agrees on, shared disk or not."""
+    if not context.enabled:
+        return fn()
+    message = [None]
+    if context.is_main:
+        try:
+            message[0] = ("ok", fn())
+        except Exception as error:  # re-raised on every rank, so no rank waits for the others
+            message[0] = ("error", error)
+    dist.broadcast_object_list(message, src=0)
+    status, value = message[0]
+    if status == "error":
+        raise value
+    return value
+
+
+def barrier(context):
+    if context.enabled:
+        dist.barrier()
+
+
+__all__ = [
+    "CrossRankBatchNorm",
+    "Distributed",
+    "SINGLE",
+    "average_",
+    "barrier",
+    "broadcast_",
+    "data_parallel",
+    "from_environment",
+    "run_on_main",
+    "setup",
+    "shutdown",
+    "sum_meter_",
+    "sync_batch_norm",
+]

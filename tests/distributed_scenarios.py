@@ -1,0 +1,156 @@
+"""What each rank does in the 2-process tests of test_distributed.py (spawned with torch.multiprocessing).
+
+Each scenario takes (rank, world_size, port, out): it announces its rank in the environment as
+torchrun would, so fastdnas's own ``distributed.setup`` joins the gloo group, and saves what the
+test compares to out/rank{rank}.pt.
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdnas.data import load_synthetic
+from fastdnas.search import Search, SearchConfig, distributed
+
+# Toy searches: 128 training images -> halves of 64; global batch 16 -> 4 steps an epoch.
+TOY_VARIANTS = {
+    "first": {},
+    "second": {"unrolled": True},
+    "first_sync": {"sync_bn": True},
+    "second_sync": {"unrolled": True, "sync_bn": True},
+}
+
+
+def announce_rank(rank, world_size, port):
+    """The environment torchrun gives each worker."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+
+
+class ToyBatchNormModel(nn.Module):
+    """Two mixed 'edges' around an MLP with an affine BatchNorm: batch statistics matter, alphas get gradients."""
+
+    def __init__(self, in_features=4, hidden=6, classes=3):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+        self.alphas = nn.Parameter(1e-3 * torch.randn(2, 3))
+
+    def arch_parameters(self):
+        return [self.alphas]
+
+    def weight_parameters(self):
+        return [p for name, p in self.named_parameters() if name != "alphas"]
+
+    def forward(self, x):
+        weights = F.softmax(self.alphas, dim=-1)
+        h = self.fc1(x.flatten(1))
+        h = weights[0, 0] * h + weights[0, 1] * torch.tanh(h) + weights[0, 2] * torch.sin(h)
+        h = self.bn(h)
+        h = weights[1, 0] * h + weights[1, 1] * torch.tanh(h) + weights[1, 2] * h * h
+        return self.fc2(h)
+
+
+def toy_search(context=distributed.SINGLE, out_dir=None, epochs=2, batch_size=16, **settings):
+    torch.manual_seed(0)
+    data = load_synthetic(num_classes=3, in_channels=1, image_size=2, train_size=128, test_size=8)
+    config = SearchConfig(epochs=epochs, batch_size=batch_size, lr=0.1, arch_lr=3e-2, seed=0, **settings)
+    return Search(ToyBatchNormModel(), data.search_train, data.search_val, config, out_dir=out_dir, progress=False,
+                  log=lambda _: None, distributed=context)
+
+
+def search_state(search):
+    """Everything that must agree between ranks (and with a single-process run)."""
+    return {
+        "alphas": [a.detach().clone() for a in search.model.arch_parameters()],
+        "weights": [w.detach().clone() for w in search.weights],
+        "buffers": [b.detach().clone() for b in search.model.buffers()],
+        "records": [{k: v for k, v in r.items() if k != "time"} for r in search.history["epochs"]],
+    }
+
+
+def batch_norm_case(seed=0):
+    """A float64 batch of 8, its upstream gradient, and an affine BatchNorm2d: the same on every rank."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 3, 4, 5, generator=generator, dtype=torch.float64)
+    upstream = torch.randn(8, 3, 4, 5, generator=generator, dtype=torch.float64)
+    bn = nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(3, generator=generator, dtype=torch.float64) + 0.5)
+        bn.bias.copy_(torch.randn(3, generator=generator, dtype=torch.float64))
+    return x, upstream, bn
+
+
+def cross_rank_batch_norm(rank, world_size):
+    """Forward and backward of CrossRankBatchNorm on this rank's shard of the batch (two steps)."""
+    x, upstream, bn = batch_norm_case()
+    bn = distributed.CrossRankBatchNorm.convert(bn)
+    shard = x[rank::world_size].clone().requires_grad_()
+    outputs = []
+    for _ in range(2):
+        out = bn(shard)
+        (out * upstream[rank::world_size]).sum().backward()
+        outputs.append(out.detach())
+    return {"outputs": outputs, "input_grad": shard.grad, "weight_grad": bn.weight.grad, "bias_grad": bn.bias.grad,
+            "running_mean": bn.running_mean, "running_var": bn.running_var}
+
+
+def toy_searches(rank, world_size, port, out):
+    """CrossRankBatchNorm alone, then every toy variant for 2 epochs: first and second order,
+    with and without cross-rank BatchNorm."""
+    announce_rank(rank, world_size, port)
+    context, _ = distributed.setup("cpu")
+    results = {"batch_norm": cross_rank_batch_norm(rank, world_size)}
+    for name, settings in TOY_VARIANTS.items():
+        search = toy_search(context, **settings)
+        search.run()
+        results[name] = search_state(search)
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    distributed.shutdown()
+
+
+def tiny_shapes():
+    """32 x 32 shapes, 8 + 8 images to search on, 4 to validate (as tests/test_autodeeplab_cli.py)."""
+    from functools import partial
+
+    import fastdnas.data
+
+    return partial(fastdnas.data.load_shapes, train_size=16, val_size=4, size=32, radius=(4.0, 8.0),
+                   period=(3.0, 5.0))
+
+
+def cli_search_epoch(rank, world_size, port, out):
+    """`fastdnas search darts` (and autodeeplab) as torchrun would start it, stopped after one of
+    two epochs; records which files each rank wrote.
+
+    The process group is made here, once for both commands (the commands then leave it alone):
+    a group re-made on the same port right after another was destroyed can hang on a busy machine.
+    """
+    announce_rank(rank, world_size, port)
+    torch.distributed.init_process_group("gloo")
+    import fastdnas.data
+    import fastdnas.viz
+    from fastdnas import cli
+    from fastdnas.search import loop
+
+    for plot in ("plot_genotype", "plot_alpha_history", "plot_trellis", "plot_cell"):
+        setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+    fastdnas.data.load_shapes = tiny_shapes()
+    writes = []
+    save, write_log = loop.save_checkpoint, loop.write_json_lines
+    loop.save_checkpoint = lambda state, path: (writes.append("checkpoint"), save(state, path))
+    loop.write_json_lines = lambda path, records: (writes.append("log"), write_log(path, records))
+    run, searches = Search.run, []
+    Search.run = lambda self, until=None: (searches.append(self), run(self, until=1))[1]  # "killed" after epoch 1
+    darts = ["search", "darts", "--dataset", "synthetic", "--init-channels", "2", "--layers", "2", "--batch-size",
+             "32", "--device", "cpu", "--epochs", "2", "--sync-bn", "--out", os.path.join(out, "darts")]
+    autodeeplab = ["search", "autodeeplab", "--layers", "2", "--blocks", "2", "--filter-multiplier", "2",
+                   "--batch-size", "4", "--device", "cpu", "--epochs", "2", "--arch-start-epoch", "0", "--out",
+                   os.path.join(out, "autodeeplab")]
+    codes = [cli.main(darts), cli.main(autodeeplab)]
+    torch.distributed.destroy_process_group()
+    states = [search_state(search) for search in searches]
+    torch.save({"codes": codes, "writes": writes, "states": states}, os.path.join(out, f"rank{rank}.pt"))

@@ -1,0 +1,196 @@
+"""Data-parallel search on 2 CPU processes (gloo backend), spawned with torch.multiprocessing.
+
+Each rank runs fastdnas's own ``distributed.setup`` from the environment torchrun would give it.
+Checked: every rank holds bit-identical alphas and weights after every epoch (first and second
+order); 2 ranks with half the batch each compute what 1 process computes with the whole batch
+(with cross-rank BatchNorm, and measurably not without it); only rank 0 writes; a 2-rank
+checkpoint resumes in 1 process.
+"""
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from distributed_scenarios import (
+    TOY_VARIANTS,
+    batch_norm_case,
+    cli_search_epoch,
+    search_state,
+    tiny_shapes,
+    toy_search,
+    toy_searches,
+)
+
+from fastdnas import cli
+from fastdnas.data import load_synthetic
+from fastdnas.data.base import epoch_generator, iterate_batches
+from fastdnas.search import distributed, load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+WORLD_SIZE = 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(scenario, out):
+    """Run ``scenario`` on WORLD_SIZE ranks; returns what each rank saved."""
+    mp.spawn(scenario, args=(WORLD_SIZE, free_port(), str(out)), nprocs=WORLD_SIZE, join=True)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    """The toy searches on 2 ranks (global batch 16: 8 per rank) and in 1 process (batch 16)."""
+    ranks = spawn(toy_searches, tmp_path_factory.mktemp("toy"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    single = {}
+    for name, settings in TOY_VARIANTS.items():
+        search = toy_search(**settings)
+        search.run()
+        single[name] = search_state(search)
+    torch.set_num_threads(threads)
+    return ranks, single
+
+
+def max_difference(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("variant", list(TOY_VARIANTS))
+def test_every_rank_holds_bit_identical_alphas_and_weights(toy_runs, variant):
+    (rank0, rank1), _ = toy_runs
+    for key in ("alphas", "weights", "buffers"):
+        assert all(torch.equal(a, b) for a, b in zip(rank0[variant][key], rank1[variant][key], strict=True)), key
+    assert rank0[variant]["records"] == rank1[variant]["records"]  # metrics summed over the ranks
+    initial = toy_search().model.alphas.detach()
+    assert (rank0[variant]["alphas"][0] - initial).abs().max() > 1e-3  # the alphas did move
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_two_ranks_with_half_batches_equal_one_process(toy_runs, order):
+    (rank0, _), single = toy_runs
+    synced, plain, reference = rank0[f"{order}_sync"], rank0[order], single[f"{order}_sync"]
+    tolerance = 2e-5
+    for key in ("alphas", "weights", "buffers"):
+        assert max_difference(synced[key], reference[key]) < tolerance, key
+    for got, want in zip(synced["records"], reference["records"], strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+    # Without cross-rank BatchNorm each rank normalises over its own 8 images: a different search.
+    assert max_difference(plain["weights"], reference["weights"]) > 100 * tolerance
+    assert max_difference(plain["alphas"], reference["alphas"]) > 10 * tolerance
+
+
+def test_cross_rank_batch_norm_equals_batch_norm_of_the_whole_batch(toy_runs):
+    (rank0, rank1), _ = toy_runs
+    x, upstream, bn = batch_norm_case()
+    x.requires_grad_()
+    outputs = []
+    for _ in range(2):
+        out = bn(x)
+        (out * upstream).sum().backward()
+        outputs.append(out.detach())
+    for rank, got in enumerate((rank0["batch_norm"], rank1["batch_norm"])):
+        for step in range(2):
+            torch.testing.assert_close(got["outputs"][step], outputs[step][rank::WORLD_SIZE], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["input_grad"], x.grad[rank::WORLD_SIZE], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["running_mean"], bn.running_mean, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got["running_var"], bn.running_var, rtol=1e-12, atol=1e-14)
+    # Parameter gradients are per rank (DDP adds them up): together they are the whole batch's.
+    for name in ("weight_grad", "bias_grad"):
+        torch.testing.assert_close(rank0["batch_norm"][name] + rank1["batch_norm"][name],
+                                   getattr(bn, name[: -len("_grad")]).grad, rtol=1e-10, atol=1e-12)
+
+
+def test_cli_search_on_two_ranks_writes_once_and_resumes_in_one_process(tmp_path, monkeypatch):
+    import fastdnas.data
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history", "plot_trellis", "plot_cell"):
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+    monkeypatch.setattr(fastdnas.data, "load_shapes", tiny_shapes())
+    rank0, rank1 = spawn(cli_search_epoch, tmp_path)
+    assert rank0["codes"] == rank1["codes"] == [0, 0]
+    assert rank0["writes"] == ["checkpoint", "log"] * 2 and rank1["writes"] == []  # one epoch of each space
+    for got, want in zip(rank0["states"], rank1["states"], strict=True):  # darts, autodeeplab
+        for key in ("alphas", "weights", "buffers"):
+            assert all(torch.equal(a, b) for a, b in zip(got[key], want[key], strict=True)), key
+
+    # The same darts search in 1 process, straight through, and resumed from the 2-rank checkpoint.
+    flags = ["--dataset", "synthetic", "--init-channels", "2", "--layers", "2", "--batch-size", "32", "--device",
+             "cpu", "--threads", "1", "--epochs", "2", "--sync-bn"]
+    assert cli.main(["search", "darts", *flags, "--out", str(tmp_path / "straight")]) == 0
+    two_ranks = load_checkpoint(tmp_path / "darts" / "checkpoint.pt")
+    assert two_ranks["epoch"] == 1
+    assert cli.main(["search", "darts", *flags, "--out", str(tmp_path / "darts"), "--resume"]) == 0
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "darts" / "checkpoint.pt")
+    assert resumed["epoch"] == 2 and len(resumed["history"]["epochs"]) == 2
+    assert list(two_ranks["model"]) == list(straight["model"])  # no DDP prefix, no SyncBatchNorm trace
+    for a, b in zip(straight["arch_parameters"], resumed["arch_parameters"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    # Auto-DeepLab (per-rank BatchNorm) resumes in 1 process too.
+    assert cli.main(["search", "autodeeplab", "--layers", "2", "--blocks", "2", "--filter-multiplier", "2",
+                     "--batch-size", "4", "--device", "cpu", "--threads", "1", "--epochs", "2", "--arch-start-epoch",
+                     "0", "--out", str(tmp_path / "autodeeplab"), "--resume"]) == 0
+    assert load_checkpoint(tmp_path / "autodeeplab" / "checkpoint.pt")["epoch"] == 2
+
+
+def test_shards_of_a_batch_make_up_the_single_process_batch():
+    data = load_synthetic(num_classes=3, in_channels=1, image_size=4, train_size=40).search_train  # 20 images
+    whole = list(iterate_batches(data, 6, epoch_generator(0, 3), shuffle=True, drop_last=True))
+    shards = [list(iterate_batches(data, 3, epoch_generator(0, 3), shuffle=True, drop_last=True, rank=r,
+                                   world_size=2)) for r in range(2)]
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 3
+    for (images, labels), (images0, labels0), (images1, labels1) in zip(whole, *shards):
+        assert torch.equal(images, torch.stack([images0, images1], 1).flatten(0, 1))
+        assert torch.equal(labels, torch.stack([labels0, labels1], 1).flatten())
+    # Evaluation shards (no drop_last) cover every image once.
+    evaluation = [torch.cat([b[1] for b in iterate_batches(data, 4, rank=r, world_size=3)]) for r in range(3)]
+    assert sorted(torch.cat(evaluation).tolist()) == sorted(data.labels.tolist())
+    # With augmentation each rank crops and flips with its own generator.
+    augmented = data.with_augmentation(crop_padding=1, flip=True)
+    first = [next(iterate_batches(augmented, 3, epoch_generator(0, 0), shuffle=True, rank=r, world_size=2))[0]
+             for r in range(2)]
+    again = next(iterate_batches(augmented, 3, epoch_generator(0, 0), shuffle=True, rank=1, world_size=2))[0]
+    assert torch.equal(first[1], again) and not torch.equal(first[0], first[1])
+
+
+def test_environment_detection(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.from_environment() == distributed.SINGLE
+    assert distributed.setup("cpu") == (distributed.SINGLE, "cpu")  # no torchrun: nothing started
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    context = distributed.from_environment()
+    assert (context.rank, context.world_size, context.local_rank, context.is_main) == (1, 4, 0, False)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="RANK must be in"):
+        distributed.from_environment()
+
+
+def test_bad_distributed_settings(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ValueError, match="multiple of the 2 ranks"):
+        toy_search(distributed.Distributed(rank=0, world_size=2), batch_size=15)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "darts", "--dataset", "synthetic", "--genotype", "x.json"])
+    assert "train runs in one process" in capsys.readouterr().err
