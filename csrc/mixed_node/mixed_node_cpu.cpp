@@ -1,0 +1,308 @@
+// CPU kernels of mixed_node: batch statistics, the weighted sum, and the fused backward.
+// Every reduction runs serially inside one (row, channel) work item, so the results are bitwise
+// the same for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../common/tensor_lists.h"
+#include "mixed_node.h"
+
+namespace fastdnas {
+namespace {
+
+// Where the values normalised by one BatchNorm come from: a pool of an edge input, or a conv
+// output read as it is.
+template <typename scalar_t>
+struct BnSource {
+  int64_t kind;  // kFreeMaxPool, kFreeAvgPool, or -1 for a conv output
+  const scalar_t* data;
+  int64_t H, W, stride;
+};
+
+constexpr int64_t kDirect = -1;
+
+template <typename scalar_t>
+std::vector<BnSource<scalar_t>> bn_sources(const NodeLayout& L, const std::vector<at::Tensor>& edges,
+                                           const std::vector<at::Tensor>& convs) {
+  std::vector<BnSource<scalar_t>> sources;
+  for (const FreeItem& item : L.free) {
+    if (item.kind == kFreeSkip) continue;
+    sources.push_back({item.kind, edges[item.edge].const_data_ptr<scalar_t>(), L.H[item.edge], L.W[item.edge],
+                       L.stride[item.edge]});
+  }
+  for (const auto& y : convs) sources.push_back({kDirect, y.const_data_ptr<scalar_t>(), L.Ho, L.Wo, 1});
+  return sources;
+}
+
+// values[o] for every output position o of plane p (= n * C + c) of a BatchNorm's input.
+template <typename scalar_t, typename acc_t>
+void fill_plane(const BnSource<scalar_t>& src, int64_t p, const NodeLayout& L, acc_t* values) {
+  const scalar_t* plane = src.data + p * src.H * src.W;
+  int64_t argmax;
+  for (int64_t oh = 0, o = 0; oh < L.Ho; ++oh) {
+    for (int64_t ow = 0; ow < L.Wo; ++ow, ++o) {
+      if (src.kind == kFreeMaxPool)
+        values[o] = max_pool3x3<acc_t>(plane, src.H, src.W, oh, ow, src.stride, &argmax);
+      else if (src.kind == kFreeAvgPool)
+        values[o] = avg_pool3x3<acc_t>(plane, src.H, src.W, oh, ow, src.stride);
+      else
+        values[o] = static_cast<acc_t>(plane[o]);
+    }
+  }
+}
+
+template <typename acc_t>
+acc_t invstd_of(acc_t var, double eps) {
+  return acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
+}
+
+// Per (row, channel) mean and biased variance over N planes: two passes inside each plane, the
+// planes merged in order with Chan's formula (accurate without a third pass over the input).
+template <typename scalar_t, typename acc_t>
+void batch_statistics(const NodeLayout& L, const std::vector<BnSource<scalar_t>>& sources, acc_t* mean, acc_t* var) {
+  const int64_t C = L.C, HW = L.plane();
+  at::parallel_for(0, L.num_bn_rows * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> values(HW);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / C, c = item % C;
+      acc_t total_mean = 0, total_m2 = 0;
+      int64_t count = 0;
+      for (int64_t n = 0; n < L.N; ++n) {
+        fill_plane(sources[b], n * C + c, L, values.data());
+        acc_t sum = 0;
+        for (int64_t o = 0; o < HW; ++o) sum += values[o];
+        const acc_t plane_mean = sum / static_cast<acc_t>(HW);
+        acc_t m2 = 0;
+        for (int64_t o = 0; o < HW; ++o) m2 += (values[o] - plane_mean) * (values[o] - plane_mean);
+        const int64_t merged = count + HW;
+        const acc_t delta = plane_mean - total_mean;
+        total_mean += delta * static_cast<acc_t>(HW) / static_cast<acc_t>(merged);
+        total_m2 += m2 + delta * delta * static_cast<acc_t>(count) * static_cast<acc_t>(HW) / static_cast<acc_t>(merged);
+        count = merged;
+      }
+      mean[item] = total_mean;
+      var[item] = count > 0 ? total_m2 / static_cast<acc_t>(count) : acc_t(0);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
+    at::TensorList edge_inputs_arg, at::IntArrayRef strides, at::TensorList conv_outputs_arg,
+    const at::Tensor& weights_arg, at::IntArrayRef free_items, at::IntArrayRef free_kinds, at::IntArrayRef conv_items,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var, double eps) {
+  const char* op = "mixed_node";
+  const NodeLayout L = make_node_layout(op, edge_inputs_arg, strides, conv_outputs_arg, weights_arg, free_items,
+                                        free_kinds, conv_items);
+  const auto device = edge_inputs_arg[0].device();
+  check_running_statistics(op, L, running_mean, running_var, device);
+  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  const bool batch_stats = !(running_mean.has_value() && running_mean->defined());
+  const auto edges = contiguous_all(edge_inputs_arg);
+  const auto convs = contiguous_all(conv_outputs_arg);
+  const auto dtype = edges[0].scalar_type();
+  at::Tensor out = at::empty({L.N, L.C, L.Ho, L.Wo}, edges[0].options());
+  at::Tensor mean, var;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mixed_node_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_options = edges[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    const auto sources = bn_sources<scalar_t>(L, edges, convs);
+    if (batch_stats) {
+      mean = at::zeros({L.num_bn_rows, L.C}, acc_options);
+      var = at::zeros({L.num_bn_rows, L.C}, acc_options);
+      if (L.count() > 0)
+        batch_statistics<scalar_t, acc_t>(L, sources, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
+    } else {
+      mean = running_mean->to(acc_options).contiguous().clone();
+      var = running_var->to(acc_options).contiguous().clone();
+    }
+    if (L.count() == 0) return;
+    const at::Tensor weights = weights_arg.to(acc_options).contiguous();
+    const acc_t* w = weights.const_data_ptr<acc_t>();
+    const acc_t* mu = mean.const_data_ptr<acc_t>();
+    std::vector<acc_t> invstd(L.num_bn_rows * L.C);
+    const acc_t* v = var.const_data_ptr<acc_t>();
+    for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = invstd_of(v[i], eps);
+    scalar_t* y = out.mutable_data_ptr<scalar_t>();
+    const int64_t C = L.C, HW = L.plane(), K = static_cast<int64_t>(convs.size());
+
+    at::parallel_for(0, L.N * C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(HW), values(HW);
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t c = p % C;
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        auto add_normalised = [&](int64_t b, acc_t weight) {
+          fill_plane(sources[b], p, L, values.data());
+          const acc_t m = mu[b * C + c], s = invstd[b * C + c];
+          for (int64_t o = 0; o < HW; ++o) acc[o] += weight * bn_normalize(values[o], m, s);
+        };
+        for (const FreeItem& item : L.free) {
+          if (item.kind == kFreeSkip) {
+            const scalar_t* x = edges[item.edge].const_data_ptr<scalar_t>() + p * HW;
+            for (int64_t o = 0; o < HW; ++o) acc[o] = accumulate_product(acc[o], w[item.weight_index], x[o]);
+          } else {
+            add_normalised(item.bn_row, w[item.weight_index]);
+          }
+        }
+        for (int64_t k = 0; k < K; ++k) add_normalised(L.conv_bn_row(k), w[L.conv_weight_index[k]]);
+        for (int64_t o = 0; o < HW; ++o) y[p * HW + o] = static_cast<scalar_t>(acc[o]);
+      }
+    });
+  });
+  return {out, mean, var};
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_node_backward_cpu(
+    const at::Tensor& grad_arg, at::TensorList edge_inputs_arg, at::IntArrayRef strides,
+    at::TensorList conv_outputs_arg, const at::Tensor& weights_arg, at::IntArrayRef free_items,
+    at::IntArrayRef free_kinds, at::IntArrayRef conv_items, const at::Tensor& mean_arg, const at::Tensor& var_arg,
+    double eps, bool batch_stats) {
+  const char* op = "_mixed_node_backward";
+  const NodeLayout L = make_node_layout(op, edge_inputs_arg, strides, conv_outputs_arg, weights_arg, free_items,
+                                        free_kinds, conv_items);
+  const auto device = edge_inputs_arg[0].device();
+  check_statistics(op, L, mean_arg, device, "mean");
+  check_statistics(op, L, var_arg, device, "var");
+  check_mixed_node_grad(L, grad_arg, edge_inputs_arg[0]);
+  const auto edges = contiguous_all(edge_inputs_arg);
+  const auto convs = contiguous_all(conv_outputs_arg);
+  const at::Tensor grad = grad_arg.contiguous();
+  auto grad_edges = empty_like_all(edges);
+  auto grad_convs = empty_like_all(convs);
+  at::Tensor grad_weights;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mixed_node_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_options = grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    const int64_t C = L.C, HW = L.plane(), M = L.count();
+    const int64_t F = static_cast<int64_t>(L.free.size()), K = static_cast<int64_t>(convs.size());
+    const at::Tensor weights = weights_arg.to(acc_options).contiguous();
+    const acc_t* w = weights.const_data_ptr<acc_t>();
+    const at::Tensor mean = mean_arg.to(acc_options).contiguous();
+    const acc_t* mu = mean.const_data_ptr<acc_t>();
+    const at::Tensor var = var_arg.to(acc_options).contiguous();
+    std::vector<acc_t> invstd(L.num_bn_rows * C);
+    for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = invstd_of(var.const_data_ptr<acc_t>()[i], eps);
+    const auto sources = bn_sources<scalar_t>(L, edges, convs);
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+
+    // Pass 1, per (row, channel): sum(g * xhat) for each BatchNorm, sum(g * x) for each skip,
+    // and sum(g) in the last row. Rows: free items, conv outputs, sum(g).
+    const int64_t rows = F + K + 1;
+    at::Tensor partials = at::zeros({rows, C}, acc_options);
+    acc_t* partial = partials.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, rows * C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> values(HW);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t r = item / C, c = item % C;
+        acc_t total = 0;
+        for (int64_t n = 0; n < L.N; ++n) {
+          const int64_t p = n * C + c;
+          const scalar_t* gp = g + p * HW;
+          acc_t sum = 0;
+          if (r == F + K) {
+            for (int64_t o = 0; o < HW; ++o) sum += static_cast<acc_t>(gp[o]);
+          } else if (r < F && L.free[r].kind == kFreeSkip) {
+            const scalar_t* x = edges[L.free[r].edge].const_data_ptr<scalar_t>() + p * HW;
+            for (int64_t o = 0; o < HW; ++o) sum = accumulate_product(sum, static_cast<acc_t>(gp[o]), x[o]);
+          } else {
+            const int64_t b = r < F ? L.free[r].bn_row : L.conv_bn_row(r - F);
+            fill_plane(sources[b], p, L, values.data());
+            const acc_t m = mu[b * C + c], s = invstd[b * C + c];
+            for (int64_t o = 0; o < HW; ++o) sum += static_cast<acc_t>(gp[o]) * bn_normalize(values[o], m, s);
+          }
+          total += sum;
+        }
+        partial[item] = total;
+      }
+    });
+
+    // Weight gradients: the per-channel partials added in channel order.
+    at::Tensor grad_w = at::zeros({weights.numel()}, acc_options);
+    acc_t* gw = grad_w.mutable_data_ptr<acc_t>();
+    for (int64_t r = 0; r < F + K; ++r) {
+      acc_t sum = 0;
+      for (int64_t c = 0; c < C; ++c) sum += partial[r * C + c];
+      gw[r < F ? L.free[r].weight_index : L.conv_weight_index[r - F]] += sum;
+    }
+    grad_weights = grad_w.view(weights_arg.sizes()).to(weights_arg.scalar_type());
+    if (M == 0) return;
+
+    // mean(g) and mean(g * xhat) of each BatchNorm's input gradient; zero with running statistics.
+    const acc_t inv_count = batch_stats ? acc_t(1) / static_cast<acc_t>(M) : acc_t(0);
+    auto mean_g = [&](int64_t c) { return partial[(F + K) * C + c] * inv_count; };
+    auto mean_g_xhat = [&](int64_t r, int64_t c) { return partial[r * C + c] * inv_count; };
+
+    // Pass 2, per plane: the conv outputs' BatchNorm input gradients, and each edge input's
+    // gradient through its skip, pools and their BatchNorms.
+    at::parallel_for(0, L.N * C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> dx;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t c = p % C;
+        const scalar_t* gp = g + p * HW;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t b = L.conv_bn_row(k);
+          const scalar_t* yk = convs[k].const_data_ptr<scalar_t>() + p * HW;
+          scalar_t* dy = grad_convs[k].mutable_data_ptr<scalar_t>() + p * HW;
+          const acc_t wk = w[L.conv_weight_index[k]], m = mu[b * C + c], s = invstd[b * C + c];
+          const acc_t mg = mean_g(c), mgx = mean_g_xhat(F + k, c);
+          for (int64_t o = 0; o < HW; ++o) {
+            const acc_t xhat = bn_normalize(static_cast<acc_t>(yk[o]), m, s);
+            dy[o] = static_cast<scalar_t>(bn_input_gradient(wk, s, static_cast<acc_t>(gp[o]), xhat, mg, mgx));
+          }
+        }
+        for (int64_t e = 0; e < L.edges(); ++e) {
+          const int64_t H = L.H[e], W = L.W[e], stride = L.stride[e];
+          const scalar_t* x = edges[e].const_data_ptr<scalar_t>() + p * H * W;
+          dx.assign(H * W, acc_t(0));
+          for (int64_t i = 0; i < F; ++i) {
+            const FreeItem& item = L.free[i];
+            if (item.edge != e) continue;
+            const acc_t wi = w[item.weight_index];
+            if (item.kind == kFreeSkip) {
+              for (int64_t o = 0; o < HW; ++o) dx[o] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(gp[o]));
+              continue;
+            }
+            const int64_t b = item.bn_row;
+            const acc_t m = mu[b * C + c], s = invstd[b * C + c], mg = mean_g(c), mgx = mean_g_xhat(i, c);
+            for (int64_t oh = 0, o = 0; oh < L.Ho; ++oh) {
+              for (int64_t ow = 0; ow < L.Wo; ++ow, ++o) {
+                const acc_t go = static_cast<acc_t>(gp[o]);
+                if (item.kind == kFreeMaxPool) {
+                  int64_t argmax;
+                  const acc_t v = max_pool3x3<acc_t>(x, H, W, oh, ow, stride, &argmax);
+                  dx[argmax] += bn_input_gradient(wi, s, go, bn_normalize(v, m, s), mg, mgx);
+                } else {
+                  const acc_t v = avg_pool3x3<acc_t>(x, H, W, oh, ow, stride);
+                  const PoolWindow win = pool_window(oh, ow, stride, H, W);
+                  const acc_t d = bn_input_gradient(wi, s, go, bn_normalize(v, m, s), mg, mgx) /
+                                  static_cast<acc_t>(window_count(win));
+                  for (int64_t h = win.h0; h < win.h1; ++h)
+                    for (int64_t ww = win.w0; ww < win.w1; ++ww) dx[h * W + ww] += d;
+                }
+              }
+            }
+          }
+          scalar_t* gx = grad_edges[e].mutable_data_ptr<scalar_t>() + p * H * W;
+          for (int64_t j = 0; j < H * W; ++j) gx[j] = static_cast<scalar_t>(dx[j]);
+        }
+      }
+    });
+  });
+  return {grad_edges, grad_convs, grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdnas, CPU, m) {
+  m.impl("mixed_node", &mixed_node_cpu);
+  m.impl("_mixed_node_backward", &mixed_node_backward_cpu);
+}
+
+}  // namespace fastdnas
