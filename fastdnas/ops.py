@@ -510,7 +510,11 @@ def _mixed_node_backward(ctx, grad, _grad_mean, _grad_var):
     grad_edges, grad_convs, grad_weights = torch.ops.fastdnas._mixed_node_backward(
         grad, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items, mean, var, ctx.eps,
         ctx.batch_stats)
-    return list(grad_edges), None, list(grad_convs), grad_weights, None, None, None, None, None, None
+    # No gradient for the int lists; an empty list must come back as an empty list.
+    free_items_grad, free_kinds_grad, conv_items_grad = ([] if not items else None
+                                                         for items in (free_items, free_kinds, conv_items))
+    return (list(grad_edges), None, list(grad_convs), grad_weights, free_items_grad, free_kinds_grad,
+            conv_items_grad, None, None, None)
 
 
 torch.library.register_autograd(
