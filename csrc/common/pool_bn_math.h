@@ -3,6 +3,7 @@
 // input plane, and the batch-statistics BatchNorm forward and input gradient.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "element_math.h"
@@ -29,8 +30,14 @@ FASTDNAS_HOST_DEVICE PoolWindow pool_window(int64_t oh, int64_t ow, int64_t stri
 // Output size of the 3x3 pools (padding 1) and of a stride-s edge: (size - 1) / s + 1.
 FASTDNAS_HOST_DEVICE int64_t pooled_size(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
 
+// One step of the max-pool scan: PyTorch's rule, the first largest element wins, a NaN wins.
+template <typename acc_t>
+FASTDNAS_HOST_DEVICE bool max_pool_takes(acc_t v, acc_t best) {
+  return (v > best) | (v != v);  // branch-free, so CPU loops over outputs vectorise
+}
+
 // max_pool2d(3, stride, padding=1) at (oh, ow); *argmax receives the plane index of the maximum.
-// Same scan order and tie/NaN rule as PyTorch: the first largest element, a NaN wins.
+// Same scan order (row-major from the window's first element) as PyTorch.
 template <typename acc_t, typename scalar_t>
 FASTDNAS_HOST_DEVICE acc_t max_pool3x3(const scalar_t* plane, int64_t H, int64_t W, int64_t oh, int64_t ow,
                                        int64_t stride, int64_t* argmax) {
@@ -40,7 +47,7 @@ FASTDNAS_HOST_DEVICE acc_t max_pool3x3(const scalar_t* plane, int64_t H, int64_t
   for (int64_t h = win.h0; h < win.h1; ++h) {
     for (int64_t w = win.w0; w < win.w1; ++w) {
       const acc_t v = static_cast<acc_t>(plane[h * W + w]);
-      if (v > best || v != v) {
+      if (max_pool_takes(v, best)) {
         best = v;
         best_index = h * W + w;
       }
@@ -68,6 +75,13 @@ FASTDNAS_HOST_DEVICE acc_t avg_pool3x3(const scalar_t* plane, int64_t H, int64_t
 template <typename acc_t>
 FASTDNAS_HOST_DEVICE acc_t bn_normalize(acc_t v, acc_t mean, acc_t invstd) {
   return (v - mean) * invstd;
+}
+
+// 1 / sqrt(var + eps), the BatchNorm scale.
+template <typename acc_t>
+FASTDNAS_HOST_DEVICE acc_t bn_invstd(acc_t var, double eps) {
+  using std::sqrt;
+  return acc_t(1) / sqrt(var + static_cast<acc_t>(eps));
 }
 
 // Gradient of the BatchNorm input of a candidate scaled by `weight` in a sum whose gradient is

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -40,26 +41,122 @@ std::vector<BnSource<scalar_t>> bn_sources(const NodeLayout& L, const std::vecto
   return sources;
 }
 
+// values[o] for every output of a pool over one plane, by the shared per-element rules. For
+// rows whose windows lie inside the plane vertically, the 9 window elements are visited in the
+// same order for a run of inner columns at once (the loop over outputs is innermost, so it
+// vectorises); the border columns take the clipped per-output functions.
+template <typename scalar_t, typename acc_t, bool kMax>
+void pool_plane(const scalar_t* plane, int64_t H, int64_t W, int64_t stride, const NodeLayout& L, acc_t* values) {
+  // Outputs o whose window lies inside the plane: o * stride - 1 >= 0 and o * stride + 1 <= size - 1.
+  auto end_inner = [&](int64_t size, int64_t out) {
+    return std::max<int64_t>(1, std::min<int64_t>(out, (size - 2) / stride + 1));
+  };
+  const int64_t ow0 = 1, ow1 = end_inner(W, L.Wo);
+  const int64_t oh0 = 1, oh1 = end_inner(H, L.Ho);
+  int64_t argmax;
+  for (int64_t oh = 0; oh < L.Ho; ++oh) {
+    acc_t* row = values + oh * L.Wo;
+    auto generic = [&](int64_t ow) {
+      return kMax ? max_pool3x3<acc_t>(plane, H, W, oh, ow, stride, &argmax)
+                  : avg_pool3x3<acc_t>(plane, H, W, oh, ow, stride);
+    };
+    if (oh < oh0 || oh >= oh1 || ow0 >= ow1) {
+      for (int64_t ow = 0; ow < L.Wo; ++ow) row[ow] = generic(ow);
+      continue;
+    }
+    for (int64_t ow = 0; ow < ow0; ++ow) row[ow] = generic(ow);
+    const scalar_t* top = plane + (oh * stride - 1) * W - 1;  // window of output ow starts at top + ow * stride
+    for (int64_t ow = ow0; ow < ow1; ++ow) row[ow] = kMax ? static_cast<acc_t>(top[ow * stride]) : acc_t(0);
+    for (int64_t h = 0; h < 3; ++h) {
+      for (int64_t w = 0; w < 3; ++w) {
+        const scalar_t* x = top + h * W + w;
+        for (int64_t ow = ow0; ow < ow1; ++ow) {
+          const acc_t v = static_cast<acc_t>(x[ow * stride]);
+          if (kMax)
+            row[ow] = max_pool_takes(v, row[ow]) ? v : row[ow];
+          else
+            row[ow] += v;
+        }
+      }
+    }
+    if (!kMax)
+      for (int64_t ow = ow0; ow < ow1; ++ow) row[ow] /= static_cast<acc_t>(9);
+    for (int64_t ow = ow1; ow < L.Wo; ++ow) row[ow] = generic(ow);
+  }
+}
+
 // values[o] for every output position o of plane p (= n * C + c) of a BatchNorm's input.
 template <typename scalar_t, typename acc_t>
 void fill_plane(const BnSource<scalar_t>& src, int64_t p, const NodeLayout& L, acc_t* values) {
   const scalar_t* plane = src.data + p * src.H * src.W;
-  int64_t argmax;
+  if (src.kind == kFreeMaxPool) {
+    pool_plane<scalar_t, acc_t, true>(plane, src.H, src.W, src.stride, L, values);
+  } else if (src.kind == kFreeAvgPool) {
+    pool_plane<scalar_t, acc_t, false>(plane, src.H, src.W, src.stride, L, values);
+  } else {
+    for (int64_t o = 0; o < L.plane(); ++o) values[o] = static_cast<acc_t>(plane[o]);
+  }
+}
+
+// dx[argmax of window o] += d[o] for every output o of a max pool; values[o] is the window's
+// maximum, so its position is the first element equal to it (a NaN maximum: the shared rule).
+template <typename scalar_t, typename acc_t>
+void max_pool_scatter(const scalar_t* plane, int64_t H, int64_t W, int64_t stride, const NodeLayout& L,
+                      const acc_t* values, const acc_t* d, acc_t* dx) {
   for (int64_t oh = 0, o = 0; oh < L.Ho; ++oh) {
     for (int64_t ow = 0; ow < L.Wo; ++ow, ++o) {
-      if (src.kind == kFreeMaxPool)
-        values[o] = max_pool3x3<acc_t>(plane, src.H, src.W, oh, ow, src.stride, &argmax);
-      else if (src.kind == kFreeAvgPool)
-        values[o] = avg_pool3x3<acc_t>(plane, src.H, src.W, oh, ow, src.stride);
-      else
-        values[o] = static_cast<acc_t>(plane[o]);
+      int64_t argmax = -1;
+      if (values[o] != values[o]) {
+        max_pool3x3<acc_t>(plane, H, W, oh, ow, stride, &argmax);
+      } else {
+        const PoolWindow win = pool_window(oh, ow, stride, H, W);
+        for (int64_t h = win.h0; h < win.h1 && argmax < 0; ++h)
+          for (int64_t w = win.w0; w < win.w1; ++w)
+            if (static_cast<acc_t>(plane[h * W + w]) == values[o]) {
+              argmax = h * W + w;
+              break;
+            }
+      }
+      dx[argmax] += d[o];
     }
   }
 }
 
+// dx[window of o] += d[o] / (window size) for every output o of an avg pool
+// (count_include_pad=False), as 9 shifted row updates.
 template <typename acc_t>
-acc_t invstd_of(acc_t var, double eps) {
-  return acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
+void avg_pool_scatter(int64_t H, int64_t W, int64_t stride, const NodeLayout& L, acc_t* d, acc_t* dx) {
+  for (int64_t oh = 0, o = 0; oh < L.Ho; ++oh)
+    for (int64_t ow = 0; ow < L.Wo; ++ow, ++o) d[o] /= static_cast<acc_t>(window_count(pool_window(oh, ow, stride, H, W)));
+  for (int64_t oh = 0; oh < L.Ho; ++oh) {
+    const acc_t* d_row = d + oh * L.Wo;
+    for (int64_t kh = 0; kh < 3; ++kh) {
+      const int64_t ih = oh * stride - 1 + kh;
+      if (ih < 0 || ih >= H) continue;
+      acc_t* dx_row = dx + ih * W;
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        // Outputs whose column ow * stride - 1 + kw lies in [0, W).
+        const int64_t ow0 = kw == 0 ? 1 : 0;
+        const int64_t ow1 = std::min<int64_t>(L.Wo, (W - kw) / stride + 1);
+        for (int64_t ow = ow0; ow < ow1; ++ow) dx_row[ow * stride - 1 + kw] += d_row[ow];
+      }
+    }
+  }
+}
+
+// Lanes of independent partial sums, so the plane sums vectorise (fixed order: deterministic).
+constexpr int64_t kLanes = 8;
+
+template <typename acc_t, typename Term>
+acc_t lane_sum(int64_t n, Term term) {
+  acc_t lanes[kLanes] = {};
+  int64_t o = 0;
+  for (; o + kLanes <= n; o += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(o + l);
+  for (int64_t l = 0; o < n; ++o, ++l) lanes[l] += term(o);
+  acc_t sum = 0;
+  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
 }
 
 // Per (row, channel) mean and biased variance over N planes: two passes inside each plane, the
@@ -75,11 +172,9 @@ void batch_statistics(const NodeLayout& L, const std::vector<BnSource<scalar_t>>
       int64_t count = 0;
       for (int64_t n = 0; n < L.N; ++n) {
         fill_plane(sources[b], n * C + c, L, values.data());
-        acc_t sum = 0;
-        for (int64_t o = 0; o < HW; ++o) sum += values[o];
-        const acc_t plane_mean = sum / static_cast<acc_t>(HW);
-        acc_t m2 = 0;
-        for (int64_t o = 0; o < HW; ++o) m2 += (values[o] - plane_mean) * (values[o] - plane_mean);
+        const acc_t* v = values.data();
+        const acc_t plane_mean = lane_sum<acc_t>(HW, [&](int64_t o) { return v[o]; }) / static_cast<acc_t>(HW);
+        const acc_t m2 = lane_sum<acc_t>(HW, [&](int64_t o) { return (v[o] - plane_mean) * (v[o] - plane_mean); });
         const int64_t merged = count + HW;
         const acc_t delta = plane_mean - total_mean;
         total_mean += delta * static_cast<acc_t>(HW) / static_cast<acc_t>(merged);
@@ -128,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
     const acc_t* mu = mean.const_data_ptr<acc_t>();
     std::vector<acc_t> invstd(L.num_bn_rows * L.C);
     const acc_t* v = var.const_data_ptr<acc_t>();
-    for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = invstd_of(v[i], eps);
+    for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = bn_invstd(v[i], eps);
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t C = L.C, HW = L.plane(), K = static_cast<int64_t>(convs.size());
 
@@ -188,7 +283,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     const acc_t* mu = mean.const_data_ptr<acc_t>();
     const at::Tensor var = var_arg.to(acc_options).contiguous();
     std::vector<acc_t> invstd(L.num_bn_rows * C);
-    for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = invstd_of(var.const_data_ptr<acc_t>()[i], eps);
+    for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = bn_invstd(var.const_data_ptr<acc_t>()[i], eps);
     const auto sources = bn_sources<scalar_t>(L, edges, convs);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
@@ -205,17 +300,18 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
         for (int64_t n = 0; n < L.N; ++n) {
           const int64_t p = n * C + c;
           const scalar_t* gp = g + p * HW;
-          acc_t sum = 0;
+          acc_t sum;
           if (r == F + K) {
-            for (int64_t o = 0; o < HW; ++o) sum += static_cast<acc_t>(gp[o]);
+            sum = lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]); });
           } else if (r < F && L.free[r].kind == kFreeSkip) {
             const scalar_t* x = edges[L.free[r].edge].const_data_ptr<scalar_t>() + p * HW;
-            for (int64_t o = 0; o < HW; ++o) sum = accumulate_product(sum, static_cast<acc_t>(gp[o]), x[o]);
+            sum = lane_sum<acc_t>(HW, [&](int64_t o) { return accumulate_product(acc_t(0), static_cast<acc_t>(gp[o]), x[o]); });
           } else {
             const int64_t b = r < F ? L.free[r].bn_row : L.conv_bn_row(r - F);
             fill_plane(sources[b], p, L, values.data());
             const acc_t m = mu[b * C + c], s = invstd[b * C + c];
-            for (int64_t o = 0; o < HW; ++o) sum += static_cast<acc_t>(gp[o]) * bn_normalize(values[o], m, s);
+            const acc_t* v = values.data();
+            sum = lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]) * bn_normalize(v[o], m, s); });
           }
           total += sum;
         }
@@ -242,7 +338,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     // Pass 2, per plane: the conv outputs' BatchNorm input gradients, and each edge input's
     // gradient through its skip, pools and their BatchNorms.
     at::parallel_for(0, L.N * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> dx;
+      std::vector<acc_t> dx, d(HW), values(HW);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
         const scalar_t* gp = g + p * HW;
@@ -269,25 +365,16 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
               for (int64_t o = 0; o < HW; ++o) dx[o] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(gp[o]));
               continue;
             }
+            // The gradient of every pool output (through BN), then each goes back to its window.
             const int64_t b = item.bn_row;
             const acc_t m = mu[b * C + c], s = invstd[b * C + c], mg = mean_g(c), mgx = mean_g_xhat(i, c);
-            for (int64_t oh = 0, o = 0; oh < L.Ho; ++oh) {
-              for (int64_t ow = 0; ow < L.Wo; ++ow, ++o) {
-                const acc_t go = static_cast<acc_t>(gp[o]);
-                if (item.kind == kFreeMaxPool) {
-                  int64_t argmax;
-                  const acc_t v = max_pool3x3<acc_t>(x, H, W, oh, ow, stride, &argmax);
-                  dx[argmax] += bn_input_gradient(wi, s, go, bn_normalize(v, m, s), mg, mgx);
-                } else {
-                  const acc_t v = avg_pool3x3<acc_t>(x, H, W, oh, ow, stride);
-                  const PoolWindow win = pool_window(oh, ow, stride, H, W);
-                  const acc_t d = bn_input_gradient(wi, s, go, bn_normalize(v, m, s), mg, mgx) /
-                                  static_cast<acc_t>(window_count(win));
-                  for (int64_t h = win.h0; h < win.h1; ++h)
-                    for (int64_t ww = win.w0; ww < win.w1; ++ww) dx[h * W + ww] += d;
-                }
-              }
-            }
+            fill_plane(sources[b], p, L, values.data());
+            for (int64_t o = 0; o < HW; ++o)
+              d[o] = bn_input_gradient(wi, s, static_cast<acc_t>(gp[o]), bn_normalize(values[o], m, s), mg, mgx);
+            if (item.kind == kFreeMaxPool)
+              max_pool_scatter(x, H, W, stride, L, values.data(), d.data(), dx.data());
+            else
+              avg_pool_scatter(H, W, stride, L, d.data(), dx.data());
           }
           scalar_t* gx = grad_edges[e].mutable_data_ptr<scalar_t>() + p * H * W;
           for (int64_t j = 0; j < H * W; ++j) gx[j] = static_cast<scalar_t>(dx[j]);
