@@ -80,8 +80,11 @@ FASTDNAS_HOST_DEVICE acc_t bn_normalize(acc_t v, acc_t mean, acc_t invstd) {
 // 1 / sqrt(var + eps), the BatchNorm scale.
 template <typename acc_t>
 FASTDNAS_HOST_DEVICE acc_t bn_invstd(acc_t var, double eps) {
-  using std::sqrt;
-  return acc_t(1) / sqrt(var + static_cast<acc_t>(eps));
+#if defined(__CUDA_ARCH__)
+  return acc_t(1) / sqrt(var + static_cast<acc_t>(eps));  // CUDA's float/double overloads (IEEE)
+#else
+  return acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
+#endif
 }
 
 // Gradient of the BatchNorm input of a candidate scaled by `weight` in a sum whose gradient is

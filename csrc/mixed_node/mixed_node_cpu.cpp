@@ -98,26 +98,38 @@ void fill_plane(const BnSource<scalar_t>& src, int64_t p, const NodeLayout& L, a
   }
 }
 
-// dx[argmax of window o] += d[o] for every output o of a max pool; values[o] is the window's
-// maximum, so its position is the first element equal to it (a NaN maximum: the shared rule).
+// dx[argmax of window o] += d[o] for every output o of a max pool. values[o] is the window's
+// maximum, so its position is the first element (in the shared scan order) equal to it: the 9
+// window positions are visited in that order, each for a whole output row at once (vectorises).
+// A NaN maximum equals nothing: those outputs take the per-output rule.
 template <typename scalar_t, typename acc_t>
 void max_pool_scatter(const scalar_t* plane, int64_t H, int64_t W, int64_t stride, const NodeLayout& L,
-                      const acc_t* values, const acc_t* d, acc_t* dx) {
-  for (int64_t oh = 0, o = 0; oh < L.Ho; ++oh) {
-    for (int64_t ow = 0; ow < L.Wo; ++ow, ++o) {
-      int64_t argmax = -1;
-      if (values[o] != values[o]) {
-        max_pool3x3<acc_t>(plane, H, W, oh, ow, stride, &argmax);
-      } else {
-        const PoolWindow win = pool_window(oh, ow, stride, H, W);
-        for (int64_t h = win.h0; h < win.h1 && argmax < 0; ++h)
-          for (int64_t w = win.w0; w < win.w1; ++w)
-            if (static_cast<acc_t>(plane[h * W + w]) == values[o]) {
-              argmax = h * W + w;
-              break;
-            }
+                      const acc_t* values, const acc_t* d, acc_t* dx, uint8_t* found) {
+  for (int64_t oh = 0; oh < L.Ho; ++oh) {
+    const acc_t* v_row = values + oh * L.Wo;
+    const acc_t* d_row = d + oh * L.Wo;
+    std::fill(found, found + L.Wo, uint8_t(0));
+    for (int64_t kh = 0; kh < 3; ++kh) {
+      const int64_t ih = oh * stride - 1 + kh;
+      if (ih < 0 || ih >= H) continue;
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        // Outputs whose column ow * stride - 1 + kw lies in [0, W).
+        const int64_t ow0 = kw == 0 ? 1 : 0;
+        const int64_t ow1 = std::min<int64_t>(L.Wo, (W - kw) / stride + 1);
+        const scalar_t* x = plane + ih * W - 1 + kw;
+        acc_t* g = dx + ih * W - 1 + kw;
+        for (int64_t ow = ow0; ow < ow1; ++ow) {
+          const uint8_t take = !found[ow] & (static_cast<acc_t>(x[ow * stride]) == v_row[ow]);
+          g[ow * stride] += take ? d_row[ow] : acc_t(0);
+          found[ow] |= take;
+        }
       }
-      dx[argmax] += d[o];
+    }
+    for (int64_t ow = 0; ow < L.Wo; ++ow) {
+      if (found[ow]) continue;
+      int64_t argmax;
+      max_pool3x3<acc_t>(plane, H, W, oh, ow, stride, &argmax);
+      dx[argmax] += d_row[ow];
     }
   }
 }
@@ -339,6 +351,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     // gradient through its skip, pools and their BatchNorms.
     at::parallel_for(0, L.N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> dx, d(HW), values(HW);
+      std::vector<uint8_t> found(L.Wo);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
         const scalar_t* gp = g + p * HW;
@@ -372,7 +385,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
             for (int64_t o = 0; o < HW; ++o)
               d[o] = bn_input_gradient(wi, s, static_cast<acc_t>(gp[o]), bn_normalize(values[o], m, s), mg, mgx);
             if (item.kind == kFreeMaxPool)
-              max_pool_scatter(x, H, W, stride, L, values.data(), d.data(), dx.data());
+              max_pool_scatter(x, H, W, stride, L, values.data(), d.data(), dx.data(), found.data());
             else
               avg_pool_scatter(H, W, stride, L, d.data(), dx.data());
           }
