@@ -287,3 +287,30 @@ def test_final_network_rejects_bad_genotypes():
         FinalNetwork(4, 10, 3, odd)
     with pytest.raises(ValueError, match="concat"):
         FinalNetwork(4, 10, 3, DARTS_V2._replace(normal_concat=[2, 3, 4, 6]))
+
+
+def saved_bytes(fn):
+    """Bytes of the unique storages autograd saves for backward while fn() runs."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_fused_backend_saves_at_most_0_6_of_the_reference_for_backward():
+    # The memory goal of the fused backend, counted (not timed): pools, skip and BN outputs are
+    # never saved, and the convolution candidates of an edge share one ReLU.
+    torch.manual_seed(0)
+    net = SearchNetwork(C=8, num_classes=10, layers=5)
+    x = torch.randn(4, 3, 16, 16)
+    saved = {}
+    for backend in ("reference", "fused_sum", "fused"):
+        net.backend = backend
+        saved[backend] = saved_bytes(lambda: net(x).sum())
+    assert saved["fused"] <= 0.6 * saved["reference"]
+    assert saved["fused_sum"] <= saved["reference"]

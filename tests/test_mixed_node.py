@@ -114,6 +114,16 @@ def test_subset_of_items_leaves_other_weights_without_gradient(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_max_pool_ties_go_where_pytorch_sends_them(device):
+    # Few distinct values: most windows hold their maximum more than once (and -0.0 next to 0.0).
+    node = make_node((2, 1), N=2, C=3, out_size=(7, 6), device=device)
+    edge_inputs = [torch.randint(-2, 2, x.shape, device=device).double() * 0.5 for x in node["edge_inputs"]]
+    edge_inputs[1][0, 0, 0, :3] = torch.tensor([-0.0, 0.0, -0.0])
+    node["edge_inputs"] = [x.requires_grad_() for x in edge_inputs]
+    check_against_reference(node, TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     node = make_node((2, 1), device=device, requires_grad=False)
     node["edge_inputs"] = [x.transpose(2, 3).contiguous().transpose(2, 3).requires_grad_() for x in node["edge_inputs"]]
