@@ -18,4 +18,10 @@ TORCH_LIBRARY(fastdnas, m) {
   m.def("_trellis_aggregate_backward(Tensor grad, Tensor[] blocks, int num_cells, Tensor betas) -> (Tensor[], Tensor)");
   m.def("resize_sum(Tensor[] inputs, SymInt[] size, Tensor? weights=None) -> Tensor");
   m.def("_resize_sum_backward(Tensor grad, Tensor[] inputs, Tensor? weights) -> (Tensor[], Tensor)");
+  m.def("mixed_node(Tensor[] edge_inputs, int[] strides, Tensor[] conv_outputs, Tensor weights, int[] free_items, "
+        "int[] free_kinds, int[] conv_items, Tensor? running_mean, Tensor? running_var, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("_mixed_node_backward(Tensor grad, Tensor[] edge_inputs, int[] strides, Tensor[] conv_outputs, "
+        "Tensor weights, int[] free_items, int[] free_kinds, int[] conv_items, Tensor mean, Tensor var, float eps, "
+        "bool batch_stats) -> (Tensor[], Tensor[], Tensor)");
 }

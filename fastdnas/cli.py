@@ -135,7 +135,8 @@ def build_parser():
     search.add_argument("--arch-weight-decay", type=float)
     search.add_argument("--unrolled", action=argparse.BooleanOptionalAction, help="second-order architecture step (default: first order)")
     search.add_argument("--arch-start-epoch", type=int, metavar="N", help="no architecture updates before epoch N")
-    search.add_argument("--backend", choices=["fused", "reference"], help="node sums: fused kernels or eager")
+    search.add_argument("--backend", choices=["fused", "fused_sum", "reference"],
+                        help="fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager")
     search.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     search.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
                         help="under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)")

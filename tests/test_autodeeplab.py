@@ -32,9 +32,10 @@ def test_search_network_outputs_logits_at_the_input_size(size):
     assert net(torch.randn(2, 3, *size)).shape == (2, 4, *size)
 
 
-def test_fused_and_reference_backends_agree():
+@pytest.mark.parametrize("backend", ["fused", "fused_sum"])
+def test_fused_and_reference_backends_agree(backend):
     # 20x24: levels of 5x6, 3x3, 2x2 and 1x1, so odd sizes are resampled both ways.
-    net = small_network(blocks=3)
+    net = small_network(backend, blocks=3)
     x = torch.randn(2, 3, 20, 24, dtype=torch.float64)
     probe = torch.randn(2, 3, 20, 24, dtype=torch.float64)
     fused_logits, fused_grads = outputs_and_grads(net, x, probe)
@@ -47,20 +48,25 @@ def test_fused_and_reference_backends_agree():
         assert rel_err(fused_grads[name], reference_grads[name]) <= 1e-10, name
 
 
-def test_fused_backend_makes_one_kernel_call_per_block_node_and_head(monkeypatch):
-    calls = {"mixed_sum": [], "trellis_aggregate": [], "resize_sum": []}
+@pytest.mark.parametrize("backend", ["fused", "fused_sum"])
+def test_fused_backends_make_one_kernel_call_per_block_node_and_head(monkeypatch, backend):
+    calls = {"mixed_sum": [], "mixed_node": [], "trellis_aggregate": [], "resize_sum": []}
     for name, record in calls.items():
         def counting(*args, _original=getattr(fastdnas.ops, name), _record=record):
             _record.append(len(args[0]))
             return _original(*args)
 
         monkeypatch.setattr(fastdnas.ops, name, counting)
-    net = SearchNetwork(num_classes=3, layers=2, blocks=5, filter_multiplier=2)
+    net = SearchNetwork(num_classes=3, layers=2, blocks=5, filter_multiplier=2, backend=backend)
     net(torch.randn(2, 3, 16, 16))
     # Incoming transitions per node: layer 1: 1, 1; layer 2: 2, 2, 1 (7 cell evaluations).
     assert calls["trellis_aggregate"] == [1, 1, 2, 2, 1]
-    # Block i sums 2 + i edges of 7 computed ops each ('none' is skipped).
-    assert calls["mixed_sum"] == [7 * (2 + i) for i in range(5)] * 7
+    if backend == "fused":
+        # One mixed_node per block, over its 2 + i edges.
+        assert calls["mixed_node"] == [2 + i for i in range(5)] * 7 and calls["mixed_sum"] == []
+    else:
+        # Block i sums 2 + i edges of 7 computed ops each ('none' is skipped).
+        assert calls["mixed_sum"] == [7 * (2 + i) for i in range(5)] * 7 and calls["mixed_node"] == []
     assert calls["resize_sum"] == [3]  # one call merges the heads of levels 0..2
 
 

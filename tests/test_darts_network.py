@@ -27,24 +27,107 @@ def logits_and_grads(net, x, probe):
     return logits.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}
 
 
+def buffers(net):
+    return {name: b.clone() for name, b in net.named_buffers()}
+
+
+def stat_err(actual, expected):
+    """Error of running statistics relative to max(1, their size): a mean of ~1e-18 is zero."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1.0)).item()
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["fused", "fused_sum"])
 @pytest.mark.parametrize("size", [(8, 8), (8, 12)])
-def test_fused_and_reference_backends_agree(size, device):
+def test_fused_and_reference_backends_agree(size, backend, device):
+    # Logits, every weight and alpha gradient, and the BatchNorm running statistics (normal and
+    # reduction cells, a cell after a reduction cell), over two training steps and in eval mode.
     torch.manual_seed(0)
-    net = small_network().to(device)
+    net = small_network(backend).to(device)
+    reference = small_network("reference").to(device)
+    reference.load_state_dict(net.state_dict())
+    for step in range(2):
+        x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
+        probe = torch.randn(2, 5, dtype=torch.float64, device=device)
+        fused_logits, fused_grads = logits_and_grads(net, x, probe)
+        ref_logits, ref_grads = logits_and_grads(reference, x, probe)
+        assert rel_err(fused_logits, ref_logits) <= 1e-10
+        assert fused_grads.keys() == ref_grads.keys()
+        assert {"alphas_normal", "alphas_reduce"} <= fused_grads.keys()
+        for name in ref_grads:
+            assert rel_err(fused_grads[name], ref_grads[name]) <= 1e-10, name
+        fused_buffers, ref_buffers = buffers(net), buffers(reference)
+        assert fused_buffers.keys() == ref_buffers.keys()
+        for name in ref_buffers:
+            assert stat_err(fused_buffers[name], ref_buffers[name]) <= 1e-10, name
+    net.eval()
+    reference.eval()
     x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
     probe = torch.randn(2, 5, dtype=torch.float64, device=device)
     fused_logits, fused_grads = logits_and_grads(net, x, probe)
-    net.backend = "reference"
-    ref_logits, ref_grads = logits_and_grads(net, x, probe)
+    ref_logits, ref_grads = logits_and_grads(reference, x, probe)
     assert rel_err(fused_logits, ref_logits) <= 1e-10
-    assert fused_grads.keys() == ref_grads.keys()
-    assert {"alphas_normal", "alphas_reduce"} <= fused_grads.keys()
     for name in ref_grads:
         assert rel_err(fused_grads[name], ref_grads[name]) <= 1e-10, name
 
 
-def test_fused_backend_makes_one_kernel_call_per_node(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_backend_float32_agrees_with_reference(device):
+    torch.manual_seed(3)
+    net = small_network().float().to(device)
+    reference = small_network("reference").float().to(device)
+    reference.load_state_dict(net.state_dict())
+    x = torch.randn(4, 3, 12, 12, device=device)
+    probe = torch.randn(4, 5, device=device)
+    fused_logits, fused_grads = logits_and_grads(net, x, probe)
+    ref_logits, ref_grads = logits_and_grads(reference, x, probe)
+    assert rel_err(fused_logits, ref_logits) <= 1e-4
+    for name in ref_grads:
+        assert rel_err(fused_grads[name], ref_grads[name]) <= 1e-4, name
+    fused_buffers, ref_buffers = buffers(net), buffers(reference)
+    for name in ref_buffers:
+        assert stat_err(fused_buffers[name], ref_buffers[name]) <= 1e-4, name
+
+
+def test_fused_backend_under_torch_compile_equals_eager():
+    torch.manual_seed(4)
+    net = small_network(steps=2, multiplier=2)
+    eager = small_network("fused", steps=2, multiplier=2)
+    eager.load_state_dict(net.state_dict())
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    probe = torch.randn(2, 5, dtype=torch.float64)
+    compiled_logits, compiled_grads = logits_and_grads(compiled, x, probe)
+    eager_logits, eager_grads = logits_and_grads(eager, x, probe)
+    assert rel_err(compiled_logits, eager_logits) <= 1e-12
+    for name in eager_grads:
+        assert rel_err(compiled_grads["_orig_mod." + name], eager_grads[name]) <= 1e-12, name
+    compiled_buffers, eager_buffers = buffers(net), buffers(eager)
+    for name in eager_buffers:
+        assert stat_err(compiled_buffers[name], eager_buffers[name]) <= 1e-12, name
+    assert int(net.cells[0].preprocess1.op[2].num_batches_tracked) == 1
+
+
+def test_fused_backend_makes_one_mixed_node_call_per_node(monkeypatch):
+    calls = []
+    original = fastdnas.ops.mixed_node
+
+    def counting_mixed_node(edge_inputs, strides, conv_outputs, *args):
+        calls.append((tuple(strides), len(conv_outputs)))
+        return original(edge_inputs, strides, conv_outputs, *args)
+
+    monkeypatch.setattr(fastdnas.ops, "mixed_node", counting_mixed_node)
+    net = SearchNetwork(C=4, num_classes=5, layers=3, steps=4)
+    net(torch.randn(2, 3, 8, 8))
+    # Node i has 2 + i edges of 4 conv candidates, plus FactorizedReduce on strided edges (the
+    # first two edges of a reduction cell; cells 1 and 2 of 3 are reduction cells).
+    normal = [((1,) * (2 + i), 4 * (2 + i)) for i in range(4)]
+    reduce = [((2, 2) + (1,) * i, 4 * (2 + i) + 2) for i in range(4)]
+    assert calls == normal + reduce + reduce
+
+
+def test_fused_sum_backend_makes_one_kernel_call_per_node(monkeypatch):
     calls = []
     original = fastdnas.ops.mixed_sum
 
@@ -53,17 +136,18 @@ def test_fused_backend_makes_one_kernel_call_per_node(monkeypatch):
         return original(inputs, weights)
 
     monkeypatch.setattr(fastdnas.ops, "mixed_sum", counting_mixed_sum)
-    net = SearchNetwork(C=4, num_classes=5, layers=3, steps=4)
+    net = SearchNetwork(C=4, num_classes=5, layers=3, steps=4, backend="fused_sum")
     net(torch.randn(2, 3, 8, 8))
     # 4 nodes per cell; node i sums 2 + i edges of 7 computed ops each ('none' is skipped).
     assert calls == [7 * (2 + i) for i in range(4)] * 3
 
 
-def test_nodes_wider_than_one_kernel_call_are_summed_in_chunks(monkeypatch):
-    # Only nodes with more than 128 inputs (many steps) need chunks; a small limit shows the path.
-    monkeypatch.setattr(fastdnas.ops, "MAX_MIXED_SUM_INPUTS", 5)
+@pytest.mark.parametrize("backend,limit", [("fused_sum", "MAX_MIXED_SUM_INPUTS"), ("fused", "MAX_NODE_EDGES")])
+def test_nodes_wider_than_one_kernel_call_are_summed_in_chunks(monkeypatch, backend, limit):
+    # Only very wide nodes (many steps) need chunks; a small limit shows the path.
+    monkeypatch.setattr(fastdnas.ops, limit, 2)
     torch.manual_seed(2)
-    net = small_network(steps=2, multiplier=2)
+    net = small_network(backend, steps=2, multiplier=2)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     fused = net(x)
     net.backend = "reference"
@@ -90,6 +174,8 @@ def test_backend_switch_reaches_every_mixed_op():
     net.backend = "reference"
     assert net.backend == "reference"
     assert all(m.backend == "reference" for m in mixed_ops)
+    net.backend = "fused_sum"
+    assert all(m.backend == "fused_sum" for m in mixed_ops)
     with pytest.raises(ValueError, match="backend"):
         net.backend = "cuda"
     with pytest.raises(ValueError, match="backend"):
@@ -201,3 +287,30 @@ def test_final_network_rejects_bad_genotypes():
         FinalNetwork(4, 10, 3, odd)
     with pytest.raises(ValueError, match="concat"):
         FinalNetwork(4, 10, 3, DARTS_V2._replace(normal_concat=[2, 3, 4, 6]))
+
+
+def saved_bytes(fn):
+    """Bytes of the unique storages autograd saves for backward while fn() runs."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_fused_backend_saves_at_most_0_6_of_the_reference_for_backward():
+    # The memory goal of the fused backend, counted (not timed): pools, skip and BN outputs are
+    # never saved, and the convolution candidates of an edge share one ReLU.
+    torch.manual_seed(0)
+    net = SearchNetwork(C=8, num_classes=10, layers=5)
+    x = torch.randn(4, 3, 16, 16)
+    saved = {}
+    for backend in ("reference", "fused_sum", "fused"):
+        net.backend = backend
+        saved[backend] = saved_bytes(lambda: net(x).sum())
+    assert saved["fused"] <= 0.6 * saved["reference"]
+    assert saved["fused_sum"] <= saved["reference"]

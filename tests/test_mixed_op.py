@@ -14,18 +14,47 @@ def run(op, x, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["fused", "fused_sum"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_fused_equals_reference(stride, device):
+def test_fused_equals_reference(stride, backend, device):
     C = 6
-    op = MixedOp(C, stride).double().to(device)
-    x = torch.randn(3, C, 10, 12, dtype=torch.float64, device=device, requires_grad=True)
-    alpha = torch.randn(len(PRIMITIVES), dtype=torch.float64, device=device, requires_grad=True)
-    fused_out, fused_grads = run(op, x, alpha)
+    op = MixedOp(C, stride, backend=backend).double().to(device)
+    reference = MixedOp(C, stride, backend="reference").double().to(device)
+    reference.load_state_dict(op.state_dict())
+    for training in (True, False):
+        op.train(training)
+        reference.train(training)
+        x = torch.randn(3, C, 10, 12, dtype=torch.float64, device=device, requires_grad=True)
+        alpha = torch.randn(len(PRIMITIVES), dtype=torch.float64, device=device, requires_grad=True)
+        fused_out, fused_grads = run(op, x, alpha)
+        ref_out, ref_grads = run(reference, x, alpha)
+        assert rel_err(fused_out, ref_out) <= 1e-10
+        for got, want in zip(fused_grads, ref_grads):
+            assert rel_err(got, want) <= 1e-10
+        for (name, got), want in zip(op.named_buffers(), reference.buffers()):
+            assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("stride,relus_saved", [(1, 3), (2, 4)])
+def test_fused_backend_runs_one_relu_per_edge_for_its_convolutions(monkeypatch, stride, relus_saved):
+    # Reference: one ReLU of x per convolution candidate (4, and FactorizedReduce at stride 2),
+    # plus the inner ReLU of each sep_conv (2). Fused: one ReLU of x, plus the 2 inner ones.
+    calls = []
+    original = torch.nn.functional.relu
+
+    def counting_relu(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "relu", counting_relu)
+    op = MixedOp(4, stride)
+    x, w = torch.randn(2, 4, 6, 6), torch.softmax(torch.randn(8), 0)
+    op(x, w)
+    fused_calls = len(calls)
     op.backend = "reference"
-    ref_out, ref_grads = run(op, x, alpha)
-    assert rel_err(fused_out, ref_out) <= 1e-12
-    for got, want in zip(fused_grads, ref_grads):
-        assert rel_err(got, want) <= 1e-10
+    op(x, w)
+    assert fused_calls == 1 + 2
+    assert len(calls) - fused_calls == fused_calls + relus_saved
 
 
 def test_fused_never_computes_none(monkeypatch):

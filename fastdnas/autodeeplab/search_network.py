@@ -21,21 +21,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops, reference
-from ..darts.search_network import _fused_node_sum
 from ..decode import NUM_LEVELS, num_edges, parse_cell, reachable_levels, transition_mask, viterbi
-from ..nn.mixed_op import MixedOp, check_backend
+from ..nn.mixed_op import MixedOp, check_backend, node_sum
 from ..nn.operations import PRIMITIVES, ReLUConvBN
 from .aspp import aspp_for_level
 
 
 def _trellis_aggregate(cells, betas, backend):
     """[N, B*C, H, W], block b = sum_t betas[t] * cells[t][b]: the node's concat, written once."""
-    return (ops if backend == "fused" else reference).trellis_aggregate(cells, betas)
+    return (reference if backend == "reference" else ops).trellis_aggregate(cells, betas)
 
 
 def _resize_sum(inputs, size, backend):
     """sum_i bilinear_resize(inputs[i], size) (align_corners=False): the heads' logits merged."""
-    return (ops if backend == "fused" else reference).resize_sum(inputs, size)
+    return (reference if backend == "reference" else ops).resize_sum(inputs, size)
 
 
 def make_stem(in_channels, channels):
@@ -113,14 +112,9 @@ class TrellisCell(nn.Module):
         states = [s0, s1]
         offset = 0
         for _ in range(self.blocks):
-            edges = range(offset, offset + len(states))
-            if self.backend == "fused":
-                # The whole block in one kernel call: every edge's computed candidates, edge by edge.
-                inputs = [out for e, h in zip(edges, states) for out in self.edges[e].candidate_outputs(h)]
-                block_weights = weights[offset : offset + len(states), self.edges[0].computed_indices].reshape(-1)
-                block = _fused_node_sum(inputs, block_weights)
-            else:
-                block = sum(self.edges[e](h, weights[e]) for e, h in zip(edges, states))
+            edges = self.edges[offset : offset + len(states)]
+            # Fused backends: the whole block in one kernel call.
+            block = node_sum(edges, states, weights[offset : offset + len(states)], self.backend)
             offset += len(states)
             states.append(block)
         return states[2:]
@@ -178,8 +172,9 @@ def normalized_betas(betas, mask):
 class SearchNetwork(nn.Module):
     """The Auto-DeepLab supernet for segmentation: ``forward(x)`` returns logits [N, num_classes, H, W].
 
-    ``backend`` ("fused" or "reference") chooses how block sums, node aggregations and the final
-    resize-and-sum are computed; it can be switched at any time since both run the same parameters.
+    ``backend`` ("fused", "fused_sum" or "reference"; see ``fastdnas.nn.mixed_op``) chooses how
+    block sums, node aggregations and the final resize-and-sum are computed; it can be switched at
+    any time since all run the same parameters.
     BatchNorms are affine-free inside cells and resampling (as DARTS), affine in the stem and heads.
     """
 

@@ -11,20 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..decode import num_edges, parse_cell
-from ..nn.mixed_op import MixedOp, check_backend
+from ..nn.mixed_op import MixedOp, check_backend, node_sum
 from ..nn.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from .genotype import Genotype
-
-
-def _fused_node_sum(inputs, weights):
-    """sum_i weights[i] * inputs[i] with the fused kernel: one call unless the node is very wide."""
-    from .. import ops  # the compiled extension is needed only here
-
-    limit = ops.MAX_MIXED_SUM_INPUTS
-    if len(inputs) <= limit:
-        return ops.mixed_sum(inputs, weights)
-    # Wider than one kernel call takes (only with many steps): add up chunks.
-    return sum(ops.mixed_sum(inputs[i : i + limit], weights[i : i + limit]) for i in range(0, len(inputs), limit))
 
 
 class SearchCell(nn.Module):
@@ -72,14 +61,9 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
-            edges = range(offset, offset + len(states))
-            if self.backend == "fused":
-                # The whole node in one kernel call: every edge's computed candidates, edge by edge.
-                inputs = [out for e, h in zip(edges, states) for out in self._ops[e].candidate_outputs(h)]
-                node_weights = weights[offset : offset + len(states), self._ops[0].computed_indices].reshape(-1)
-                node = _fused_node_sum(inputs, node_weights)
-            else:
-                node = sum(self._ops[e](h, weights[e]) for e, h in zip(edges, states))
+            edges = self._ops[offset : offset + len(states)]
+            # Fused backends: the whole node in one kernel call.
+            node = node_sum(edges, states, weights[offset : offset + len(states)], self.backend)
             offset += len(states)
             states.append(node)
         return torch.cat(states[-self.multiplier :], dim=1)
@@ -88,8 +72,9 @@ class SearchCell(nn.Module):
 class SearchNetwork(nn.Module):
     """The DARTS supernet for classification.
 
-    ``backend`` ("fused" or "reference") chooses how every node sum is computed; it can be
-    switched at any time (``net.backend = "reference"``) since both run the same parameters.
+    ``backend`` ("fused", "fused_sum" or "reference"; see ``fastdnas.nn.mixed_op``) chooses how
+    every node is computed; it can be switched at any time (``net.backend = "reference"``) since
+    all run the same parameters.
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, steps=4, multiplier=4, stem_multiplier=3,

@@ -32,6 +32,8 @@ class ReLUConvBN(nn.Module):
 
 
 class DilConv(nn.Module):
+    """[ReLU, depthwise dilated conv, 1x1 conv, BN]."""
+
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__()
         self.op = nn.Sequential(
@@ -44,8 +46,18 @@ class DilConv(nn.Module):
     def forward(self, x):
         return self.op(x)
 
+    def pre_bn(self, x_relu):
+        """The output before the final BatchNorm, from the already ReLU'd input."""
+        return _run_layers(self.op, 1, len(self.op) - 1, x_relu)
+
+    @property
+    def output_bn(self):
+        return self.op[-1]
+
 
 class SepConv(nn.Module):
+    """[ReLU, depthwise conv, 1x1 conv, BN, ReLU, depthwise conv, 1x1 conv, BN]."""
+
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__()
         self.op = nn.Sequential(
@@ -61,6 +73,21 @@ class SepConv(nn.Module):
 
     def forward(self, x):
         return self.op(x)
+
+    def pre_bn(self, x_relu):
+        """The output before the final BatchNorm, from the already ReLU'd input."""
+        return _run_layers(self.op, 1, len(self.op) - 1, x_relu)
+
+    @property
+    def output_bn(self):
+        return self.op[-1]
+
+
+def _run_layers(sequential, start, stop, x):
+    # Indexing (not slicing) keeps torch.compile from building Sequential objects.
+    for i in range(start, stop):
+        x = sequential[i](x)
+    return x
 
 
 class Identity(nn.Module):
@@ -94,15 +121,21 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
-        if x.shape[-2] % 2 or x.shape[-1] % 2:
+        return self.bn(self.pre_bn(self.relu(x)))
+
+    def pre_bn(self, x_relu):
+        """The output before the BatchNorm, from the already ReLU'd input."""
+        if x_relu.shape[-2] % 2 or x_relu.shape[-1] % 2:
             raise ValueError(
-                f"FactorizedReduce needs an even height and width, got {x.shape[-2]}x{x.shape[-1]} "
+                f"FactorizedReduce needs an even height and width, got {x_relu.shape[-2]}x{x_relu.shape[-1]} "
                 "(a reduction cell halves the resolution; use input sizes divisible by 4)"
             )
-        x = self.relu(x)
         # The shifted branch starts at the second row/column; for even sizes both give H/2 x W/2.
-        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
-        return self.bn(out)
+        return torch.cat([self.conv_1(x_relu), self.conv_2(x_relu[:, :, 1:, 1:])], dim=1)
+
+    @property
+    def output_bn(self):
+        return self.bn
 
 
 def _pool_bn(pool, C, affine):
