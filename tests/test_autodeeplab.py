@@ -6,7 +6,7 @@ import fastdnas.ops
 from fastdnas.autodeeplab import PAPER_PATH, ASPP, DecodedNetwork, SearchNetwork, aspp_for_level
 from fastdnas.decode import NUM_LEVELS, num_edges, transition_mask, viterbi
 from fastdnas.nn import PRIMITIVES
-from conftest import rel_err
+from conftest import rel_err, saved_bytes
 
 
 def small_network(backend="fused", **kwargs):
@@ -211,3 +211,16 @@ def test_decoded_network_rejects_bad_paths(path, match):
 def test_decoded_network_rejects_bad_cells(cell, match):
     with pytest.raises(ValueError, match=match):
         DecodedNetwork(num_classes=3, path=[0, 1], cell_genotype=cell, filter_multiplier=2)
+
+
+def test_fused_backend_saves_at_most_0_7_of_the_reference_for_backward():
+    # A CPU-sized search step, counted (not timed): the fused nodes keep neither the pool, skip
+    # nor BatchNorm outputs, and the convolutions of an edge share one ReLU.
+    torch.manual_seed(0)
+    net = SearchNetwork(5, layers=3, blocks=3, filter_multiplier=4)
+    x = torch.randn(2, 3, 32, 32)
+    saved = {}
+    for backend in ("reference", "fused"):
+        net.backend = backend
+        saved[backend] = saved_bytes(lambda: net(x).sum())
+    assert saved["fused"] <= 0.7 * saved["reference"], saved

@@ -6,7 +6,7 @@ import fastdnas.ops
 from fastdnas.darts import DARTS_V2, FinalNetwork, Genotype, SearchNetwork, drop_path
 from fastdnas.darts.final_network import FinalCell
 from fastdnas.nn import MixedOp
-from conftest import DEVICES, rel_err
+from conftest import DEVICES, rel_err, saved_bytes
 
 
 def small_network(backend="fused", **kwargs):
@@ -287,19 +287,6 @@ def test_final_network_rejects_bad_genotypes():
         FinalNetwork(4, 10, 3, odd)
     with pytest.raises(ValueError, match="concat"):
         FinalNetwork(4, 10, 3, DARTS_V2._replace(normal_concat=[2, 3, 4, 6]))
-
-
-def saved_bytes(fn):
-    """Bytes of the unique storages autograd saves for backward while fn() runs."""
-    storages = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 def test_fused_backend_saves_at_most_0_6_of_the_reference_for_backward():
