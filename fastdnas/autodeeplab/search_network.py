@@ -117,7 +117,7 @@ class TrellisCell(nn.Module):
             if self.backend == "fused":
                 # The whole block in one kernel call: every edge's computed candidates, edge by edge.
                 inputs = [out for e, h in zip(edges, states) for out in self.edges[e].candidate_outputs(h)]
-                block_weights = weights[offset : offset + len(states), self.edges[0].computed_indices].reshape(-1)
+                block_weights = weights[offset : offset + len(states), self.edges[0].computed_index].reshape(-1)
                 block = _fused_node_sum(inputs, block_weights)
             else:
                 block = sum(self.edges[e](h, weights[e]) for e, h in zip(edges, states))

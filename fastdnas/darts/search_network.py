@@ -76,7 +76,7 @@ class SearchCell(nn.Module):
             if self.backend == "fused":
                 # The whole node in one kernel call: every edge's computed candidates, edge by edge.
                 inputs = [out for e, h in zip(edges, states) for out in self._ops[e].candidate_outputs(h)]
-                node_weights = weights[offset : offset + len(states), self._ops[0].computed_indices].reshape(-1)
+                node_weights = weights[offset : offset + len(states), self._ops[0].computed_index].reshape(-1)
                 node = _fused_node_sum(inputs, node_weights)
             else:
                 node = sum(self._ops[e](h, weights[e]) for e, h in zip(edges, states))

@@ -38,6 +38,19 @@ class MixedOp(nn.Module):
         self.computed_indices = [i for i, p in enumerate(self.primitives) if p != "none"]
         if not self.computed_indices:
             raise ValueError("primitives: at least one operation other than 'none' is needed")
+        # The same selection as an index that costs no host-to-device copy per call (a Python list
+        # index would build a tensor each time, which CUDA-graph capture forbids): a slice when the
+        # computed primitives are contiguous (always for the DARTS set), else a buffer on the device.
+        first, last = self.computed_indices[0], self.computed_indices[-1]
+        contiguous = self.computed_indices == list(range(first, last + 1))
+        self._computed_slice = slice(first, last + 1) if contiguous else None
+        self.register_buffer("_computed_index_tensor", None if contiguous else torch.tensor(self.computed_indices),
+                             persistent=False)
+
+    @property
+    def computed_index(self):
+        """Index of the last dimension of the weights that selects ``computed_indices``."""
+        return self._computed_slice if self._computed_slice is not None else self._computed_index_tensor
 
     def candidate_outputs(self, x):
         """Outputs of the computed (non-'none') candidates, in ``computed_indices`` order."""
@@ -52,4 +65,4 @@ class MixedOp(nn.Module):
             return sum(w * op(x) for w, op in zip(weights, self._ops))
         from .. import ops  # the compiled extension is needed only here
 
-        return ops.mixed_sum(self.candidate_outputs(x), weights[self.computed_indices])
+        return ops.mixed_sum(self.candidate_outputs(x), weights[self.computed_index])

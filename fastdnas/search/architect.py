@@ -24,7 +24,7 @@ class Architect:
     """
 
     def __init__(self, model, weight_optimizer, loss_fn=cross_entropy_loss, lr=3e-4, betas=(0.5, 0.999),
-                 weight_decay=1e-3, unrolled=False):
+                 weight_decay=1e-3, unrolled=False, fused=False):
         self.model = model
         self.loss_fn = loss_fn
         self.unrolled = unrolled
@@ -38,7 +38,8 @@ class Architect:
             for group in weight_optimizer.param_groups:
                 if group.get("nesterov") or group.get("dampening", 0) != 0:
                     raise ValueError("the unrolled step models plain SGD momentum: no nesterov, no dampening")
-        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+        kind = {"fused": True} if fused else {"foreach": True}  # fused: one kernel per step (CUDA)
+        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=betas, weight_decay=weight_decay, **kind)
 
     def loss(self, inputs, targets):
         return split_loss(self.loss_fn(self.model, inputs, targets))[0]
@@ -113,7 +114,12 @@ class Architect:
             if with_buffer:
                 indices, buffers = zip(*with_buffer)
                 torch._foreach_add_([direction[i] for i in indices], list(buffers), alpha=momentum)
-            torch._foreach_add_(params, direction, alpha=-group["lr"])
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor):  # a learning rate on the device (CUDA graphs): no host read
+                torch._foreach_mul_(direction, lr)
+                torch._foreach_sub_(params, direction)
+            else:
+                torch._foreach_add_(params, direction, alpha=-lr)
 
     @staticmethod
     def grad(loss, params):

@@ -13,6 +13,7 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 
 from ..data.base import epoch_generator, iterate_batches
+from ..data.prefetch import DevicePrefetcher
 from .architect import Architect, cross_entropy_loss, split_loss
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .schedule import cosine_lr, set_lr
@@ -103,11 +104,13 @@ class Search:
     accuracy; segmentation passes one that adds mIoU); every value a meter reads goes into the
     record as ``train_<name>`` / ``val_<name>``. With ``out_dir`` the run writes ``checkpoint.pt``
     and ``log.jsonl`` there after every epoch; ``extra`` is stored in the checkpoint as is (e.g.
-    the command-line settings).
+    the command-line settings). ``cuda_graphs=True`` (CUDA only) replays every search step from
+    CUDA graphs (``GraphedSearchStep``).
     """
 
     def __init__(self, model, train_data, val_data, config=None, loss_fn=cross_entropy_loss, device="cpu",
-                 describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics):
+                 describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics,
+                 cuda_graphs=False):
         self.config = config = config or SearchConfig()
         for name, data in (("search-train", train_data), ("search-val", val_data)):
             if len(data) < config.batch_size:
@@ -123,12 +126,20 @@ class Search:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.log = log
         self.weights = list(model.weight_parameters())
+        # On CUDA each optimizer step is one fused kernel; on the CPU the foreach ops do as well.
+        fused = self.device.type == "cuda"
         self.weight_optimizer = torch.optim.SGD(self.weights, lr=config.lr, momentum=config.momentum,
-                                                weight_decay=config.weight_decay, foreach=True)
+                                                weight_decay=config.weight_decay, **optimizer_kind(fused))
         self.architect = Architect(model, self.weight_optimizer, loss_fn, lr=config.arch_lr, betas=config.arch_betas,
-                                   weight_decay=config.arch_weight_decay, unrolled=config.unrolled)
+                                   weight_decay=config.arch_weight_decay, unrolled=config.unrolled, fused=fused)
         self.epoch = 0  # epochs completed
         self.history = {"epochs": [], "alphas": []}
+        self.prefetcher = DevicePrefetcher(self.device)
+        self.graphed_step = None
+        if cuda_graphs:
+            from .graphed import GraphedSearchStep
+
+            self.graphed_step = GraphedSearchStep(self)
 
     @property
     def checkpoint_path(self):
@@ -173,13 +184,9 @@ class Search:
         metrics = self.metrics(self.device)
         self.model.train()
         bar = make_progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", self.progress)
-        for step, ((inputs, targets), (val_inputs, val_targets)) in enumerate(zip(train_batches, val_batches)):
-            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            if update_arch:
-                val_inputs = val_inputs.to(self.device, non_blocking=True)
-                val_targets = val_targets.to(self.device, non_blocking=True)
-                self.architect.step(inputs, targets, val_inputs, val_targets)
-            loss, logits = self.weight_step(inputs, targets)
+        batches = self.prefetcher.prefetch(zip(train_batches, val_batches))  # on the device, one step ahead
+        for step, ((inputs, targets), (val_inputs, val_targets)) in enumerate(batches):
+            loss, logits = self.search_step(inputs, targets, val_inputs, val_targets, update_arch)
             metrics.update(loss, logits, targets)
             if bar is not None:
                 if (step + 1) % config.log_interval == 0 or step + 1 == steps:
@@ -190,6 +197,16 @@ class Search:
         if bar is not None:
             bar.close()
         return metrics.read()
+
+    def search_step(self, inputs, targets, val_inputs, val_targets, update_arch=True):
+        """One bilevel step on batches on the device: the architecture step on the val batch (if
+        ``update_arch``), then the weight step on the train batch; returns the weight step's
+        (loss, logits). Nothing in it reads the device from the host."""
+        if self.graphed_step is not None:
+            return self.graphed_step(inputs, targets, val_inputs, val_targets, update_arch)
+        if update_arch:
+            self.architect.step(inputs, targets, val_inputs, val_targets)
+        return self.weight_step(inputs, targets)
 
     def weight_step(self, inputs, targets):
         """SGD on the weights only: the backward pass stops at the weights, the alphas get no gradient."""
@@ -205,8 +222,7 @@ class Search:
         """The metrics of ``data`` in eval mode (BatchNorm running statistics)."""
         self.model.eval()
         metrics = self.metrics(self.device)
-        for inputs, targets in iterate_batches(data, self.config.batch_size):
-            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        for inputs, targets in self.prefetcher.prefetch(iterate_batches(data, self.config.batch_size)):
             loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
             metrics.update(loss, logits, targets)
         self.model.train()
@@ -243,6 +259,11 @@ class Search:
         """Load ``path`` (default: out_dir/checkpoint.pt); ``run()`` then continues where it stopped."""
         self.load_state_dict(load_checkpoint(path or self.checkpoint_path))
         return self
+
+
+def optimizer_kind(fused):
+    """Optimizer options: one fused kernel per step (CUDA), or the multi-tensor foreach path."""
+    return {"fused": True} if fused else {"foreach": True}
 
 
 def make_progress_bar(total, description, enabled):
