@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops, reference
-from ..darts.search_network import _fused_node_sum
+from ..darts.search_network import _fused_nodes
 from ..decode import NUM_LEVELS, num_edges, parse_cell, reachable_levels, transition_mask, viterbi
 from ..nn.mixed_op import MixedOp, check_backend
 from ..nn.operations import PRIMITIVES, ReLUConvBN
@@ -111,16 +111,13 @@ class TrellisCell(nn.Module):
         if list(weights.shape) != expected:
             raise ValueError(f"weights must have shape {expected} (edges x primitives), got {list(weights.shape)}")
         states = [s0, s1]
+        if self.backend == "fused":
+            # Each block one kernel call; the edges leaving a state evaluated together.
+            return _fused_nodes(self.edges, states, self.blocks, weights)
         offset = 0
         for _ in range(self.blocks):
             edges = range(offset, offset + len(states))
-            if self.backend == "fused":
-                # The whole block in one kernel call: every edge's computed candidates, edge by edge.
-                inputs = [out for e, h in zip(edges, states) for out in self.edges[e].candidate_outputs(h)]
-                block_weights = weights[offset : offset + len(states), self.edges[0].computed_index].reshape(-1)
-                block = _fused_node_sum(inputs, block_weights)
-            else:
-                block = sum(self.edges[e](h, weights[e]) for e, h in zip(edges, states))
+            block = sum(self.edges[e](h, weights[e]) for e, h in zip(edges, states))
             offset += len(states)
             states.append(block)
         return states[2:]

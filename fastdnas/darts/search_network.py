@@ -27,6 +27,38 @@ def _fused_node_sum(inputs, weights):
     return sum(ops.mixed_sum(inputs[i : i + limit], weights[i : i + limit]) for i in range(0, len(inputs), limit))
 
 
+def _fused_nodes(edges, states, steps, weights):
+    """The nodes of a cell with the fused backend: ``states`` (the two inputs) extended by ``steps``
+    nodes, node j the mixed sum over the edges from every earlier state (edges flattened node by
+    node: node j's edge from state i is ``edges[2j + j(j-1)/2 + i]``).
+
+    As soon as a state exists, the candidates of all its outgoing edges are evaluated together
+    (``edges_candidate_outputs``); each node is then one ``mixed_sum`` call over its edges'
+    candidates, edge by edge.
+    """
+    from ..nn.grouped import edges_candidate_outputs
+
+    first_edge = [2 * j + j * (j - 1) // 2 for j in range(steps)]  # index of node j's edge from state 0
+    outputs = {}  # (state, node) -> that edge's candidate outputs
+    computed = edges[0].computed_index
+    states = list(states)
+
+    def expand(i):
+        targets = range(max(0, i - 1), steps)  # state i feeds node j when i < 2 + j
+        for j, out in zip(targets, edges_candidate_outputs([edges[first_edge[j] + i] for j in targets], states[i])):
+            outputs[i, j] = out
+
+    expand(0)
+    expand(1)
+    for j in range(steps):
+        inputs = [out for i in range(2 + j) for out in outputs.pop((i, j))]
+        node_weights = weights[first_edge[j] : first_edge[j] + 2 + j, computed].reshape(-1)
+        states.append(_fused_node_sum(inputs, node_weights))
+        if j + 1 < steps:
+            expand(2 + j)
+    return states[2:]
+
+
 class SearchCell(nn.Module):
     """One DARTS cell: two preprocessed inputs, ``steps`` nodes, each the mixed-op sum of all
     earlier states; the output concatenates the last ``multiplier`` nodes on channels.
@@ -70,16 +102,12 @@ class SearchCell(nn.Module):
         if list(weights.shape) != expected:
             raise ValueError(f"weights must have shape {expected} (edges x primitives), got {list(weights.shape)}")
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.backend == "fused":
+            return torch.cat(_fused_nodes(self._ops, states, self.steps, weights)[-self.multiplier :], dim=1)
         offset = 0
         for _ in range(self.steps):
             edges = range(offset, offset + len(states))
-            if self.backend == "fused":
-                # The whole node in one kernel call: every edge's computed candidates, edge by edge.
-                inputs = [out for e, h in zip(edges, states) for out in self._ops[e].candidate_outputs(h)]
-                node_weights = weights[offset : offset + len(states), self._ops[0].computed_index].reshape(-1)
-                node = _fused_node_sum(inputs, node_weights)
-            else:
-                node = sum(self._ops[e](h, weights[e]) for e, h in zip(edges, states))
+            node = sum(self._ops[e](h, weights[e]) for e, h in zip(edges, states))
             offset += len(states)
             states.append(node)
         return torch.cat(states[-self.multiplier :], dim=1)
