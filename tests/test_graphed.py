@@ -2,12 +2,10 @@
 prefetched to the device unchanged, and clear errors where graphs cannot be used."""
 import copy
 import sys
-from functools import partial
 
 import pytest
 import torch
 
-import fastdnas.data
 from fastdnas import autodeeplab, cli, darts
 from fastdnas.data import load_synthetic
 from fastdnas.data.base import ImageSet, iterate_batches
@@ -250,3 +248,23 @@ def test_optimizers_use_one_kernel_per_step_on_cuda():
         search = darts_search("cuda")
         assert search.weight_optimizer.param_groups[0]["fused"] is True
         assert search.architect.optimizer.param_groups[0]["fused"] is True
+
+
+def test_resume_uses_this_runs_optimizer_implementations():
+    """A checkpoint written with CUDA graphs (fused, capturable) resumes on the CPU, and vice versa."""
+    batches = random_batches("darts", 2, "cpu", 8)
+    search = darts_search("cpu")
+    search.search_step(*batches[0])
+    state = copy.deepcopy(search.state_dict())  # as from disk: no tensor shared with the running search
+    for group in state["weight_optimizer"]["param_groups"]:
+        group.update(fused=True, foreach=False)
+    for group in state["arch_optimizer"]["param_groups"]:
+        group.update(fused=True, foreach=False, capturable=True)
+    resumed = darts_search("cpu")
+    resumed.load_state_dict(state)
+    for optimizer in (resumed.weight_optimizer, resumed.architect.optimizer):
+        assert all(g["foreach"] is True and not g["fused"] and not g.get("capturable") for g in optimizer.param_groups)
+    resumed.search_step(*batches[1])
+    search.search_step(*batches[1])
+    for a, b in zip(resumed.model.arch_parameters(), search.model.arch_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -248,6 +248,10 @@ class Search:
                 a.copy_(saved)
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.architect.load_state_dict(state["arch_optimizer"])
+        # The checkpoint names the optimizer implementations of the run that wrote it (maybe on
+        # another device, or with CUDA graphs); this run's own choice wins.
+        for optimizer in (self.weight_optimizer, self.architect.optimizer):
+            use_optimizer_kind(optimizer, fused=self.device.type == "cuda")
         set_rng_state(state["rng"])
         self.history = state["history"]
         self.epoch = state["epoch"]
@@ -264,6 +268,17 @@ class Search:
 def optimizer_kind(fused):
     """Optimizer options: one fused kernel per step (CUDA), or the multi-tensor foreach path."""
     return {"fused": True} if fused else {"foreach": True}
+
+
+def use_optimizer_kind(optimizer, fused):
+    """Switch a (just loaded) optimizer to the fused or the foreach implementation, uncaptured."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = (True, False) if fused else (None, True)
+        if "capturable" in group:
+            group["capturable"] = False
+    for param, state in optimizer.state.items():
+        if isinstance(state.get("step"), torch.Tensor):  # Adam: fused keeps its step count on the device
+            state["step"] = state["step"].to(device=param.device if fused else "cpu", dtype=torch.float32)
 
 
 def make_progress_bar(total, description, enabled):
