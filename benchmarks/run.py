@@ -1,12 +1,13 @@
 """The one entry of the benchmarks: runs every section that applies to this machine (CPU rows,
 and CUDA rows where a GPU is present), prints one table and writes JSON.
 
-    python -m benchmarks.run [--quick] [--skip-compile] [--only SECTION ...] [--device cpu|cuda]
-                             [--threads N] [--out FILE]
+    python -m benchmarks.run [--quick] [--skip-compile] [--compile-on-cpu] [--only SECTION ...]
+                             [--device cpu|cuda] [--threads N] [--out FILE]
 
 Sections: kernels (fused ops vs their references, bandwidth vs a copy), steps (DARTS and
 Auto-DeepLab search steps in every variant). ``--quick`` runs small cases with short timing (a
-few minutes on a 2-core CPU).
+few minutes on a 2-core CPU). The torch.compile variants run on CUDA; on the CPU only with
+``--compile-on-cpu`` (inductor needs more than ten minutes for even a tiny supernet there).
 """
 import argparse
 import os
@@ -39,6 +40,9 @@ def main(argv=None):
     parser.add_argument("--out", help="JSON output (default benchmarks/results/<device>-<date>.json)")
     parser.add_argument("--quick", action="store_true", help="small cases and short timing, for a smoke run")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variants")
+    parser.add_argument("--compile-on-cpu", action="store_true",
+                        help="run the torch.compile variants on the CPU too (left out by default: compiling a "
+                             "supernet takes tens of minutes on a small CPU)")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run this section (repeatable)")
     parser.add_argument("--device", choices=["cpu", "cuda"], action="append",
                         help="benchmark this device (repeatable; default: the CPU, and CUDA when present)")
@@ -57,7 +61,8 @@ def main(argv=None):
         for section in sections:
             print(f"running {section} on {device} ...", flush=True)
             results[section] += SECTIONS[section](device, quick=args.quick, min_run_time=min_run_time,
-                                                  skip_compile=args.skip_compile)
+                                                  skip_compile=args.skip_compile or (device == "cpu" and not
+                                                                                     args.compile_on_cpu))
     rows = [row for section in sections for row in results[section]]
     print()
     print_table(rows, table_columns(rows))

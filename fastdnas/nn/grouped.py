@@ -32,12 +32,17 @@ def _candidate_of_edges(modules, x):
     if isinstance(first, Identity):
         return [x] * len(modules)
     if (isinstance(first, nn.Sequential) and len(first) == 2 and isinstance(first[0], _POOLS)
-            and all(repr(m[0]) == repr(first[0]) for m in modules)):
+            and all(_pool_signature(m[0]) == _pool_signature(first[0]) for m in modules)):
         pooled = first[0](x)  # the pool has no parameters: the same for every edge
         return [module[1](pooled) for module in modules]
     if isinstance(first, _CONV_CHAINS) and _stackable([list(m.op) for m in modules]):
         return _conv_chain_of_edges([list(m.op) for m in modules], x)
     return [module(x) for module in modules]
+
+
+def _pool_signature(pool):
+    return (type(pool),) + tuple(getattr(pool, name, None) for name in (
+        "kernel_size", "stride", "padding", "dilation", "ceil_mode", "count_include_pad", "divisor_override"))
 
 
 def _layer_signature(layer):
