@@ -1,7 +1,9 @@
-"""mixed_sum forward+backward, fused kernel vs the eager reference, at DARTS sizes.
+"""The fused kernels (forward + backward) against their eager references, at the sizes the search
+networks use and at sizes large enough to measure bandwidth.
 
-On CUDA it also reports the achieved memory bandwidth against a device-to-device copy measured
-in the same run (bytes the fused kernels must move / time).
+Bandwidth is the least number of bytes an op must move (each input read once, each output
+written once) over its median time, next to a device copy measured in the same run: the fraction
+of the copy's bandwidth says how close a memory-bound kernel is to the memory system's limit.
 """
 import torch
 
@@ -9,53 +11,114 @@ from fastdnas import ops, reference
 
 from .common import median_seconds
 
-# K=8: one edge's ops; K=40: a whole DARTS node (5 edges x 8 ops). N x C x H x W.
-CASES = [(8, (64, 16, 32, 32)), (40, (64, 16, 32, 32)), (8, (64, 64, 32, 32)), (40, (64, 32, 32, 32))]
+# mixed_sum: K=8 one edge's ops, K=40 a whole DARTS node (5 edges x 8 ops); N x C x H x W.
+MIXED_SUM_CASES = [(8, (64, 16, 32, 32)), (40, (64, 16, 32, 32)), (8, (64, 64, 32, 32)), (40, (64, 32, 32, 32))]
+MIXED_SUM_CPU_CASES = [(8, (16, 16, 16, 16)), (40, (16, 16, 16, 16))]
+# trellis_aggregate: T cell evaluations of B blocks [N, C, H, W]. The first is an Auto-DeepLab node at
+# the paper's search setting (F=8, B=5, level 0 of a 321 x 321 crop, batch 2); the second is large.
+TRELLIS_CASES = [(3, 5, (2, 8, 81, 81)), (3, 5, (8, 64, 64, 64))]
+TRELLIS_CPU_CASES = [(3, 5, (2, 8, 81, 81))]
+# resize_sum: the ASPP merge (one logit map per level, resized to the crop and summed), at the paper
+# setting (19 classes, 321 x 321) and a large one.
+RESIZE_SUM_CASES = [((2, 19), [81, 41, 21, 11], 321), ((8, 64), [128, 64, 32, 16], 256)]
+RESIZE_SUM_CPU_CASES = [((2, 19), [81, 41, 21, 11], 321)]
 
 
-def _forward_backward(fn, inputs, weights, grad):
+def _forward_backward(fn, inputs, grad):
+    """fn() builds the output from ``inputs`` (tensors requiring grad); backward with ``grad``."""
+
     def run():
-        out = fn(inputs, weights)
-        torch.autograd.grad(out, [*inputs, weights], grad)
+        torch.autograd.grad(fn(), inputs, grad)
 
     return run
 
 
-def copy_bandwidth(device, numel):
+def copy_bandwidth(device, numel, min_run_time):
+    """Bytes per second of a device-to-device (or memory-to-memory) copy: read + write."""
     src = torch.empty(numel, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), device)
+    seconds = median_seconds(lambda: dst.copy_(src), device, min_run_time)
     return 2 * src.numel() * src.element_size() / seconds
 
 
-def bench_mixed_sum(device, dtype=torch.float32, cases=CASES, min_run_time=1.0):
+def _rows(op, case, device, dtype, reference_fn, fused_fn, grad_inputs, grad, moved_bytes, copy_bw, min_run_time):
+    fused = median_seconds(_forward_backward(fused_fn, grad_inputs, grad), device, min_run_time)
+    ref = median_seconds(_forward_backward(reference_fn, grad_inputs, grad), device, min_run_time)
     rows = []
-    copy_bw = None
+    for variant, seconds in (("reference", ref), ("fused", fused)):
+        rows.append({
+            "bench": f"{op} fwd+bwd",
+            "case": f"{case} {str(dtype).replace('torch.', '')}",
+            "device": device,
+            "variant": variant,
+            "ms": seconds * 1e3,
+            "speedup": ref / seconds,
+            "GBps": moved_bytes / seconds / 1e9,
+            "copy_fraction": moved_bytes / seconds / copy_bw,
+        })
+    return rows
+
+
+def bench_mixed_sum(device, cases, copy_bw, dtype=torch.float32, min_run_time=1.0):
+    rows = []
     for K, shape in cases:
         inputs = [torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(K)]
         weights = torch.softmax(torch.randn(K, device=device), 0).requires_grad_()
         grad = torch.randn(shape, device=device, dtype=dtype)
-        fused = median_seconds(_forward_backward(ops.mixed_sum, inputs, weights, grad), device, min_run_time)
-        ref = median_seconds(_forward_backward(reference.mixed_sum, inputs, weights, grad), device, min_run_time)
-        row = {
-            "op": "mixed_sum fwd+bwd",
-            "K": K,
-            "shape": "x".join(map(str, shape)),
-            "dtype": str(dtype).replace("torch.", ""),
-            "device": device,
-            "reference_ms": ref * 1e3,
-            "fused_ms": fused * 1e3,
-            "speedup": ref / fused,
-        }
-        if device == "cuda":
-            n = inputs[0].numel() * inputs[0].element_size()
-            # forward reads K inputs, writes 1; backward reads grad + K inputs, writes K grads.
-            moved = (K + 1) * n + (2 * K + 1) * n
-            if copy_bw is None:
-                copy_bw = copy_bandwidth(device, 64 * 1024 * 1024)
-            row["fused_GBps"] = moved / fused / 1e9
-            row["copy_GBps"] = copy_bw / 1e9
-            row["fraction_of_copy"] = moved / fused / copy_bw
-        rows.append(row)
-        del inputs, grad
+        n = inputs[0].numel() * inputs[0].element_size()
+        moved = (K + 1) * n + (2 * K + 1) * n  # forward: K in, 1 out; backward: grad + K inputs in, K grads out
+        rows += _rows("mixed_sum", f"K{K} {'x'.join(map(str, shape))}", device, dtype,
+                      lambda: reference.mixed_sum(inputs, weights), lambda: ops.mixed_sum(inputs, weights),
+                      [*inputs, weights], grad, moved, copy_bw, min_run_time)
+    return rows
+
+
+def bench_trellis_aggregate(device, cases, copy_bw, dtype=torch.float32, min_run_time=1.0):
+    rows = []
+    for T, B, shape in cases:
+        cells = [[torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(B)]
+                 for _ in range(T)]
+        betas = torch.softmax(torch.randn(T, device=device), 0).requires_grad_()
+        N, C, H, W = shape
+        grad = torch.randn(N, B * C, H, W, device=device, dtype=dtype)
+        n = grad.numel() // B * grad.element_size()  # one block
+        # forward: T*B blocks in, B out; backward: grad (B) and the T*B blocks in, T*B block grads out.
+        moved = (T * B + B) * n + (B + 2 * T * B) * n
+        rows += _rows("trellis_aggregate", f"T{T} B{B} {'x'.join(map(str, shape))}", device, dtype,
+                      lambda: reference.trellis_aggregate(cells, betas), lambda: ops.trellis_aggregate(cells, betas),
+                      [t for cell in cells for t in cell] + [betas], grad, moved, copy_bw, min_run_time)
+    return rows
+
+
+def bench_resize_sum(device, cases, copy_bw, dtype=torch.float32, min_run_time=1.0):
+    rows = []
+    for (N, C), sides, size in cases:
+        inputs = [torch.randn(N, C, s, s, device=device, dtype=dtype, requires_grad=True) for s in sides]
+        grad = torch.randn(N, C, size, size, device=device, dtype=dtype)
+        element = grad.element_size()
+        inputs_bytes = sum(x.numel() for x in inputs) * element
+        out_bytes = grad.numel() * element
+        moved = (inputs_bytes + out_bytes) + (out_bytes + inputs_bytes)  # forward in/out; backward grad in, grads out
+        rows += _rows("resize_sum", f"{N}x{C}x{sides}->{size}", device, dtype,
+                      lambda: reference.resize_sum(inputs, (size, size)), lambda: ops.resize_sum(inputs, (size, size)),
+                      inputs, grad, moved, copy_bw, min_run_time)
+    return rows
+
+
+def run(device, quick=False, min_run_time=1.0, **_):
+    """Every kernel row for ``device``, after the copy row they are compared with."""
+    on_cuda = device == "cuda"
+    copy_numel = (64 if on_cuda else 16) * 2**20
+    copy_bw = copy_bandwidth(device, copy_numel, min_run_time)
+    rows = [{"bench": "copy", "case": f"{copy_numel * 4 // 2**20} MB float32", "device": device, "variant": "copy",
+             "ms": 2 * copy_numel * 4 / copy_bw * 1e3, "GBps": copy_bw / 1e9, "copy_fraction": 1.0}]
+
+    def pick(cases, cpu_cases):
+        chosen = cases if on_cuda else cpu_cases
+        return chosen[:1] if quick else chosen
+
+    rows += bench_mixed_sum(device, pick(MIXED_SUM_CASES, MIXED_SUM_CPU_CASES), copy_bw, min_run_time=min_run_time)
+    rows += bench_trellis_aggregate(device, pick(TRELLIS_CASES, TRELLIS_CPU_CASES), copy_bw,
+                                    min_run_time=min_run_time)
+    rows += bench_resize_sum(device, pick(RESIZE_SUM_CASES, RESIZE_SUM_CPU_CASES), copy_bw, min_run_time=min_run_time)
     return rows

@@ -17,12 +17,28 @@ import sys
 
 import torch
 
+from fastdnas.darts import SearchNetwork
+from fastdnas.data.base import ImageSet
+from fastdnas.search import Search, SearchConfig
+
 from .common import median_seconds
-from .search_step import _make_search, saved_bytes
+from .search_step import saved_bytes
 
 BACKENDS = ("reference", "fused_sum", "fused")
 COLUMNS = ["op", "shape", "device", "backend", "saved_MB", "saved_ratio", "peak_MB", "step_peak_MB", "peak_ratio",
            "step_ms", "speedup"]
+
+
+def _make_search(backend, device, batch, image_size, C, layers):
+    """A first-order DARTS search on one fixed random batch, and that batch on the device."""
+    torch.manual_seed(0)
+    model = SearchNetwork(C=C, num_classes=10, layers=layers, backend=backend)
+    images = torch.randn(batch, 3, image_size, image_size)
+    labels = torch.randint(0, 10, (batch,))
+    data = ImageSet(images, labels, torch.zeros(3), torch.ones(3))
+    search = Search(model, data, data, SearchConfig(batch_size=batch, epochs=1), device=device, progress=False,
+                    log=lambda *a: None)
+    return search, images.to(device), labels.to(device)
 
 
 def _status_bytes(field):
@@ -103,6 +119,15 @@ def bench_memory(device, batch=None, image_size=32, C=16, layers=8, min_run_time
         row["peak_ratio"] = row["step_peak_MB"] / ref["step_peak_MB"]
         row["speedup"] = ref["step_ms"] / row["step_ms"]
     return rows
+
+
+def run(device, quick=False, min_run_time=1.0, **_):
+    """The section of ``benchmarks.run``: the rows of bench_memory in the suite's columns."""
+    small = dict(C=8, layers=5, image_size=16, batch=8) if quick else {}
+    rows = bench_memory(device, min_run_time=2 * min_run_time, **small)
+    return [{"bench": "darts step memory", "case": row.pop("shape"), "variant": row.pop("backend"),
+             "ms": row.pop("step_ms"), "mem_ratio": row.pop("saved_ratio"),
+             **{k: v for k, v in row.items() if k not in ("op", "dtype")}} for row in rows]
 
 
 def main(argv=None):

@@ -1,49 +1,75 @@
-"""The one entry of the benchmarks: runs everything that applies to this machine, prints the
-tables and writes JSON.
+"""The one entry of the benchmarks: runs every section that applies to this machine (CPU rows,
+and CUDA rows where a GPU is present), prints one table and writes JSON.
 
-    python -m benchmarks.run [--out FILE] [--quick] [--only kernels|steps|memory]
+    python -m benchmarks.run [--quick] [--skip-compile] [--compile-on-cpu] [--only SECTION ...]
+                             [--device cpu|cuda] [--threads N] [--out FILE]
+
+Sections: kernels (fused ops vs their references, bandwidth vs a copy), steps (DARTS and
+Auto-DeepLab search steps in every variant), memory (saved-for-backward bytes, peak memory and
+step time of a DARTS search step per backend). ``--quick`` runs small cases with short timing (a
+few minutes on a 2-core CPU). The torch.compile variants run on CUDA; on the CPU only with
+``--compile-on-cpu`` (inductor needs more than ten minutes for even a tiny supernet there).
 """
 import argparse
 import os
 
 import torch
 
+from . import kernels, memory, search_step
 from .common import machine, print_table, write_json
-from .kernels import CASES, bench_mixed_sum
-from .memory import COLUMNS as MEMORY_COLUMNS
-from .memory import bench_memory
-from .search_step import bench_search_step
 
-KERNEL_COLUMNS = ["op", "K", "shape", "dtype", "device", "reference_ms", "fused_ms", "speedup", "fused_GBps",
-                  "copy_GBps", "fraction_of_copy"]
-STEP_COLUMNS = ["op", "shape", "device", "backend", "step_ms", "speedup", "saved_MB", "saved_ratio", "peak_MB"]
+# name -> run(device, quick=..., min_run_time=..., skip_compile=...) returning table rows. A new
+# section is one more entry here.
+SECTIONS = {
+    "kernels": kernels.run,
+    "steps": search_step.run,
+    "memory": memory.run,
+}
+# The columns of the one table, in order; a row leaves out what does not apply to it. Columns a
+# section adds that are not listed here are printed after these.
+COLUMNS = ["bench", "case", "device", "variant", "ms", "speedup", "GBps", "copy_fraction", "peak_MB", "saved_MB",
+           "mem_ratio", "search_50ep_min", "note"]
+
+
+def table_columns(rows):
+    present = {key for row in rows for key in row}
+    extra = sorted(present - set(COLUMNS))
+    return [c for c in COLUMNS if c in present] + extra
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="JSON output (default benchmarks/results/<device>-<date>.json)")
-    parser.add_argument("--quick", action="store_true", help="smaller cases and shorter timing, for a smoke run")
-    parser.add_argument("--only", choices=["kernels", "steps", "memory"], help="run one section only")
+    parser.add_argument("--quick", action="store_true", help="small cases and short timing, for a smoke run")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variants")
+    parser.add_argument("--compile-on-cpu", action="store_true",
+                        help="run the torch.compile variants on the CPU too (left out by default: compiling a "
+                             "supernet takes tens of minutes on a small CPU)")
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run this section (repeatable)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], action="append",
+                        help="benchmark this device (repeatable; default: the CPU, and CUDA when present)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     args = parser.parse_args(argv)
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    sections = args.only or list(SECTIONS)
     min_run_time = 0.2 if args.quick else 1.0
-    results = {"kernels": [], "steps": [], "memory": []}
+    results = {section: [] for section in sections}
     for device in devices:
-        if args.only in (None, "kernels"):
-            results["kernels"] += bench_mixed_sum(device, cases=CASES[:1] if args.quick else CASES,
-                                                  min_run_time=min_run_time)
-        if args.only in (None, "steps"):
-            small = dict(C=8, layers=5, image_size=16, batch=8) if args.quick else {}
-            results["steps"] += bench_search_step(device, min_run_time=2 * min_run_time, **small)
-        if args.only in (None, "memory"):
-            small = dict(C=8, layers=5, image_size=16, batch=8) if args.quick else {}
-            results["memory"] += bench_memory(device, min_run_time=2 * min_run_time, **small)
-    for section, columns in (("kernels", KERNEL_COLUMNS), ("steps", STEP_COLUMNS), ("memory", MEMORY_COLUMNS)):
-        if results[section]:
-            print()
-            print_table(results[section], columns)
+        for section in sections:
+            print(f"running {section} on {device} ...", flush=True)
+            results[section] += SECTIONS[section](device, quick=args.quick, min_run_time=min_run_time,
+                                                  skip_compile=args.skip_compile or (device == "cpu" and not
+                                                                                     args.compile_on_cpu))
+    rows = [row for section in sections for row in results[section]]
+    print()
+    print_table(rows, table_columns(rows))
     info = machine(devices[-1])
+    info["quick"] = args.quick
     name = info.get("gpu", "cpu").replace(" ", "_")
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"{name}-{info['date']}.json")
     write_json(out, {"machine": info, "results": results})

@@ -18,6 +18,7 @@ SEARCH_DEFAULTS = {
     "arch_lr": 3e-4, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3, "unrolled": False, "arch_start_epoch": 0,
     "sync_bn": False,
     "backend": "fused", "seed": 2, "epochs": 50, "batch_size": 64, "init_channels": 16, "layers": 8,
+    "cuda_graphs": False,
 }
 SEARCH_DATASET_DEFAULTS = {
     "cifar10": {},  # SPEC section 2 as it stands
@@ -47,7 +48,7 @@ AUTODEEPLAB_SEARCH_DEFAULTS = {
     "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0,
     "arch_lr": 3e-3, "arch_betas": [0.9, 0.999], "arch_weight_decay": 1e-3, "unrolled": False,
     "arch_start_epoch": 20, "backend": "fused", "seed": 2, "epochs": 40, "batch_size": 2, "sync_bn": False,
-    "layers": 12, "blocks": 5, "filter_multiplier": 8, "crop_size": None,
+    "layers": 12, "blocks": 5, "filter_multiplier": 8, "crop_size": None, "cuda_graphs": False,
 }
 AUTODEEPLAB_SEARCH_DATASET_DEFAULTS = {
     "cityscapes": {},  # 321x321 crops of half-resolution images, batch 2 (the paper's search)
@@ -79,7 +80,7 @@ SETTINGS = {
 FILE_SETTINGS = {"darts": "genotype", "autodeeplab": "arch"}
 # What --resume may change; every other setting must match the interrupted run. How the run is
 # executed may change (the checkpoint does not depend on the precision or the number of ranks).
-RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn"}
+RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn", "cuda_graphs"}
 SEARCH_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
                       "arch_betas", "arch_weight_decay", "unrolled", "arch_start_epoch", "seed", "log_interval",
                       "amp", "sync_bn")
@@ -140,6 +141,9 @@ def build_parser():
     search.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     search.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
                         help="under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)")
+    search.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction,
+                        help="replay each search step from CUDA graphs (CUDA devices only; same results, far "
+                             "fewer kernel launches)")
     train.add_argument("--layers", type=int, help="darts: number of cells (autodeeplab: from --arch)")
     train.add_argument("--genotype", metavar="FILE", help="darts: genotype.json or genotype.txt from a search (required)")
     train.add_argument("--arch", metavar="FILE", help="autodeeplab: arch.json from a search (required)")
@@ -252,6 +256,11 @@ def run_search(args):
     device = device or pick_device(settings["device"], settings["threads"])  # one process: saved settings count
     check_positive(settings, ["epochs", "batch_size", "layers", "log_interval"])
     check_space_settings("search", args.space, settings)
+    if settings["cuda_graphs"] and torch.device(device).type != "cuda":
+        raise UsageError(f"--cuda-graphs needs a CUDA device, but the search would run on {device!r} "
+                         f"({'pass --device cuda' if torch.cuda.is_available() else 'no CUDA GPU here'})")
+    if settings["cuda_graphs"] and (context.enabled or settings["amp"]):
+        raise UsageError("--cuda-graphs captures a single-process float32 step: drop --amp, or run without torchrun")
     config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS)
     if settings["batch_size"] % context.world_size:
         raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
@@ -277,7 +286,7 @@ def run_search(args):
         f"device {device}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
     options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
-                    out_dir=out, extra={"settings": persisted}, distributed=context, **options)
+                    out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"], **options)
     if resume_state is not None:
         search.load_state_dict(resume_state)
         say(f"resumed after epoch {search.epoch}")

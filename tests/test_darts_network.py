@@ -301,3 +301,26 @@ def test_fused_backend_saves_at_most_0_6_of_the_reference_for_backward():
         saved[backend] = saved_bytes(lambda: net(x).sum())
     assert saved["fused"] <= 0.6 * saved["reference"]
     assert saved["fused_sum"] <= saved["reference"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_backend_keeps_every_edges_batchnorm_statistics(device):
+    """The fused backend evaluates the edges leaving a state together; each BatchNorm still sees
+    (and records) exactly what it sees edge by edge, in training and in evaluation."""
+    import copy
+
+    torch.manual_seed(0)
+    fused = small_network().to(device)
+    reference = copy.deepcopy(fused)
+    reference.backend = "reference"
+    for _ in range(2):
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device)
+        fused(x), reference(x)
+    fused_buffers, reference_buffers = dict(fused.named_buffers()), dict(reference.named_buffers())
+    assert fused_buffers.keys() == reference_buffers.keys()
+    for name, buffer in reference_buffers.items():  # some running means are rounding noise around 0
+        torch.testing.assert_close(fused_buffers[name], buffer, rtol=1e-10, atol=1e-12, msg=name)
+    assert any(b.dtype == torch.long and b.item() == 2 for b in fused_buffers.values())
+    fused.eval(), reference.eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device)
+    assert rel_err(fused(x), reference(x)) <= 1e-10

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from fastdnas.darts import SearchNetwork
 from fastdnas.nn import OPS, PRIMITIVES, MixedOp, Zero
 from conftest import DEVICES, rel_err
 
@@ -78,6 +79,25 @@ def test_subset_of_primitives():
     fused = op(x, w)
     op.backend = "reference"
     assert rel_err(fused, op(x, w)) <= 1e-6
+
+
+def test_none_between_computed_primitives():
+    """'none' in the middle: the computed weights are picked by an index tensor, not a slice."""
+    primitives = ["skip_connect", "none", "avg_pool_3x3", "max_pool_3x3"]
+    op = MixedOp(4, 1, primitives=primitives)
+    assert op.computed_indices == [0, 2, 3] and isinstance(op.computed_index, torch.Tensor)
+    assert isinstance(MixedOp(4, 1).computed_index, slice)  # the DARTS set: 'none' first
+    x = torch.randn(2, 4, 5, 5)
+    w = torch.softmax(torch.randn(4), 0)
+    fused = op(x, w)
+    op.backend = "reference"
+    assert rel_err(fused, op(x, w)) <= 1e-6
+    net = SearchNetwork(C=4, num_classes=3, layers=3, primitives=primitives)
+    images = torch.randn(2, 3, 8, 8)
+    fused = net(images)
+    net.backend = "reference"
+    assert rel_err(fused, net(images)) <= 1e-5
+    assert "computed_index" not in " ".join(net.state_dict())  # not part of checkpoints
 
 
 def test_search_mode_ops_have_no_affine_bn():

@@ -61,6 +61,19 @@ class MixedOp(nn.Module):
         ]
         free = {i for i, _ in self.free_primitives}
         self.conv_primitives = [i for i in self.computed_indices if i not in free]
+        # The same selection as an index that costs no host-to-device copy per call (a Python list
+        # index would build a tensor each time, which CUDA-graph capture forbids): a slice when the
+        # computed primitives are contiguous (always for the DARTS set), else a buffer on the device.
+        first, last = self.computed_indices[0], self.computed_indices[-1]
+        contiguous = self.computed_indices == list(range(first, last + 1))
+        self._computed_slice = slice(first, last + 1) if contiguous else None
+        self.register_buffer("_computed_index_tensor", None if contiguous else torch.tensor(self.computed_indices),
+                             persistent=False)
+
+    @property
+    def computed_index(self):
+        """Index of the last dimension of the weights that selects ``computed_indices``."""
+        return self._computed_slice if self._computed_slice is not None else self._computed_index_tensor
 
     def candidate_outputs(self, x):
         """Outputs of the computed (non-'none') candidates, in ``computed_indices`` order."""
@@ -88,7 +101,7 @@ def node_sum(mixed_ops, states, weights, backend):
 
     if backend == "fused_sum":
         inputs = [out for op, h in zip(mixed_ops, states) for out in op.candidate_outputs(h)]
-        return mixed_sum_chunked(inputs, weights[:, mixed_ops[0].computed_indices].reshape(-1))
+        return mixed_sum_chunked(inputs, weights[:, mixed_ops[0].computed_index].reshape(-1))
     check_backend(backend)
     limit = ops.MAX_NODE_EDGES
     if len(states) <= limit:

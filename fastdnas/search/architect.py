@@ -34,7 +34,7 @@ class Architect:
     """
 
     def __init__(self, model, weight_optimizer, loss_fn=cross_entropy_loss, lr=3e-4, betas=(0.5, 0.999),
-                 weight_decay=1e-3, unrolled=False, average_gradients=None, precision=None):
+                 weight_decay=1e-3, unrolled=False, average_gradients=None, precision=None, fused=False):
         self.model = model
         self.loss_fn = loss_fn
         self.unrolled = unrolled
@@ -50,7 +50,8 @@ class Architect:
             for group in weight_optimizer.param_groups:
                 if group.get("nesterov") or group.get("dampening", 0) != 0:
                     raise ValueError("the unrolled step models plain SGD momentum: no nesterov, no dampening")
-        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+        kind = {"fused": True} if fused else {"foreach": True}  # fused: one kernel per step (CUDA)
+        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=betas, weight_decay=weight_decay, **kind)
 
     def loss(self, inputs, targets):
         """The loss on one batch, times the fp16 loss scale when there is one."""
@@ -135,7 +136,12 @@ class Architect:
             if with_buffer:
                 indices, buffers = zip(*with_buffer)
                 torch._foreach_add_([direction[i] for i in indices], list(buffers), alpha=momentum)
-            torch._foreach_add_(params, direction, alpha=-group["lr"])
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor):  # a learning rate on the device (CUDA graphs): no host read
+                torch._foreach_mul_(direction, lr)
+                torch._foreach_sub_(params, direction)
+            else:
+                torch._foreach_add_(params, direction, alpha=-lr)
 
     @staticmethod
     def grad(loss, params):

@@ -15,6 +15,7 @@ from torch.nn.utils import clip_grad_norm_
 
 from ..data.base import epoch_generator, iterate_batches
 from ..precision import AMP_MODES, MixedPrecision
+from ..data.prefetch import DevicePrefetcher
 from .architect import Architect, cross_entropy_loss, split_loss
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import SINGLE, average_, broadcast_, data_parallel, sum_meter_, sync_batch_norm
@@ -118,11 +119,14 @@ class Search:
     over the ranks, and only rank 0 logs and writes. Batch s of all ranks together is batch s of
     a single-process run, so with ``sync_bn`` the N-rank search computes what one process would
     (up to float rounding), and the checkpoint, the same whatever N, resumes with any N.
+
+    ``cuda_graphs=True`` (CUDA, one process, float32) replays every search step from CUDA graphs
+    (``GraphedSearchStep``).
     """
 
     def __init__(self, model, train_data, val_data, config=None, loss_fn=cross_entropy_loss, device="cpu",
                  describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics,
-                 distributed=SINGLE):
+                 distributed=SINGLE, cuda_graphs=False):
         self.config = config = config or SearchConfig()
         self.distributed = distributed
         world = distributed.world_size
@@ -146,16 +150,29 @@ class Search:
         self.progress = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main
         self.log = log if distributed.is_main else (lambda *args, **kwargs: None)
         self.weights = list(model.weight_parameters())
+        # On CUDA each optimizer step is one fused kernel; on the CPU the foreach ops do as well.
+        fused = self.device.type == "cuda"
         self.weight_optimizer = torch.optim.SGD(self.weights, lr=config.lr, momentum=config.momentum,
-                                                weight_decay=config.weight_decay, foreach=True)
+                                                weight_decay=config.weight_decay, **optimizer_kind(fused))
         self.precision = MixedPrecision(config.amp, self.device)
         # The weight step's forward goes through DDP (the model itself with one process).
         self.train_model = data_parallel(self.model, distributed, self.device)
         self.architect = Architect(model, self.weight_optimizer, loss_fn, lr=config.arch_lr, betas=config.arch_betas,
                                    weight_decay=config.arch_weight_decay, unrolled=config.unrolled,
-                                   average_gradients=partial(average_, context=distributed), precision=self.precision)
+                                   average_gradients=partial(average_, context=distributed), precision=self.precision,
+                                   fused=fused)
         self.epoch = 0  # epochs completed
         self.history = {"epochs": [], "alphas": []}
+        self.prefetcher = DevicePrefetcher(self.device)
+        self.graphed_step = None
+        if cuda_graphs:
+            if distributed.enabled or config.amp:
+                # DDP's gradient buckets and the fp16 loss scaler's overflow check sync with the host.
+                raise ValueError("cuda_graphs: supported for one process in float32; drop --amp and run "
+                                 "without torchrun to capture the step")
+            from .graphed import GraphedSearchStep
+
+            self.graphed_step = GraphedSearchStep(self)
 
     @property
     def checkpoint_path(self):
@@ -205,13 +222,9 @@ class Search:
         metrics = self.metrics(self.device)
         self.model.train()
         bar = make_progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", self.progress)
-        for step, ((inputs, targets), (val_inputs, val_targets)) in enumerate(zip(train_batches, val_batches)):
-            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            if update_arch:
-                val_inputs = val_inputs.to(self.device, non_blocking=True)
-                val_targets = val_targets.to(self.device, non_blocking=True)
-                self.architect.step(inputs, targets, val_inputs, val_targets)
-            loss, logits = self.weight_step(inputs, targets)
+        batches = self.prefetcher.prefetch(zip(train_batches, val_batches))  # on the device, one step ahead
+        for step, ((inputs, targets), (val_inputs, val_targets)) in enumerate(batches):
+            loss, logits = self.search_step(inputs, targets, val_inputs, val_targets, update_arch)
             metrics.update(loss, logits, targets)
             if bar is not None:
                 if (step + 1) % config.log_interval == 0 or step + 1 == steps:
@@ -222,6 +235,16 @@ class Search:
         if bar is not None:
             bar.close()
         return sum_meter_(metrics, self.distributed).read()
+
+    def search_step(self, inputs, targets, val_inputs, val_targets, update_arch=True):
+        """One bilevel step on batches on the device: the architecture step on the val batch (if
+        ``update_arch``), then the weight step on the train batch; returns the weight step's
+        (loss, logits). Nothing in it reads the device from the host."""
+        if self.graphed_step is not None:
+            return self.graphed_step(inputs, targets, val_inputs, val_targets, update_arch)
+        if update_arch:
+            self.architect.step(inputs, targets, val_inputs, val_targets)
+        return self.weight_step(inputs, targets)
 
     def weight_step(self, inputs, targets):
         """SGD on the weights only: the backward pass stops at the weights, the alphas get no gradient.
@@ -246,8 +269,7 @@ class Search:
         self.model.eval()
         metrics = self.metrics(self.device)
         shard = {"rank": self.distributed.rank, "world_size": self.distributed.world_size}
-        for inputs, targets in iterate_batches(data, self.rank_batch_size, **shard):
-            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        for inputs, targets in self.prefetcher.prefetch(iterate_batches(data, self.rank_batch_size, **shard)):
             with self.precision.autocast():
                 loss, logits = split_loss(self.loss_fn(self.model, inputs, targets))
             metrics.update(loss, logits, targets)
@@ -276,6 +298,10 @@ class Search:
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.architect.load_state_dict(state["arch_optimizer"])
         self.precision.load_state_dict(state.get("grad_scaler", {}))
+        # The checkpoint names the optimizer implementations of the run that wrote it (maybe on
+        # another device, or with CUDA graphs); this run's own choice wins.
+        for optimizer in (self.weight_optimizer, self.architect.optimizer):
+            use_optimizer_kind(optimizer, fused=self.device.type == "cuda")
         set_rng_state(state["rng"])
         self.history = state["history"]
         self.epoch = state["epoch"]
@@ -287,6 +313,22 @@ class Search:
         """Load ``path`` (default: out_dir/checkpoint.pt); ``run()`` then continues where it stopped."""
         self.load_state_dict(load_checkpoint(path or self.checkpoint_path))
         return self
+
+
+def optimizer_kind(fused):
+    """Optimizer options: one fused kernel per step (CUDA), or the multi-tensor foreach path."""
+    return {"fused": True} if fused else {"foreach": True}
+
+
+def use_optimizer_kind(optimizer, fused):
+    """Switch a (just loaded) optimizer to the fused or the foreach implementation, uncaptured."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = (True, False) if fused else (None, True)
+        if "capturable" in group:
+            group["capturable"] = False
+    for param, state in optimizer.state.items():
+        if isinstance(state.get("step"), torch.Tensor):  # Adam: fused keeps its step count on the device
+            state["step"] = state["step"].to(device=param.device if fused else "cpu", dtype=torch.float32)
 
 
 def make_progress_bar(total, description, enabled):
