@@ -99,6 +99,8 @@ def node_sum(mixed_ops, states, weights, backend):
         return sum(op(h, w) for op, h, w in zip(mixed_ops, states, weights))
     from .. import ops  # the compiled extension is needed only here
 
+    if backend == "fused" and not all(_kernel_can_normalise(op) for op in mixed_ops):
+        backend = "fused_sum"  # e.g. SyncBatchNorm: statistics over all ranks, which the kernel does not gather
     if backend == "fused_sum":
         inputs = [out for op, h in zip(mixed_ops, states) for out in op.candidate_outputs(h)]
         return mixed_sum_chunked(inputs, weights[:, mixed_ops[0].computed_index].reshape(-1))
@@ -119,6 +121,14 @@ def mixed_sum_chunked(inputs, weights):
     if len(inputs) <= limit:
         return ops.mixed_sum(inputs, weights)
     return sum(ops.mixed_sum(inputs[i : i + limit], weights[i : i + limit]) for i in range(0, len(inputs), limit))
+
+
+def _kernel_can_normalise(op):
+    """Whether every BatchNorm that mixed_node computes inside is a plain nn.BatchNorm2d (not, say,
+    a SyncBatchNorm put in its place)."""
+    bns = [op._ops[i][1] for i, kind in op.free_primitives if kind != _FREE_SKIP]
+    bns += [op._ops[i].output_bn for i in op.conv_primitives]
+    return all(type(bn) is nn.BatchNorm2d for bn in bns)
 
 
 def _mixed_node(mixed_ops, states, weights):
