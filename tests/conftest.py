@@ -32,3 +32,12 @@ def saved_bytes(fn):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(storages.values())
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: a second thread only adds synchronisation (and stalls badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,12 +16,7 @@ from fastdnas.search import Architect, load_checkpoint
 BF16 = 1.6e-2  # the kernels' bfloat16 tolerance (tests/test_mixed_sum.py)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bf16_autocast():

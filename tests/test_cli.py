@@ -12,13 +12,7 @@ TINY = ["--dataset", "synthetic", "--init-channels", "2", "--layers", "2", "--ba
         "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: a second thread only adds synchronisation (and stalls badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def search(out, *flags):

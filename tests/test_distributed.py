@@ -26,17 +26,12 @@ from fastdnas.data import load_synthetic
 from fastdnas.data.base import epoch_generator, iterate_batches
 from fastdnas.search import distributed, load_checkpoint
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                       reason="torch.distributed with gloo is not available"),
+    pytest.mark.usefixtures("one_thread"),
+]
 WORLD_SIZE = 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def free_port():

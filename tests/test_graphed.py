@@ -17,12 +17,7 @@ from conftest import CUDA, DEVICES
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU on this machine")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def darts_search(device, unrolled=False, cuda_graphs=False, batch=8):
