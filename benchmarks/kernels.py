@@ -13,7 +13,7 @@ from .common import median_seconds
 
 # mixed_sum: K=8 one edge's ops, K=40 a whole DARTS node (5 edges x 8 ops); N x C x H x W.
 MIXED_SUM_CASES = [(8, (64, 16, 32, 32)), (40, (64, 16, 32, 32)), (8, (64, 64, 32, 32)), (40, (64, 32, 32, 32))]
-MIXED_SUM_CPU_CASES = [(8, (16, 16, 16, 16)), (40, (16, 16, 16, 16))]
+MIXED_SUM_CPU_CASES = MIXED_SUM_CASES[:2]  # the DARTS sizes: one edge (K=8) and one node (K=40)
 # trellis_aggregate: T cell evaluations of B blocks [N, C, H, W]. The first is an Auto-DeepLab node at
 # the paper's search setting (F=8, B=5, level 0 of a 321 x 321 crop, batch 2); the second is large.
 TRELLIS_CASES = [(3, 5, (2, 8, 81, 81)), (3, 5, (8, 64, 64, 64))]
