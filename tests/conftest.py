@@ -41,3 +41,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class ToySearchModel(torch.nn.Module):
+    """Two mixed 'edges' around a small MLP with BatchNorm: curved enough in (w, alpha) for the
+    unrolled term to matter, and batch statistics matter (the distributed and AMP tests)."""
+
+    def __init__(self, in_features=6, hidden=5, classes=3, alpha_scale=1.0, affine=False):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(in_features, hidden)
+        self.bn = torch.nn.BatchNorm1d(hidden, affine=affine)
+        self.fc2 = torch.nn.Linear(hidden, classes)
+        self.alphas = torch.nn.Parameter(alpha_scale * torch.randn(2, 3))
+
+    def arch_parameters(self):
+        return [self.alphas]
+
+    def weight_parameters(self):
+        return [p for name, p in self.named_parameters() if name != "alphas"]
+
+    def forward(self, x):
+        weights = torch.softmax(self.alphas, dim=-1)
+        h = self.fc1(x.flatten(1))
+        h = weights[0, 0] * h + weights[0, 1] * torch.tanh(h) + weights[0, 2] * torch.sin(h)
+        h = self.bn(h)
+        h = weights[1, 0] * h + weights[1, 1] * torch.tanh(h) + weights[1, 2] * h * h
+        return self.fc2(h)

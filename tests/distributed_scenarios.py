@@ -8,10 +8,11 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fastdnas.data import load_synthetic
 from fastdnas.search import Search, SearchConfig, distributed
+
+from conftest import ToySearchModel
 
 # Toy searches: 128 training images -> halves of 64; global batch 16 -> 4 steps an epoch.
 TOY_VARIANTS = {
@@ -29,36 +30,11 @@ def announce_rank(rank, world_size, port):
     torch.set_num_threads(1)
 
 
-class ToyBatchNormModel(nn.Module):
-    """Two mixed 'edges' around an MLP with an affine BatchNorm: batch statistics matter, alphas get gradients."""
-
-    def __init__(self, in_features=4, hidden=6, classes=3):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden)
-        self.bn = nn.BatchNorm1d(hidden)
-        self.fc2 = nn.Linear(hidden, classes)
-        self.alphas = nn.Parameter(1e-3 * torch.randn(2, 3))
-
-    def arch_parameters(self):
-        return [self.alphas]
-
-    def weight_parameters(self):
-        return [p for name, p in self.named_parameters() if name != "alphas"]
-
-    def forward(self, x):
-        weights = F.softmax(self.alphas, dim=-1)
-        h = self.fc1(x.flatten(1))
-        h = weights[0, 0] * h + weights[0, 1] * torch.tanh(h) + weights[0, 2] * torch.sin(h)
-        h = self.bn(h)
-        h = weights[1, 0] * h + weights[1, 1] * torch.tanh(h) + weights[1, 2] * h * h
-        return self.fc2(h)
-
-
 def toy_search(context=distributed.SINGLE, out_dir=None, epochs=2, batch_size=16, **settings):
     torch.manual_seed(0)
     data = load_synthetic(num_classes=3, in_channels=1, image_size=2, train_size=128, test_size=8)
     config = SearchConfig(epochs=epochs, batch_size=batch_size, lr=0.1, arch_lr=3e-2, seed=0, **settings)
-    return Search(ToyBatchNormModel(), data.search_train, data.search_val, config, out_dir=out_dir, progress=False,
+    return Search(ToySearchModel(in_features=4, hidden=6, alpha_scale=1e-3, affine=True), data.search_train, data.search_val, config, out_dir=out_dir, progress=False,
                   log=lambda _: None, distributed=context)
 
 

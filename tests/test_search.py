@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
@@ -22,33 +21,10 @@ from fastdnas.search import (
     set_rng_state,
 )
 
+from conftest import ToySearchModel
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class ToySearchModel(nn.Module):
-    """Two mixed 'edges' around a small MLP with BatchNorm: curved enough in (w, alpha) for the unrolled term to matter."""
-
-    def __init__(self, in_features=6, hidden=5, classes=3, alpha_scale=1.0):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden)
-        self.bn = nn.BatchNorm1d(hidden, affine=False)
-        self.fc2 = nn.Linear(hidden, classes)
-        self.alphas = nn.Parameter(alpha_scale * torch.randn(2, 3))
-
-    def arch_parameters(self):
-        return [self.alphas]
-
-    def weight_parameters(self):
-        return [p for name, p in self.named_parameters() if name != "alphas"]
-
-    def forward(self, x):
-        weights = F.softmax(self.alphas, dim=-1)
-        h = self.fc1(x.flatten(1))
-        h = weights[0, 0] * h + weights[0, 1] * torch.tanh(h) + weights[0, 2] * torch.sin(h)
-        h = self.bn(h)
-        h = weights[1, 0] * h + weights[1, 1] * torch.tanh(h) + weights[1, 2] * h * h
-        return self.fc2(h)
 
 
 def toy_setup(lr=0.1, momentum=0.9, weight_decay=3e-4, unrolled=True, seed=0):
