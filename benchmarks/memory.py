@@ -17,28 +17,17 @@ import sys
 
 import torch
 
-from fastdnas.darts import SearchNetwork
-from fastdnas.data.base import ImageSet
-from fastdnas.search import Search, SearchConfig
-
 from .common import median_seconds
-from .search_step import saved_bytes
+from .search_step import make_step, saved_bytes
 
 BACKENDS = ("reference", "fused_sum", "fused")
 COLUMNS = ["op", "shape", "device", "backend", "saved_MB", "saved_ratio", "peak_MB", "step_peak_MB", "peak_ratio",
            "step_ms", "speedup"]
 
 
-def _make_search(backend, device, batch, image_size, C, layers):
-    """A first-order DARTS search on one fixed random batch, and that batch on the device."""
-    torch.manual_seed(0)
-    model = SearchNetwork(C=C, num_classes=10, layers=layers, backend=backend)
-    images = torch.randn(batch, 3, image_size, image_size)
-    labels = torch.randint(0, 10, (batch,))
-    data = ImageSet(images, labels, torch.zeros(3), torch.ones(3))
-    search = Search(model, data, data, SearchConfig(batch_size=batch, epochs=1), device=device, progress=False,
-                    log=lambda *a: None)
-    return search, images.to(device), labels.to(device)
+def _darts_step(backend, device, batch, image_size, C, layers):
+    """(search, step, forward) of a first-order DARTS search step, as the step benchmark builds it."""
+    return make_step("darts", backend, device, {"C": C, "layers": layers, "image_size": image_size, "batch": batch})
 
 
 def _status_bytes(field):
@@ -50,19 +39,10 @@ def _status_bytes(field):
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def _step_fn(search, x, y):
-    def step():
-        search.architect.step(x, y, x, y)
-        search.weight_step(x, y)
-
-    return step
-
-
 def measure_cpu_peak(backend, batch, image_size, C, layers):
     """Runs in a fresh process: (peak RSS of a step, its growth over the RSS before it) in bytes.
     A warm-up step first (lazy imports, allocator caches), then the peak RSS is reset."""
-    search, x, y = _make_search(backend, "cpu", batch, image_size, C, layers)
-    step = _step_fn(search, x, y)
+    _, step, _ = _darts_step(backend, "cpu", batch, image_size, C, layers)
     step()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
@@ -93,13 +73,7 @@ def bench_memory(device, batch=None, image_size=32, C=16, layers=8, min_run_time
         if device == "cpu":
             peak, growth = _cpu_peak_in_subprocess(backend, batch, image_size, C, layers)
             row["peak_MB"], row["step_peak_MB"] = peak / 2**20, growth / 2**20
-        search, x, y = _make_search(backend, device, batch, image_size, C, layers)
-        step = _step_fn(search, x, y)
-
-        def forward_loss():
-            loss, _ = search.architect.loss_fn(search.model, x, y)
-            return loss
-
+        search, step, forward = _darts_step(backend, device, batch, image_size, C, layers)
         if device == "cuda":
             step()  # warm-up
             torch.cuda.synchronize()
@@ -109,10 +83,10 @@ def bench_memory(device, batch=None, image_size=32, C=16, layers=8, min_run_time
             torch.cuda.synchronize()
             row["peak_MB"] = torch.cuda.max_memory_allocated() / 2**20
             row["step_peak_MB"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-        row["saved_MB"] = saved_bytes(forward_loss) / 2**20
+        row["saved_MB"] = saved_bytes(forward) / 2**20
         row["step_ms"] = median_seconds(step, device, min_run_time) * 1e3
         rows.append(row)
-        del search, step
+        del search, step, forward
     ref = rows[0]
     for row in rows:
         row["saved_ratio"] = row["saved_MB"] / ref["saved_MB"]
