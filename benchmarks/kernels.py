@@ -6,6 +6,7 @@ written once) over its median time, next to a device copy measured in the same r
 of the copy's bandwidth says how close a memory-bound kernel is to the memory system's limit.
 """
 import torch
+import torch.nn.functional as F
 
 from fastdnas import ops, reference
 
@@ -22,6 +23,12 @@ TRELLIS_CPU_CASES = [(3, 5, (2, 8, 81, 81))]
 # setting (19 classes, 321 x 321) and a large one.
 RESIZE_SUM_CASES = [((2, 19), [81, 41, 21, 11], 321), ((8, 64), [128, 64, 32, 16], 256)]
 RESIZE_SUM_CPU_CASES = [((2, 19), [81, 41, 21, 11], 321)]
+# depthwise_conv2d: (name, N x C x H x W, kernel, stride, padding, dilation): the DARTS candidates'
+# depthwise convolutions at the search sizes (C=16, batch 64, 32x32 on a GPU; the CPU step's size on a CPU).
+DEPTHWISE_CASES = [("sep3", (64, 16, 32, 32), 3, 1, 1, 1), ("sep5", (64, 16, 32, 32), 5, 1, 2, 1),
+                   ("dil5", (64, 16, 32, 32), 5, 1, 4, 2), ("dil5 s2", (64, 32, 16, 16), 5, 2, 4, 2)]
+DEPTHWISE_CPU_CASES = [("sep3", (16, 8, 16, 16), 3, 1, 1, 1), ("sep5", (16, 8, 16, 16), 5, 1, 2, 1),
+                       ("dil5", (16, 8, 16, 16), 5, 1, 4, 2), ("sep5", (16, 16, 32, 32), 5, 1, 2, 1)]
 
 
 def _forward_backward(fn, inputs, grad):
@@ -105,6 +112,22 @@ def bench_resize_sum(device, cases, copy_bw, dtype=torch.float32, min_run_time=1
     return rows
 
 
+def bench_depthwise_conv2d(device, cases, copy_bw, dtype=torch.float32, min_run_time=1.0):
+    rows = []
+    for name, shape, k, stride, padding, dilation in cases:
+        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(shape[1], 1, k, k, device=device, dtype=dtype, requires_grad=True)
+        args = dict(stride=stride, padding=padding, dilation=dilation)
+        out_shape = F.conv2d(x.detach(), w.detach(), groups=shape[1], **args).shape
+        grad = torch.randn(out_shape, device=device, dtype=dtype)
+        # forward: x in, out written; backward: grad and x in, input gradient out (weights negligible).
+        moved = (2 * x.numel() + 2 * grad.numel()) * x.element_size() + x.numel() * x.element_size()
+        rows += _rows("depthwise_conv2d", f"{name} {'x'.join(map(str, shape))}", device, dtype,
+                      lambda: F.conv2d(x, w, groups=shape[1], **args), lambda: ops.depthwise_conv2d(x, w, **args),
+                      [x, w], grad, moved, copy_bw, min_run_time)
+    return rows
+
+
 def run(device, quick=False, min_run_time=1.0, **_):
     """Every kernel row for ``device``, after the copy row they are compared with."""
     on_cuda = device == "cuda"
@@ -121,4 +144,6 @@ def run(device, quick=False, min_run_time=1.0, **_):
     rows += bench_trellis_aggregate(device, pick(TRELLIS_CASES, TRELLIS_CPU_CASES), copy_bw,
                                     min_run_time=min_run_time)
     rows += bench_resize_sum(device, pick(RESIZE_SUM_CASES, RESIZE_SUM_CPU_CASES), copy_bw, min_run_time=min_run_time)
+    rows += bench_depthwise_conv2d(device, pick(DEPTHWISE_CASES, DEPTHWISE_CPU_CASES), copy_bw,
+                                   min_run_time=min_run_time)
     return rows

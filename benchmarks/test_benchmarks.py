@@ -35,6 +35,22 @@ def test_mixed_sum_forward_backward(benchmark, variant, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", ["reference", "fused"])
+def test_depthwise_conv2d_forward_backward(benchmark, variant, device):
+    _, shape, k, stride, padding, dilation = (kernels.DEPTHWISE_CASES if device == "cuda"
+                                              else kernels.DEPTHWISE_CPU_CASES)[2]
+    x = torch.randn(shape, device=device, requires_grad=True)
+    w = torch.randn(shape[1], 1, k, k, device=device, requires_grad=True)
+    args = dict(stride=stride, padding=padding, dilation=dilation)
+    if variant == "fused":
+        fn = lambda: ops.depthwise_conv2d(x, w, **args)  # noqa: E731
+    else:
+        fn = lambda: torch.nn.functional.conv2d(x, w, groups=shape[1], **args)  # noqa: E731
+    grad = torch.randn_like(fn())
+    benchmark(timed(lambda: torch.autograd.grad(fn(), [x, w], grad), device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", ["reference eager", "fused eager", "fused graphs"])
 @pytest.mark.parametrize("space", sorted(SETTINGS))
 def test_search_step(benchmark, space, variant, device):

@@ -24,4 +24,9 @@ TORCH_LIBRARY(fastdnas, m) {
   m.def("_mixed_node_backward(Tensor grad, Tensor[] edge_inputs, int[] strides, Tensor[] conv_outputs, "
         "Tensor weights, int[] free_items, int[] free_kinds, int[] conv_items, Tensor mean, Tensor var, float eps, "
         "bool batch_stats) -> (Tensor[], Tensor[], Tensor)");
+  m.def("depthwise_conv2d(Tensor input, Tensor weight, int[2] stride=1, int[2] padding=0, int[2] dilation=1) -> Tensor");
+  m.def("_depthwise_conv2d_input_grad(Tensor grad, Tensor weight, SymInt[] input_size, int[2] stride, int[2] padding, "
+        "int[2] dilation) -> Tensor");
+  m.def("_depthwise_conv2d_weight_grad(Tensor grad, Tensor input, SymInt[] weight_size, int[2] stride, "
+        "int[2] padding, int[2] dilation) -> Tensor");
 }

@@ -34,6 +34,19 @@ def saved_bytes(fn):
     return sum(storages.values())
 
 
+def over_thread_counts(fn, repeats=1):
+    """fn()'s results with 1 thread and with several (``repeats`` runs each), for determinism tests."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            results += [fn() for _ in range(repeats)]
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
 @pytest.fixture
 def one_thread():
     """Tiny networks: a second thread only adds synchronisation (and stalls badly on a busy machine)."""

@@ -6,7 +6,7 @@ import torch
 
 from fastdnas import ops, reference
 from fastdnas._extension import cuda_kernels_built
-from conftest import CUDA, DEVICES, rel_err
+from conftest import CUDA, DEVICES, over_thread_counts, rel_err
 
 # Relative error bounds per dtype (forward and backward).
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -120,15 +120,7 @@ def test_opcheck(dtype, device):
 def test_backward_is_deterministic_across_thread_counts(device):
     inputs, weights = make_inputs(8, (3, 16, 41, 37), torch.float32, device)
     grad = torch.randn(inputs[0].shape, device=device)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, max(2, threads)):
-            torch.set_num_threads(n)
-            for _ in range(2):
-                results.append(forward_backward(ops.mixed_sum, inputs, weights, grad)[2])
-    finally:
-        torch.set_num_threads(threads)
+    results = over_thread_counts(lambda: forward_backward(ops.mixed_sum, inputs, weights, grad)[2], repeats=2)
     assert all(torch.equal(r, results[0]) for r in results)
 
 

@@ -1,0 +1,358 @@
+// CPU kernels of depthwise_conv2d: forward, input gradient and weight gradient. Each works on
+// whole rows of a plane per kernel tap, with the loop over output columns innermost (it
+// vectorises), and adds the taps of every element in the order of the CUDA kernels.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "depthwise_conv.h"
+
+namespace fastdnas {
+namespace {
+
+// Planes per parallel task: enough multiply-adds that a task outweighs the cost of scheduling it.
+int64_t plane_grain(const DepthwiseShape& s) {
+  return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, s.OH * s.OW * s.KH * s.KW));
+}
+
+// For each kernel column j: the first output column that reads inside the input through it,
+// how many do, and the input column the first one reads. Computed once per call (divisions).
+struct ColumnTaps {
+  std::vector<int64_t> first_output, count, first_input;
+
+  explicit ColumnTaps(const DepthwiseShape& s) {
+    for (int64_t j = 0; j < s.KW; ++j) {
+      int64_t begin, end;
+      depthwise_valid_outputs(j, s.W, s.OW, s.stride[1], s.padding[1], s.dilation[1], &begin, &end);
+      first_output.push_back(begin);
+      count.push_back(end - begin);
+      first_input.push_back(depthwise_input_index(begin, j, s.stride[1], s.padding[1], s.dilation[1]));
+    }
+  }
+};
+
+// Calls body(i, j, ih, iw, ow, count) for every tap (i, j) that output row oh reads inside the
+// input: outputs ow .. ow + count - 1 of the row read input row ih at columns iw, iw + stride_w, ...
+template <typename Body>
+void for_each_tap(const DepthwiseShape& s, const ColumnTaps& columns, int64_t oh, Body body) {
+  for (int64_t i = 0; i < s.KH; ++i) {
+    const int64_t ih = depthwise_input_index(oh, i, s.stride[0], s.padding[0], s.dilation[0]);
+    if (ih < 0 || ih >= s.H) continue;
+    for (int64_t j = 0; j < s.KW; ++j) {
+      if (columns.count[j] > 0) body(i, j, ih, columns.first_input[j], columns.first_output[j], columns.count[j]);
+    }
+  }
+}
+
+// --- stride 1: whole planes as flat loops ------------------------------------------------------
+// With the input zero-padded into rows of pitch Wp = W + 2 * pad_w and the output laid out with
+// the same pitch (its last Wp - OW columns unused), tap (i, j) of output q = oh * Wp + ow reads
+// padded input q + i * dil_h * Wp + j * dil_w: one long loop per tap and plane instead of one
+// short loop per tap and row. Padding reads add w * 0, which leaves every sum unchanged.
+struct FlatPlane {
+  int64_t pitch, rows, size, outputs;  // Wp, padded rows, buffer elements, output positions
+  // Kernel rows and columns through which some output reads the input (not only padding): the
+  // other taps add nothing and are skipped (on small planes with wide padding, most of them).
+  std::vector<int64_t> tap_rows, tap_cols;
+
+  explicit FlatPlane(const DepthwiseShape& s)
+      : pitch(s.W + 2 * s.padding[1]),
+        rows(s.H + 2 * s.padding[0]),
+        size(rows * pitch + (s.KW - 1) * s.dilation[1]),  // the last tap of the unused columns reads past the rows
+        outputs(s.OH * pitch) {
+    int64_t begin, end;
+    for (int64_t i = 0; i < s.KH; ++i) {
+      depthwise_valid_outputs(i, s.H, s.OH, 1, s.padding[0], s.dilation[0], &begin, &end);
+      if (end > begin) tap_rows.push_back(i);
+    }
+    for (int64_t j = 0; j < s.KW; ++j) {
+      depthwise_valid_outputs(j, s.W, s.OW, 1, s.padding[1], s.dilation[1], &begin, &end);
+      if (end > begin) tap_cols.push_back(j);
+    }
+  }
+
+  int64_t offset(const DepthwiseShape& s, int64_t i, int64_t j) const {
+    return i * s.dilation[0] * pitch + j * s.dilation[1];
+  }
+};
+
+// padded[(h + pad_h) * pitch + w + pad_w] = plane[h * W + w]; zeros elsewhere.
+template <typename scalar_t, typename acc_t>
+void pad_plane(const DepthwiseShape& s, const FlatPlane& f, const scalar_t* plane, acc_t* padded) {
+  std::fill(padded, padded + f.size, acc_t(0));
+  for (int64_t h = 0; h < s.H; ++h) {
+    acc_t* row = padded + (h + s.padding[0]) * f.pitch + s.padding[1];
+    for (int64_t w = 0; w < s.W; ++w) row[w] = static_cast<acc_t>(plane[h * s.W + w]);
+  }
+}
+
+// grad [OH, OW] into rows of the flat pitch, zeros in the unused columns (so they add nothing).
+template <typename scalar_t, typename acc_t>
+void spread_grad(const DepthwiseShape& s, const FlatPlane& f, const scalar_t* grad, acc_t* spread) {
+  for (int64_t oh = 0; oh < s.OH; ++oh) {
+    acc_t* row = spread + oh * f.pitch;
+    for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(grad[oh * s.OW + ow]);
+    std::fill(row + s.OW, row + f.pitch, acc_t(0));
+  }
+}
+
+// The loops below are the whole arithmetic of the flat path: compiled also for AVX2 (twice the
+// vector width of the x86-64 baseline) and picked at load time by the CPU (GCC function
+// multiversioning). No FMA: the sums stay bitwise those of the baseline build.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTDNAS_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTDNAS_VECTOR_CLONES
+#endif
+
+// y[k] += a * x[k]: the per-element sum of every kernel (restrict: vectorises without checks).
+template <typename acc_t>
+FASTDNAS_VECTOR_CLONES void add_scaled(acc_t* __restrict__ y, const acc_t* __restrict__ x, acc_t a, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) y[k] = accumulate_product(y[k], a, x[k]);
+}
+
+constexpr int64_t kLanes = 8;
+
+// lanes[l] += sum over k = l (mod kLanes) of a[k] * b[k]: a dot product in a fixed order.
+template <typename acc_t>
+FASTDNAS_VECTOR_CLONES void add_dot(acc_t* __restrict__ lanes, const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = accumulate_product(lanes[l], a[k + l], b[k + l]);
+  for (int64_t l = 0; k < n; ++k, ++l) lanes[l] = accumulate_product(lanes[l], a[k], b[k]);
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* weight, scalar_t* out) {
+  const FlatPlane f(s);
+  at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
+    std::vector<acc_t> padded(f.size), acc(f.outputs);
+    for (int64_t p = first; p < last; ++p) {
+      const scalar_t* filter = weight + (p % s.C) * s.KH * s.KW;
+      pad_plane(s, f, x + p * s.H * s.W, padded.data());
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t i : f.tap_rows)
+        for (int64_t j : f.tap_cols)
+          add_scaled(acc.data(), padded.data() + f.offset(s, i, j), static_cast<acc_t>(filter[i * s.KW + j]),
+                     f.outputs);
+      scalar_t* y = out + p * s.OH * s.OW;
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ++ow) y[oh * s.OW + ow] = static_cast<scalar_t>(acc[oh * f.pitch + ow]);
+    }
+  });
+}
+
+// Taps in descending rows: each input element receives its terms in the CUDA gather's order.
+template <typename scalar_t, typename acc_t>
+void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* weight, scalar_t* grad_x) {
+  const FlatPlane f(s);
+  at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
+    std::vector<acc_t> spread(f.outputs), acc(f.size);
+    for (int64_t p = first; p < last; ++p) {
+      const scalar_t* filter = weight + (p % s.C) * s.KH * s.KW;
+      spread_grad(s, f, grad + p * s.OH * s.OW, spread.data());
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (auto i = f.tap_rows.rbegin(); i != f.tap_rows.rend(); ++i)
+        for (int64_t j : f.tap_cols)
+          add_scaled(acc.data() + f.offset(s, *i, j), spread.data(), static_cast<acc_t>(filter[*i * s.KW + j]),
+                     f.outputs);
+      scalar_t* gx = grad_x + p * s.H * s.W;
+      for (int64_t h = 0; h < s.H; ++h)
+        for (int64_t w = 0; w < s.W; ++w)
+          gx[h * s.W + w] = static_cast<scalar_t>(acc[(h + s.padding[0]) * f.pitch + w + s.padding[1]]);
+    }
+  });
+}
+
+// One channel per task, its reduction serial in a fixed order: the same bits for any number of threads.
+template <typename scalar_t, typename acc_t>
+void weight_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* x, acc_t* sums) {
+  const FlatPlane f(s);
+  const int64_t taps = s.KH * s.KW;
+  at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
+    std::vector<acc_t> padded(f.size), spread(f.outputs), lanes(taps * kLanes);
+    for (int64_t c = first; c < last; ++c) {
+      std::fill(lanes.begin(), lanes.end(), acc_t(0));
+      for (int64_t n = 0; n < s.N; ++n) {
+        const int64_t p = n * s.C + c;
+        pad_plane(s, f, x + p * s.H * s.W, padded.data());
+        spread_grad(s, f, grad + p * s.OH * s.OW, spread.data());
+        for (int64_t i : f.tap_rows)
+          for (int64_t j : f.tap_cols)
+            add_dot(lanes.data() + (i * s.KW + j) * kLanes, spread.data(), padded.data() + f.offset(s, i, j),
+                    f.outputs);
+      }
+      for (int64_t t = 0; t < taps; ++t) {
+        acc_t total = 0;
+        for (int64_t l = 0; l < kLanes; ++l) total += lanes[t * kLanes + l];
+        sums[c * taps + t] = total;
+      }
+    }
+  });
+}
+
+bool unit_stride(const DepthwiseShape& s) { return s.stride[0] == 1 && s.stride[1] == 1; }
+
+// --- any stride: row by row ----------------------------------------------------------------------
+
+at::Tensor depthwise_conv2d_cpu(const at::Tensor& x_arg, const at::Tensor& weight_arg, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DepthwiseShape s = check_depthwise_forward_args(x_arg, weight_arg, stride, padding, dilation);
+  const at::Tensor x = x_arg.contiguous();
+  const at::Tensor weight = weight_arg.contiguous();
+  at::Tensor out = at::empty({s.N, s.C, s.OH, s.OW}, x.options());
+  if (out.numel() == 0) return out;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv2d_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xd = x.const_data_ptr<scalar_t>();
+    const scalar_t* wd = weight.const_data_ptr<scalar_t>();
+    scalar_t* yd = out.mutable_data_ptr<scalar_t>();
+    if (unit_stride(s)) return forward_flat<scalar_t, acc_t>(s, xd, wd, yd);
+    const int64_t sw = s.stride[1];
+    const ColumnTaps columns(s);
+    at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
+      std::vector<acc_t> acc(s.OW);
+      for (int64_t p = first; p < last; ++p) {
+        const scalar_t* xp = xd + p * s.H * s.W;
+        const scalar_t* wp = wd + (p % s.C) * s.KH * s.KW;
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
+            const acc_t w = static_cast<acc_t>(wp[i * s.KW + j]);
+            const scalar_t* in = xp + ih * s.W + iw;
+            acc_t* out_row = acc.data() + ow;
+            if (sw == 1) {
+              for (int64_t k = 0; k < count; ++k) out_row[k] = accumulate_product(out_row[k], w, in[k]);
+            } else {
+              for (int64_t k = 0; k < count; ++k) out_row[k] = accumulate_product(out_row[k], w, in[k * sw]);
+            }
+          });
+          scalar_t* y = yd + (p * s.OH + oh) * s.OW;
+          for (int64_t ow = 0; ow < s.OW; ++ow) y[ow] = static_cast<scalar_t>(acc[ow]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor depthwise_conv2d_input_grad_cpu(const at::Tensor& grad_arg, const at::Tensor& weight_arg,
+                                           at::IntArrayRef input_size, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DepthwiseShape s =
+      check_depthwise_input_grad_args(grad_arg, weight_arg, input_size, stride, padding, dilation);
+  const at::Tensor grad = grad_arg.contiguous();
+  const at::Tensor weight = weight_arg.contiguous();
+  at::Tensor grad_x = at::empty({s.N, s.C, s.H, s.W}, grad.options());
+  if (grad_x.numel() == 0) return grad_x;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_input_grad_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gd = grad.const_data_ptr<scalar_t>();
+    const scalar_t* wd = weight.const_data_ptr<scalar_t>();
+    scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>();
+    if (unit_stride(s)) return input_grad_flat<scalar_t, acc_t>(s, gd, wd, gxd);
+    const int64_t sw = s.stride[1];
+    const ColumnTaps columns(s);
+    at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
+      std::vector<acc_t> acc(s.H * s.W);
+      for (int64_t p = first; p < last; ++p) {
+        const scalar_t* wp = wd + (p % s.C) * s.KH * s.KW;
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        // Each output row sends its gradient back through every tap. An input element receives
+        // its terms in the order (oh ascending, j ascending), which the CUDA gather follows.
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          const scalar_t* g = gd + (p * s.OH + oh) * s.OW;
+          for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
+            const acc_t w = static_cast<acc_t>(wp[i * s.KW + j]);
+            acc_t* in = acc.data() + ih * s.W + iw;
+            const scalar_t* g_row = g + ow;
+            if (sw == 1) {
+              for (int64_t k = 0; k < count; ++k) in[k] = accumulate_product(in[k], w, g_row[k]);
+            } else {
+              for (int64_t k = 0; k < count; ++k) in[k * sw] = accumulate_product(in[k * sw], w, g_row[k]);
+            }
+          });
+        }
+        scalar_t* gx = gxd + p * s.H * s.W;
+        for (int64_t k = 0; k < s.H * s.W; ++k) gx[k] = static_cast<scalar_t>(acc[k]);
+      }
+    });
+  });
+  return grad_x;
+}
+
+at::Tensor depthwise_conv2d_weight_grad_cpu(const at::Tensor& grad_arg, const at::Tensor& x_arg,
+                                            at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DepthwiseShape s = check_depthwise_weight_grad_args(grad_arg, x_arg, weight_size, stride, padding, dilation);
+  const at::Tensor grad = grad_arg.contiguous();
+  const at::Tensor x = x_arg.contiguous();
+  at::Tensor grad_w;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_weight_grad_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor sums = at::zeros({s.C, 1, s.KH, s.KW}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    acc_t* sd = sums.mutable_data_ptr<acc_t>();
+    const scalar_t* gd = grad.const_data_ptr<scalar_t>();
+    const scalar_t* xd = x.const_data_ptr<scalar_t>();
+    grad_w = sums;  // cast below, once filled
+    if (unit_stride(s)) {
+      weight_grad_flat<scalar_t, acc_t>(s, gd, xd, sd);
+      return;
+    }
+    const int64_t sw = s.stride[1], taps = s.KH * s.KW;
+    const ColumnTaps columns(s);
+    // One channel per task, as weight_grad_flat. Each tap keeps a row of per-column partial sums
+    // (vectorises), added up at the end.
+    at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
+      std::vector<acc_t> partial(taps * s.OW);
+      for (int64_t c = first; c < last; ++c) {
+        std::fill(partial.begin(), partial.end(), acc_t(0));
+        for (int64_t n = 0; n < s.N; ++n) {
+          const int64_t p = n * s.C + c;
+          const scalar_t* xp = xd + p * s.H * s.W;
+          for (int64_t oh = 0; oh < s.OH; ++oh) {
+            const scalar_t* g = gd + (p * s.OH + oh) * s.OW;
+            for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
+              acc_t* sum = partial.data() + (i * s.KW + j) * s.OW + ow;
+              const scalar_t* in = xp + ih * s.W + iw;
+              const scalar_t* g_row = g + ow;
+              if (sw == 1) {
+                for (int64_t k = 0; k < count; ++k)
+                  sum[k] = accumulate_product(sum[k], static_cast<acc_t>(g_row[k]), in[k]);
+              } else {
+                for (int64_t k = 0; k < count; ++k)
+                  sum[k] = accumulate_product(sum[k], static_cast<acc_t>(g_row[k]), in[k * sw]);
+              }
+            });
+          }
+        }
+        for (int64_t t = 0; t < taps; ++t) {
+          acc_t total = 0;
+          for (int64_t ow = 0; ow < s.OW; ++ow) total += partial[t * s.OW + ow];
+          sd[c * taps + t] = total;
+        }
+      }
+    });
+  });
+  return grad_w.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdnas, CPU, m) {
+  m.impl("depthwise_conv2d", &depthwise_conv2d_cpu);
+  m.impl("_depthwise_conv2d_input_grad", &depthwise_conv2d_input_grad_cpu);
+  m.impl("_depthwise_conv2d_weight_grad", &depthwise_conv2d_weight_grad_cpu);
+}
+
+}  // namespace fastdnas
