@@ -49,22 +49,23 @@ void for_each_tap(const DepthwiseShape& s, const ColumnTaps& columns, int64_t oh
   }
 }
 
-// --- stride 1: whole planes as flat loops ------------------------------------------------------
-// With the input zero-padded into rows of pitch Wp = W + 2 * pad_w and the output laid out with
-// the same pitch (its last Wp - OW columns unused), tap (i, j) of output q = oh * Wp + ow reads
-// padded input q + i * dil_h * Wp + j * dil_w: one long loop per tap and plane instead of one
-// short loop per tap and row. Padding reads add w * 0, which leaves every sum unchanged.
-struct FlatPlane {
-  int64_t pitch, rows, size, outputs;  // Wp, padded rows, buffer elements, output positions
+// --- stride 1: stacks of planes as flat loops --------------------------------------------------
+// The planes of one channel (a chunk of the batch) are stacked, zero-padded, into rows of pitch
+// Wp = W + 2 * pad_w: pad_h zero rows, then each plane's H rows followed by pad_h zero rows
+// (blocks of H + pad_h rows). The outputs use the same layout, plane n's row oh at stacked row
+// n * block + oh (the other rows and the last Wp - OW columns are computed and dropped). Tap
+// (i, j) of output q then reads padded input q + i * dil_h * Wp + j * dil_w, never another
+// plane's rows: one long loop per tap and chunk instead of one short loop per tap and row.
+// Padding reads add w * 0, which leaves every sum unchanged.
+struct FlatStack {
+  int64_t pitch, block, planes;  // Wp, rows per plane, planes per chunk
   // Kernel rows and columns through which some output reads the input (not only padding): the
   // other taps add nothing and are skipped (on small planes with wide padding, most of them).
   std::vector<int64_t> tap_rows, tap_cols;
 
-  explicit FlatPlane(const DepthwiseShape& s)
-      : pitch(s.W + 2 * s.padding[1]),
-        rows(s.H + 2 * s.padding[0]),
-        size(rows * pitch + (s.KW - 1) * s.dilation[1]),  // the last tap of the unused columns reads past the rows
-        outputs(s.OH * pitch) {
+  explicit FlatStack(const DepthwiseShape& s) : pitch(s.W + 2 * s.padding[1]), block(s.H + s.padding[0]) {
+    // Chunks of about 32K elements (in cache); fixed by the shape, never by the thread count.
+    planes = std::max<int64_t>(1, std::min<int64_t>(s.N, (int64_t{1} << 15) / (block * pitch)));
     int64_t begin, end;
     for (int64_t i = 0; i < s.KH; ++i) {
       depthwise_valid_outputs(i, s.H, s.OH, 1, s.padding[0], s.dilation[0], &begin, &end);
@@ -76,28 +77,47 @@ struct FlatPlane {
     }
   }
 
+  int64_t chunks(const DepthwiseShape& s) const { return (s.N + planes - 1) / planes; }
+  int64_t planes_in(const DepthwiseShape& s, int64_t chunk) const { return std::min(planes, s.N - chunk * planes); }
+  // Output positions of a chunk of m planes, and the padded input it reads (the last tap of the
+  // dropped columns reads past the last row).
+  int64_t outputs(const DepthwiseShape& s, int64_t m) const { return ((m - 1) * block + s.OH) * pitch; }
+  int64_t input_size(const DepthwiseShape& s, int64_t m) const {
+    return (s.padding[0] + m * block) * pitch + (s.KW - 1) * s.dilation[1];
+  }
+  int64_t buffer_size(const DepthwiseShape& s) const { return input_size(s, planes); }
   int64_t offset(const DepthwiseShape& s, int64_t i, int64_t j) const {
     return i * s.dilation[0] * pitch + j * s.dilation[1];
   }
+  int64_t input_row(const DepthwiseShape& s, int64_t n, int64_t h) const { return s.padding[0] + n * block + h; }
 };
 
-// padded[(h + pad_h) * pitch + w + pad_w] = plane[h * W + w]; zeros elsewhere.
+// The m planes of channel c from batch index n0 on, stacked and zero-padded as FlatStack says.
 template <typename scalar_t, typename acc_t>
-void pad_plane(const DepthwiseShape& s, const FlatPlane& f, const scalar_t* plane, acc_t* padded) {
-  std::fill(padded, padded + f.size, acc_t(0));
-  for (int64_t h = 0; h < s.H; ++h) {
-    acc_t* row = padded + (h + s.padding[0]) * f.pitch + s.padding[1];
-    for (int64_t w = 0; w < s.W; ++w) row[w] = static_cast<acc_t>(plane[h * s.W + w]);
+void stack_input(const DepthwiseShape& s, const FlatStack& f, const scalar_t* x, int64_t c, int64_t n0, int64_t m,
+                 acc_t* padded) {
+  std::fill(padded, padded + f.input_size(s, m), acc_t(0));
+  for (int64_t n = 0; n < m; ++n) {
+    const scalar_t* plane = x + ((n0 + n) * s.C + c) * s.H * s.W;
+    for (int64_t h = 0; h < s.H; ++h) {
+      acc_t* row = padded + f.input_row(s, n, h) * f.pitch + s.padding[1];
+      for (int64_t w = 0; w < s.W; ++w) row[w] = static_cast<acc_t>(plane[h * s.W + w]);
+    }
   }
 }
 
-// grad [OH, OW] into rows of the flat pitch, zeros in the unused columns (so they add nothing).
+// The output gradients of the same planes in the stacked output layout, zeros in the dropped
+// rows and columns (so they add nothing).
 template <typename scalar_t, typename acc_t>
-void spread_grad(const DepthwiseShape& s, const FlatPlane& f, const scalar_t* grad, acc_t* spread) {
-  for (int64_t oh = 0; oh < s.OH; ++oh) {
-    acc_t* row = spread + oh * f.pitch;
-    for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(grad[oh * s.OW + ow]);
-    std::fill(row + s.OW, row + f.pitch, acc_t(0));
+void stack_grad(const DepthwiseShape& s, const FlatStack& f, const scalar_t* grad, int64_t c, int64_t n0, int64_t m,
+                acc_t* stacked) {
+  std::fill(stacked, stacked + f.outputs(s, m), acc_t(0));
+  for (int64_t n = 0; n < m; ++n) {
+    const scalar_t* plane = grad + ((n0 + n) * s.C + c) * s.OH * s.OW;
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      acc_t* row = stacked + (n * f.block + oh) * f.pitch;
+      for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(plane[oh * s.OW + ow]);
+    }
   }
 }
 
@@ -120,29 +140,45 @@ constexpr int64_t kLanes = 8;
 
 // lanes[l] += sum over k = l (mod kLanes) of a[k] * b[k]: a dot product in a fixed order.
 template <typename acc_t>
-FASTDNAS_VECTOR_CLONES void add_dot(acc_t* __restrict__ lanes, const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+FASTDNAS_VECTOR_CLONES void add_dot(acc_t* __restrict__ lanes, const acc_t* __restrict__ a,
+                                    const acc_t* __restrict__ b, int64_t n) {
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes)
     for (int64_t l = 0; l < kLanes; ++l) lanes[l] = accumulate_product(lanes[l], a[k + l], b[k + l]);
   for (int64_t l = 0; k < n; ++k, ++l) lanes[l] = accumulate_product(lanes[l], a[k], b[k]);
 }
 
+// Calls body(c, n0, m) for every (channel, chunk of m planes from batch index n0), in parallel.
+template <typename Body>
+void for_each_chunk(const DepthwiseShape& s, const FlatStack& f, Body body) {
+  const int64_t chunks = f.chunks(s);
+  at::parallel_for(0, s.C * chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t c = item / chunks, chunk = item % chunks;
+      body(c, chunk * f.planes, f.planes_in(s, chunk));
+    }
+  });
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* weight, scalar_t* out) {
-  const FlatPlane f(s);
-  at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
-    std::vector<acc_t> padded(f.size), acc(f.outputs);
-    for (int64_t p = first; p < last; ++p) {
-      const scalar_t* filter = weight + (p % s.C) * s.KH * s.KW;
-      pad_plane(s, f, x + p * s.H * s.W, padded.data());
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t i : f.tap_rows)
-        for (int64_t j : f.tap_cols)
-          add_scaled(acc.data(), padded.data() + f.offset(s, i, j), static_cast<acc_t>(filter[i * s.KW + j]),
-                     f.outputs);
-      scalar_t* y = out + p * s.OH * s.OW;
-      for (int64_t oh = 0; oh < s.OH; ++oh)
-        for (int64_t ow = 0; ow < s.OW; ++ow) y[oh * s.OW + ow] = static_cast<scalar_t>(acc[oh * f.pitch + ow]);
+  const FlatStack f(s);
+  for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
+    thread_local std::vector<acc_t> padded, acc;
+    padded.resize(f.buffer_size(s));
+    acc.assign(f.outputs(s, m), acc_t(0));
+    stack_input(s, f, x, c, n0, m, padded.data());
+    const scalar_t* filter = weight + c * s.KH * s.KW;
+    for (int64_t i : f.tap_rows)
+      for (int64_t j : f.tap_cols)
+        add_scaled(acc.data(), padded.data() + f.offset(s, i, j), static_cast<acc_t>(filter[i * s.KW + j]),
+                   f.outputs(s, m));
+    for (int64_t n = 0; n < m; ++n) {
+      scalar_t* y = out + ((n0 + n) * s.C + c) * s.OH * s.OW;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const acc_t* row = acc.data() + (n * f.block + oh) * f.pitch;
+        for (int64_t ow = 0; ow < s.OW; ++ow) y[oh * s.OW + ow] = static_cast<scalar_t>(row[ow]);
+      }
     }
   });
 }
@@ -150,42 +186,44 @@ void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* we
 // Taps in descending rows: each input element receives its terms in the CUDA gather's order.
 template <typename scalar_t, typename acc_t>
 void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* weight, scalar_t* grad_x) {
-  const FlatPlane f(s);
-  at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
-    std::vector<acc_t> spread(f.outputs), acc(f.size);
-    for (int64_t p = first; p < last; ++p) {
-      const scalar_t* filter = weight + (p % s.C) * s.KH * s.KW;
-      spread_grad(s, f, grad + p * s.OH * s.OW, spread.data());
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (auto i = f.tap_rows.rbegin(); i != f.tap_rows.rend(); ++i)
-        for (int64_t j : f.tap_cols)
-          add_scaled(acc.data() + f.offset(s, *i, j), spread.data(), static_cast<acc_t>(filter[*i * s.KW + j]),
-                     f.outputs);
-      scalar_t* gx = grad_x + p * s.H * s.W;
-      for (int64_t h = 0; h < s.H; ++h)
-        for (int64_t w = 0; w < s.W; ++w)
-          gx[h * s.W + w] = static_cast<scalar_t>(acc[(h + s.padding[0]) * f.pitch + w + s.padding[1]]);
+  const FlatStack f(s);
+  for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
+    thread_local std::vector<acc_t> stacked, acc;
+    stacked.resize(f.outputs(s, f.planes));
+    acc.assign(f.input_size(s, m), acc_t(0));
+    stack_grad(s, f, grad, c, n0, m, stacked.data());
+    const scalar_t* filter = weight + c * s.KH * s.KW;
+    for (auto i = f.tap_rows.rbegin(); i != f.tap_rows.rend(); ++i)
+      for (int64_t j : f.tap_cols)
+        add_scaled(acc.data() + f.offset(s, *i, j), stacked.data(), static_cast<acc_t>(filter[*i * s.KW + j]),
+                   f.outputs(s, m));
+    for (int64_t n = 0; n < m; ++n) {
+      scalar_t* gx = grad_x + ((n0 + n) * s.C + c) * s.H * s.W;
+      for (int64_t h = 0; h < s.H; ++h) {
+        const acc_t* row = acc.data() + f.input_row(s, n, h) * f.pitch + s.padding[1];
+        for (int64_t w = 0; w < s.W; ++w) gx[h * s.W + w] = static_cast<scalar_t>(row[w]);
+      }
     }
   });
 }
 
-// One channel per task, its reduction serial in a fixed order: the same bits for any number of threads.
+// One channel per task, its chunks in order: the same bits for any number of threads.
 template <typename scalar_t, typename acc_t>
 void weight_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* x, acc_t* sums) {
-  const FlatPlane f(s);
+  const FlatStack f(s);
   const int64_t taps = s.KH * s.KW;
   at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
-    std::vector<acc_t> padded(f.size), spread(f.outputs), lanes(taps * kLanes);
+    std::vector<acc_t> padded(f.buffer_size(s)), stacked(f.outputs(s, f.planes)), lanes(taps * kLanes);
     for (int64_t c = first; c < last; ++c) {
       std::fill(lanes.begin(), lanes.end(), acc_t(0));
-      for (int64_t n = 0; n < s.N; ++n) {
-        const int64_t p = n * s.C + c;
-        pad_plane(s, f, x + p * s.H * s.W, padded.data());
-        spread_grad(s, f, grad + p * s.OH * s.OW, spread.data());
+      for (int64_t chunk = 0; chunk < f.chunks(s); ++chunk) {
+        const int64_t n0 = chunk * f.planes, m = f.planes_in(s, chunk);
+        stack_input(s, f, x, c, n0, m, padded.data());
+        stack_grad(s, f, grad, c, n0, m, stacked.data());
         for (int64_t i : f.tap_rows)
           for (int64_t j : f.tap_cols)
-            add_dot(lanes.data() + (i * s.KW + j) * kLanes, spread.data(), padded.data() + f.offset(s, i, j),
-                    f.outputs);
+            add_dot(lanes.data() + (i * s.KW + j) * kLanes, stacked.data(), padded.data() + f.offset(s, i, j),
+                    f.outputs(s, m));
       }
       for (int64_t t = 0; t < taps; ++t) {
         acc_t total = 0;
