@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "depthwise_conv.h"
@@ -107,15 +108,16 @@ void stack_input(const DepthwiseShape& s, const FlatStack& f, const scalar_t* x,
 }
 
 // The output gradients of the same planes in the stacked output layout, zeros in the dropped
-// rows and columns (so they add nothing).
+// rows and columns (so they add nothing), after `margin` zeros and before zeros up to the
+// padded input's size: the input gradient's gather reads that far on either side.
 template <typename scalar_t, typename acc_t>
 void stack_grad(const DepthwiseShape& s, const FlatStack& f, const scalar_t* grad, int64_t c, int64_t n0, int64_t m,
-                acc_t* stacked) {
-  std::fill(stacked, stacked + f.outputs(s, m), acc_t(0));
+                int64_t margin, acc_t* stacked) {
+  std::fill(stacked, stacked + margin + f.input_size(s, m), acc_t(0));
   for (int64_t n = 0; n < m; ++n) {
     const scalar_t* plane = grad + ((n0 + n) * s.C + c) * s.OH * s.OW;
     for (int64_t oh = 0; oh < s.OH; ++oh) {
-      acc_t* row = stacked + (n * f.block + oh) * f.pitch;
+      acc_t* row = stacked + margin + (n * f.block + oh) * f.pitch;
       for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(plane[oh * s.OW + ow]);
     }
   }
@@ -130,13 +132,54 @@ void stack_grad(const DepthwiseShape& s, const FlatStack& f, const scalar_t* gra
 #define FASTDNAS_VECTOR_CLONES
 #endif
 
-// y[k] += a * x[k]: the per-element sum of every kernel (restrict: vectorises without checks).
+// out[q] = sum over t of weights[t] * in[q + offsets[t]], the taps added in order from zero (as
+// every kernel of the op adds them). Blocks of four 32-byte vectors keep their sums in registers
+// across all taps: one store per output instead of one per tap.
 template <typename acc_t>
-FASTDNAS_VECTOR_CLONES void add_scaled(acc_t* __restrict__ y, const acc_t* __restrict__ x, acc_t a, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) y[k] = accumulate_product(y[k], a, x[k]);
+FASTDNAS_VECTOR_CLONES void correlate(acc_t* __restrict__ out, const acc_t* __restrict__ in, const int64_t* offsets,
+                                      const acc_t* weights, int64_t taps, int64_t n) {
+  typedef acc_t vec __attribute__((vector_size(32)));
+  constexpr int64_t kWidth = sizeof(vec) / sizeof(acc_t);
+  constexpr int64_t kVectors = 4;  // independent sums in flight: an add's latency is several cycles
+  int64_t q = 0;
+  for (; q + kVectors * kWidth <= n; q += kVectors * kWidth) {
+    vec sum[kVectors] = {};
+    for (int64_t t = 0; t < taps; ++t) {
+      const acc_t* x = in + q + offsets[t];
+      for (int64_t v = 0; v < kVectors; ++v) {
+        vec xv;
+        std::memcpy(&xv, x + v * kWidth, sizeof(vec));
+        sum[v] = sum[v] + weights[t] * xv;
+      }
+    }
+    std::memcpy(out + q, sum, sizeof(sum));
+  }
+  for (; q < n; ++q) {
+    acc_t sum = 0;
+    for (int64_t t = 0; t < taps; ++t) sum = accumulate_product(sum, weights[t], in[q + offsets[t]]);
+    out[q] = sum;
+  }
 }
 
-constexpr int64_t kLanes = 8;
+// The taps (i, j) that read inside the input, as flat offsets and weights for correlate:
+// rows ascending (forward) or descending (input gradient), columns ascending.
+template <typename scalar_t, typename acc_t>
+void flat_taps(const DepthwiseShape& s, const FlatStack& f, const scalar_t* filter, bool rows_descending,
+               std::vector<int64_t>& offsets, std::vector<acc_t>& weights) {
+  offsets.clear();
+  weights.clear();
+  const int64_t rows = static_cast<int64_t>(f.tap_rows.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = f.tap_rows[rows_descending ? rows - 1 - r : r];
+    for (int64_t j : f.tap_cols) {
+      offsets.push_back(rows_descending ? -f.offset(s, i, j) : f.offset(s, i, j));
+      weights.push_back(static_cast<acc_t>(filter[i * s.KW + j]));
+    }
+  }
+}
+
+// Four 32-byte vectors of float partial sums: independent add chains (an add's latency is several cycles).
+constexpr int64_t kLanes = 32;
 
 // lanes[l] += sum over k = l (mod kLanes) of a[k] * b[k]: a dot product in a fixed order.
 template <typename acc_t>
@@ -164,15 +207,14 @@ template <typename scalar_t, typename acc_t>
 void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* weight, scalar_t* out) {
   const FlatStack f(s);
   for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
-    thread_local std::vector<acc_t> padded, acc;
+    thread_local std::vector<acc_t> padded, acc, weights;
+    thread_local std::vector<int64_t> offsets;
     padded.resize(f.buffer_size(s));
-    acc.assign(f.outputs(s, m), acc_t(0));
+    acc.resize(f.outputs(s, m));
     stack_input(s, f, x, c, n0, m, padded.data());
-    const scalar_t* filter = weight + c * s.KH * s.KW;
-    for (int64_t i : f.tap_rows)
-      for (int64_t j : f.tap_cols)
-        add_scaled(acc.data(), padded.data() + f.offset(s, i, j), static_cast<acc_t>(filter[i * s.KW + j]),
-                   f.outputs(s, m));
+    flat_taps(s, f, weight + c * s.KH * s.KW, false, offsets, weights);
+    correlate(acc.data(), padded.data(), offsets.data(), weights.data(), static_cast<int64_t>(offsets.size()),
+              f.outputs(s, m));
     for (int64_t n = 0; n < m; ++n) {
       scalar_t* y = out + ((n0 + n) * s.C + c) * s.OH * s.OW;
       for (int64_t oh = 0; oh < s.OH; ++oh) {
@@ -183,20 +225,23 @@ void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* we
   });
 }
 
-// Taps in descending rows: each input element receives its terms in the CUDA gather's order.
+// A gather: input position r of the stack takes weight (i, j) times the output gradient at
+// r - offset(i, j), rows descending, which is the CUDA kernel's order.
 template <typename scalar_t, typename acc_t>
 void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* weight, scalar_t* grad_x) {
   const FlatStack f(s);
+  const int64_t margin = f.offset(s, s.KH - 1, s.KW - 1);
   for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
-    thread_local std::vector<acc_t> stacked, acc;
-    stacked.resize(f.outputs(s, f.planes));
-    acc.assign(f.input_size(s, m), acc_t(0));
-    stack_grad(s, f, grad, c, n0, m, stacked.data());
-    const scalar_t* filter = weight + c * s.KH * s.KW;
-    for (auto i = f.tap_rows.rbegin(); i != f.tap_rows.rend(); ++i)
-      for (int64_t j : f.tap_cols)
-        add_scaled(acc.data() + f.offset(s, *i, j), stacked.data(), static_cast<acc_t>(filter[*i * s.KW + j]),
-                   f.outputs(s, m));
+    thread_local std::vector<acc_t> stacked, acc, weights;
+    thread_local std::vector<int64_t> offsets;
+    stacked.resize(margin + f.buffer_size(s));
+    acc.resize(f.input_size(s, m));
+    stack_grad(s, f, grad, c, n0, m, margin, stacked.data());
+    flat_taps(s, f, weight + c * s.KH * s.KW, true, offsets, weights);
+    // Only the rows of the planes are needed, not the padding around them.
+    const int64_t first = f.input_row(s, 0, 0) * f.pitch, count = f.input_row(s, m - 1, s.H) * f.pitch - first;
+    correlate(acc.data() + first, stacked.data() + margin + first, offsets.data(), weights.data(),
+              static_cast<int64_t>(offsets.size()), count);
     for (int64_t n = 0; n < m; ++n) {
       scalar_t* gx = grad_x + ((n0 + n) * s.C + c) * s.H * s.W;
       for (int64_t h = 0; h < s.H; ++h) {
@@ -213,13 +258,13 @@ void weight_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scala
   const FlatStack f(s);
   const int64_t taps = s.KH * s.KW;
   at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
-    std::vector<acc_t> padded(f.buffer_size(s)), stacked(f.outputs(s, f.planes)), lanes(taps * kLanes);
+    std::vector<acc_t> padded(f.buffer_size(s)), stacked(f.buffer_size(s)), lanes(taps * kLanes);
     for (int64_t c = first; c < last; ++c) {
       std::fill(lanes.begin(), lanes.end(), acc_t(0));
       for (int64_t chunk = 0; chunk < f.chunks(s); ++chunk) {
         const int64_t n0 = chunk * f.planes, m = f.planes_in(s, chunk);
         stack_input(s, f, x, c, n0, m, padded.data());
-        stack_grad(s, f, grad, c, n0, m, stacked.data());
+        stack_grad(s, f, grad, c, n0, m, 0, stacked.data());
         for (int64_t i : f.tap_rows)
           for (int64_t j : f.tap_cols)
             add_dot(lanes.data() + (i * s.KW + j) * kLanes, stacked.data(), padded.data() + f.offset(s, i, j),
