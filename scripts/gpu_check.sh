@@ -34,7 +34,7 @@ sanitizer=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitiz
 for tool in memcheck racecheck; do
   step "compute-sanitizer $tool"
   "$sanitizer" --tool "$tool" --error-exitcode 1 "$PYTHON" -m pytest -q -x -k cuda \
-    tests/test_mixed_sum.py tests/test_trellis_ops.py 2>&1 | tail -n 40 | tee "$dest/sanitizer-$tool.log" || status=1
+    tests/test_mixed_sum.py tests/test_trellis_ops.py tests/test_mixed_node.py tests/test_depthwise_conv.py 2>&1 | tail -n 40 | tee "$dest/sanitizer-$tool.log" || status=1
 done
 
 step benchmarks
