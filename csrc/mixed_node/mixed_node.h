@@ -6,8 +6,7 @@
 //
 // with F = BN(max_pool_3x3), BN(avg_pool_3x3) or identity (skip at stride 1), BN a BatchNorm
 // (affine=False) on batch statistics, or on given running statistics. The pools' outputs are
-// never stored: the forward pass computes them twice (statistics, then the sum) and the backward
-// pass recomputes them from the edge inputs.
+// never stored between the passes: the backward pass recomputes them from the edge inputs.
 #pragma once
 
 #include <ATen/ATen.h>
