@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import subprocess
+import sys
 
 import torch
 from setuptools import find_packages, setup
@@ -75,9 +76,18 @@ def missing_cuda_headers_dir():
     return links if found else None
 
 
+def openmp_flags():
+    """at::parallel_for spreads a CPU kernel's work items over torch's threads only in code
+    compiled with OpenMP (torch's Linux builds use OpenMP); without it every kernel runs on one
+    thread. The extension then uses the libgomp torch has loaded (the same soname), so
+    torch.set_num_threads governs it."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
+
+
 def extension():
     sources = ["csrc/fastdnas.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
-    extra = {"cxx": ["-O3"]}
+    extra = {"cxx": ["-O3"] + openmp_flags()}
+    link = openmp_flags()
     if want_cuda():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = default_arch_list()
@@ -85,8 +95,9 @@ def extension():
         extra["nvcc"] = ["-O3", "-lineinfo"]
         headers = missing_cuda_headers_dir()
         include_dirs = [headers] if headers else []
-        return CUDAExtension("fastdnas._C", sources, include_dirs=include_dirs, extra_compile_args=extra), True
-    return CppExtension("fastdnas._C", sources, extra_compile_args=extra), False
+        return CUDAExtension("fastdnas._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
+                             extra_link_args=link), True
+    return CppExtension("fastdnas._C", sources, extra_compile_args=extra, extra_link_args=link), False
 
 
 def write_build_info(with_cuda):

@@ -88,7 +88,9 @@ def test_matches_reference(running, strides, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("out_size,odd_inputs", [((1, 7), False), ((7, 3), True), ((13, 11), True), ((16, 16), False)])
+# (3, 1) with odd inputs: a stride-2 edge input one column wide.
+@pytest.mark.parametrize("out_size,odd_inputs",
+                         [((1, 7), False), ((7, 3), True), ((3, 1), True), ((13, 11), True), ((16, 16), False)])
 def test_odd_and_thin_sizes(out_size, odd_inputs, device):
     node = make_node((2, 1), N=2, C=3, out_size=out_size, device=device, odd_inputs=odd_inputs)
     check_against_reference(node, TOLERANCE[torch.float64])

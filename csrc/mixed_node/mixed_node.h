@@ -6,8 +6,7 @@
 //
 // with F = BN(max_pool_3x3), BN(avg_pool_3x3) or identity (skip at stride 1), BN a BatchNorm
 // (affine=False) on batch statistics, or on given running statistics. The pools' outputs are
-// never stored: the forward pass computes them twice (statistics, then the sum) and the backward
-// pass recomputes them from the edge inputs.
+// never stored between the passes: the backward pass recomputes them from the edge inputs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -162,12 +161,25 @@ inline void check_running_statistics(const char* op, const NodeLayout& L, const 
   }
 }
 
-inline void check_mixed_node_grad(const NodeLayout& L, const at::Tensor& grad, const at::Tensor& first) {
+// The argument checks of _mixed_node_backward (CPU and CUDA): the node, the statistics the
+// forward used, and the output gradient; returns the node's layout.
+inline NodeLayout check_mixed_node_backward_args(const at::Tensor& grad, at::TensorList edge_inputs,
+                                                 at::IntArrayRef strides, at::TensorList conv_outputs,
+                                                 const at::Tensor& weights, at::IntArrayRef free_items,
+                                                 at::IntArrayRef free_kinds, at::IntArrayRef conv_items,
+                                                 const at::Tensor& mean, const at::Tensor& var) {
+  const char* op = "_mixed_node_backward";
+  NodeLayout L = make_node_layout(op, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds,
+                                  conv_items);
+  const at::Tensor& first = edge_inputs[0];
+  check_statistics(op, L, mean, first.device(), "mean");
+  check_statistics(op, L, var, first.device(), "var");
   TORCH_CHECK(grad.defined() && grad.dim() == 4 && grad.size(0) == L.N && grad.size(1) == L.C &&
                   grad.size(2) == L.Ho && grad.size(3) == L.Wo && grad.scalar_type() == first.scalar_type() &&
                   grad.device() == first.device(),
-              "_mixed_node_backward: grad must have shape [", L.N, ", ", L.C, ", ", L.Ho, ", ", L.Wo, "], dtype ",
+              op, ": grad must have shape [", L.N, ", ", L.C, ", ", L.Ho, ", ", L.Wo, "], dtype ",
               first.scalar_type(), " and device ", first.device());
+  return L;
 }
 
 }  // namespace fastdnas

@@ -1,6 +1,7 @@
-// CPU kernels of mixed_node: batch statistics, the weighted sum, and the fused backward.
-// Every reduction runs serially inside one (row, channel) work item, so the results are bitwise
-// the same for any thread count.
+// CPU kernels of mixed_node: the forward (batch statistics and the weighted sum) and the fused
+// backward, both one work item per channel (the backward: per channel and edge or conv output),
+// so every pool plane is computed once per pass and every reduction runs serially inside one
+// work item: the results are bitwise the same for any thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,6 +10,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <memory>
 #include <vector>
 
 #include "../common/tensor_lists.h"
@@ -17,141 +20,203 @@
 namespace fastdnas {
 namespace {
 
-// Where the values normalised by one BatchNorm come from: a pool of an edge input, or a conv
-// output read as it is.
-template <typename scalar_t>
-struct BnSource {
-  int64_t kind;  // kFreeMaxPool, kFreeAvgPool, or -1 for a conv output
-  const scalar_t* data;
-  int64_t H, W, stride;
+// The 3x3 pools (padding 1) over the planes of one edge. The kernels read each plane from a
+// padded copy (one more row and column on every side), so every output, border ones included,
+// takes the same 9 taps and the loops over outputs vectorise: a padding tap adds 0 to an avg
+// pool's sum (exact: the sum starting from +0 is never -0) and -inf to a max pool's scan (never
+// taken), so the values equal max_pool3x3 and avg_pool3x3 bitwise.
+template <typename acc_t>
+struct EdgePools {
+  int64_t H, W, stride, Ho, Wo;
+  std::vector<acc_t> divisor;  // [Ho * Wo], each avg output's window size
+  int64_t padded_width() const { return W + 2; }
+  int64_t padded_size() const { return (H + 2) * (W + 2); }
 };
 
-constexpr int64_t kDirect = -1;
-
-template <typename scalar_t>
-std::vector<BnSource<scalar_t>> bn_sources(const NodeLayout& L, const std::vector<at::Tensor>& edges,
-                                           const std::vector<at::Tensor>& convs) {
-  std::vector<BnSource<scalar_t>> sources;
-  for (const FreeItem& item : L.free) {
-    if (item.kind == kFreeSkip) continue;
-    sources.push_back({item.kind, edges[item.edge].const_data_ptr<scalar_t>(), L.H[item.edge], L.W[item.edge],
-                       L.stride[item.edge]});
-  }
-  for (const auto& y : convs) sources.push_back({kDirect, y.const_data_ptr<scalar_t>(), L.Ho, L.Wo, 1});
-  return sources;
-}
-
-// values[o] for every output of a pool over one plane, by the shared per-element rules. For
-// rows whose windows lie inside the plane vertically, the 9 window elements are visited in the
-// same order for a run of inner columns at once (the loop over outputs is innermost, so it
-// vectorises); the border columns take the clipped per-output functions.
-template <typename scalar_t, typename acc_t, bool kMax>
-void pool_plane(const scalar_t* plane, int64_t H, int64_t W, int64_t stride, const NodeLayout& L, acc_t* values) {
-  // Outputs o whose window lies inside the plane: o * stride - 1 >= 0 and o * stride + 1 <= size - 1.
-  auto end_inner = [&](int64_t size, int64_t out) {
-    return std::max<int64_t>(1, std::min<int64_t>(out, (size - 2) / stride + 1));
-  };
-  const int64_t ow0 = 1, ow1 = end_inner(W, L.Wo);
-  const int64_t oh0 = 1, oh1 = end_inner(H, L.Ho);
-  int64_t argmax;
-  for (int64_t oh = 0; oh < L.Ho; ++oh) {
-    acc_t* row = values + oh * L.Wo;
-    auto generic = [&](int64_t ow) {
-      return kMax ? max_pool3x3<acc_t>(plane, H, W, oh, ow, stride, &argmax)
-                  : avg_pool3x3<acc_t>(plane, H, W, oh, ow, stride);
-    };
-    if (oh < oh0 || oh >= oh1 || ow0 >= ow1) {
-      for (int64_t ow = 0; ow < L.Wo; ++ow) row[ow] = generic(ow);
-      continue;
-    }
-    for (int64_t ow = 0; ow < ow0; ++ow) row[ow] = generic(ow);
-    const scalar_t* top = plane + (oh * stride - 1) * W - 1;  // window of output ow starts at top + ow * stride
-    for (int64_t ow = ow0; ow < ow1; ++ow) row[ow] = kMax ? static_cast<acc_t>(top[ow * stride]) : acc_t(0);
-    for (int64_t h = 0; h < 3; ++h) {
-      for (int64_t w = 0; w < 3; ++w) {
-        const scalar_t* x = top + h * W + w;
-        for (int64_t ow = ow0; ow < ow1; ++ow) {
-          const acc_t v = static_cast<acc_t>(x[ow * stride]);
-          if (kMax)
-            row[ow] = max_pool_takes(v, row[ow]) ? v : row[ow];
-          else
-            row[ow] += v;
-        }
-      }
-    }
-    if (!kMax)
-      for (int64_t ow = ow0; ow < ow1; ++ow) row[ow] /= static_cast<acc_t>(9);
-    for (int64_t ow = ow1; ow < L.Wo; ++ow) row[ow] = generic(ow);
-  }
-}
-
-// values[o] for every output position o of plane p (= n * C + c) of a BatchNorm's input.
-template <typename scalar_t, typename acc_t>
-void fill_plane(const BnSource<scalar_t>& src, int64_t p, const NodeLayout& L, acc_t* values) {
-  const scalar_t* plane = src.data + p * src.H * src.W;
-  if (src.kind == kFreeMaxPool) {
-    pool_plane<scalar_t, acc_t, true>(plane, src.H, src.W, src.stride, L, values);
-  } else if (src.kind == kFreeAvgPool) {
-    pool_plane<scalar_t, acc_t, false>(plane, src.H, src.W, src.stride, L, values);
-  } else {
-    for (int64_t o = 0; o < L.plane(); ++o) values[o] = static_cast<acc_t>(plane[o]);
-  }
-}
-
-// dx[argmax of window o] += d[o] for every output o of a max pool. values[o] is the window's
-// maximum, so its position is the first element (in the shared scan order) equal to it: the 9
-// window positions are visited in that order, each for a whole output row at once (vectorises).
-// A NaN maximum equals nothing: those outputs take the per-output rule.
-template <typename scalar_t, typename acc_t>
-void max_pool_scatter(const scalar_t* plane, int64_t H, int64_t W, int64_t stride, const NodeLayout& L,
-                      const acc_t* values, const acc_t* d, acc_t* dx, uint8_t* found) {
-  for (int64_t oh = 0; oh < L.Ho; ++oh) {
-    const acc_t* v_row = values + oh * L.Wo;
-    const acc_t* d_row = d + oh * L.Wo;
-    std::fill(found, found + L.Wo, uint8_t(0));
-    for (int64_t kh = 0; kh < 3; ++kh) {
-      const int64_t ih = oh * stride - 1 + kh;
-      if (ih < 0 || ih >= H) continue;
-      for (int64_t kw = 0; kw < 3; ++kw) {
-        // Outputs whose column ow * stride - 1 + kw lies in [0, W).
-        const int64_t ow0 = kw == 0 ? 1 : 0;
-        const int64_t ow1 = std::min<int64_t>(L.Wo, (W - kw) / stride + 1);
-        const scalar_t* x = plane + ih * W - 1 + kw;
-        acc_t* g = dx + ih * W - 1 + kw;
-        for (int64_t ow = ow0; ow < ow1; ++ow) {
-          const uint8_t take = !found[ow] & (static_cast<acc_t>(x[ow * stride]) == v_row[ow]);
-          g[ow * stride] += take ? d_row[ow] : acc_t(0);
-          found[ow] |= take;
-        }
-      }
-    }
-    for (int64_t ow = 0; ow < L.Wo; ++ow) {
-      if (found[ow]) continue;
-      int64_t argmax;
-      max_pool3x3<acc_t>(plane, H, W, oh, ow, stride, &argmax);
-      dx[argmax] += d_row[ow];
-    }
-  }
-}
-
-// dx[window of o] += d[o] / (window size) for every output o of an avg pool
-// (count_include_pad=False), as 9 shifted row updates.
 template <typename acc_t>
-void avg_pool_scatter(int64_t H, int64_t W, int64_t stride, const NodeLayout& L, acc_t* d, acc_t* dx) {
-  for (int64_t oh = 0, o = 0; oh < L.Ho; ++oh)
-    for (int64_t ow = 0; ow < L.Wo; ++ow, ++o) d[o] /= static_cast<acc_t>(window_count(pool_window(oh, ow, stride, H, W)));
-  for (int64_t oh = 0; oh < L.Ho; ++oh) {
-    const acc_t* d_row = d + oh * L.Wo;
+std::vector<EdgePools<acc_t>> edge_pools(const NodeLayout& L) {
+  std::vector<EdgePools<acc_t>> pools;
+  for (int64_t e = 0; e < L.edges(); ++e) {
+    EdgePools<acc_t> P{L.H[e], L.W[e], L.stride[e], L.Ho, L.Wo, std::vector<acc_t>(L.plane())};
+    for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh)
+      for (int64_t ow = 0; ow < P.Wo; ++ow, ++o)
+        P.divisor[o] = static_cast<acc_t>(window_count(pool_window(oh, ow, P.stride, P.H, P.W)));
+    pools.push_back(std::move(P));
+  }
+  return pools;
+}
+
+template <typename acc_t>
+acc_t pool_padding(int64_t kind) {
+  return kind == kFreeMaxPool ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+}
+
+// xp = the plane in acc_t with a border of `pad`; plane element (h, w) is xp[(h + 1) * (W + 2) + w + 1].
+template <typename scalar_t, typename acc_t>
+void pad_plane(const scalar_t* __restrict__ plane, const EdgePools<acc_t>& P, acc_t pad, acc_t* __restrict__ xp) {
+  const int64_t Wp = P.padded_width();
+  std::fill(xp, xp + Wp, pad);
+  for (int64_t h = 0; h < P.H; ++h) {
+    acc_t* row = xp + (h + 1) * Wp;
+    const scalar_t* in = plane + h * P.W;
+    row[0] = pad;
+    for (int64_t w = 0; w < P.W; ++w) row[w + 1] = static_cast<acc_t>(in[w]);
+    row[P.W + 1] = pad;
+  }
+  std::fill(xp + (P.H + 1) * Wp, xp + (P.H + 2) * Wp, pad);
+}
+
+// The max-pool scan step as a binary operation, a before b in the scan order: b if
+// max_pool_takes(b, a). It is associative (the result is the first largest element, or the last
+// NaN, of the sequence however it is bracketed), so windows may be reduced in pieces.
+template <typename acc_t>
+inline acc_t max_pool_combine(acc_t a, acc_t b) {
+  return max_pool_takes(b, a) ? b : a;
+}
+
+// values[o] for every output of a max pool over a padded plane: each window as the scan of its 3
+// row triples (row-major, the shared order), each row triple computed once for every output
+// row that uses it. rows: (H + 2) * Wo values of scratch.
+template <int64_t kStride, typename acc_t>
+void max_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc_t* __restrict__ rows,
+                    acc_t* __restrict__ values) {
+  const int64_t Wp = P.padded_width(), Wo = P.Wo;
+  for (int64_t i = 0; i < (P.Ho - 1) * kStride + 3; ++i) {
+    const acc_t* x = xp + i * Wp;
+    acc_t* r = rows + i * Wo;
+    for (int64_t ow = 0; ow < Wo; ++ow)
+      r[ow] = max_pool_combine(max_pool_combine(x[ow * kStride], x[ow * kStride + 1]), x[ow * kStride + 2]);
+  }
+  for (int64_t oh = 0; oh < P.Ho; ++oh) {
+    const acc_t* r0 = rows + oh * kStride * Wo;
+    acc_t* out = values + oh * Wo;
+    for (int64_t ow = 0; ow < Wo; ++ow)
+      out[ow] = max_pool_combine(max_pool_combine(r0[ow], r0[Wo + ow]), r0[2 * Wo + ow]);
+  }
+}
+
+// values[o] for every output of an avg pool over a padded plane: the 9 taps of each window
+// added in the shared order (row-major), the loop over outputs outermost (vectorises).
+template <int64_t kStride, typename acc_t>
+void avg_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc_t* __restrict__ values) {
+  const int64_t Wp = P.padded_width();
+  for (int64_t oh = 0; oh < P.Ho; ++oh) {
+    const acc_t* r0 = xp + oh * kStride * Wp;
+    const acc_t* r1 = r0 + Wp;
+    const acc_t* r2 = r1 + Wp;
+    const acc_t* count = P.divisor.data() + oh * P.Wo;
+    acc_t* out = values + oh * P.Wo;
+    for (int64_t ow = 0; ow < P.Wo; ++ow) {
+      const int64_t j = ow * kStride;
+      const acc_t sum = acc_t(0) + r0[j] + r0[j + 1] + r0[j + 2] + r1[j] + r1[j + 1] + r1[j + 2] + r2[j] +
+                        r2[j + 1] + r2[j + 2];
+      out[ow] = sum / count[ow];
+    }
+  }
+}
+
+// Pads plane into xp, then pools it into values (rows: scratch for max_pool_plane).
+template <typename scalar_t, typename acc_t>
+void pool_plane(int64_t kind, const scalar_t* plane, const EdgePools<acc_t>& P, acc_t* xp, acc_t* rows,
+                acc_t* values) {
+  pad_plane(plane, P, pool_padding<acc_t>(kind), xp);
+  if (kind == kFreeMaxPool)
+    P.stride == 1 ? max_pool_plane<1>(xp, P, rows, values) : max_pool_plane<2>(xp, P, rows, values);
+  else
+    P.stride == 1 ? avg_pool_plane<1>(xp, P, values) : avg_pool_plane<2>(xp, P, values);
+}
+
+// The gradients of the pool outputs, passed back to the windows on padded planes in the shared
+// order: output rows ascending, then per input element the window taps (kh, kw) ascending, which
+// is the order of the generic per-output loops; every input element's sum is bitwise the same.
+
+// Row layout of the avg-pool output gradients: row oh of a plane at oh * padded_row(Wo) +
+// kRowPad, kRowPad zeros before and after it, so shifted reads need no bounds.
+constexpr int64_t kRowPad = 2;
+inline int64_t padded_row(int64_t Wo) { return Wo + 2 * kRowPad; }
+
+// dxp[window of o] += d[o] for every output o of an avg pool (d already divided by the window
+// size, in padded rows). Padded input column j takes tap kw from output (j - kw) / kStride: one
+// pass per input row adds all three (the zeros around a row add +0, which is exact: the
+// gradients start at +0, and no sum turns that into -0).
+template <int64_t kStride, typename acc_t>
+void avg_pool_scatter(const EdgePools<acc_t>& P, const acc_t* __restrict__ d_padded, acc_t* __restrict__ dxp) {
+  const int64_t Wp = P.padded_width(), Wo = P.Wo;
+  for (int64_t oh = 0; oh < P.Ho; ++oh) {
+    const acc_t* d = d_padded + oh * padded_row(Wo) + kRowPad;
     for (int64_t kh = 0; kh < 3; ++kh) {
-      const int64_t ih = oh * stride - 1 + kh;
-      if (ih < 0 || ih >= H) continue;
-      acc_t* dx_row = dx + ih * W;
-      for (int64_t kw = 0; kw < 3; ++kw) {
-        // Outputs whose column ow * stride - 1 + kw lies in [0, W).
-        const int64_t ow0 = kw == 0 ? 1 : 0;
-        const int64_t ow1 = std::min<int64_t>(L.Wo, (W - kw) / stride + 1);
-        for (int64_t ow = ow0; ow < ow1; ++ow) dx_row[ow * stride - 1 + kw] += d_row[ow];
+      acc_t* g = dxp + (oh * kStride + kh) * Wp;
+      if (kStride == 1) {
+        for (int64_t j = 0; j < Wo + 2; ++j) g[j] = ((g[j] + d[j]) + d[j - 1]) + d[j - 2];
+      } else {
+        for (int64_t m = 0; m < Wo; ++m) {
+          g[2 * m] = (g[2 * m] + d[m]) + d[m - 1];
+          g[2 * m + 1] += d[m];
+        }
+        g[2 * Wo] += d[Wo - 1];
       }
+    }
+  }
+}
+
+// The tap (0..8, row-major in the window) of each max-pool output's maximum: the first tap equal
+// to it, which is where the shared scan found it; kNoTap for a NaN or -inf maximum (NaN equals
+// no tap, -inf may equal a padding tap), which takes the per-output rule.
+constexpr int32_t kNoTap = 9;
+
+template <int64_t kStride, typename acc_t>
+void max_pool_taps(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, const acc_t* __restrict__ values,
+                   int32_t* __restrict__ taps) {
+  const int64_t Wp = P.padded_width(), Wo = P.Wo;
+  const acc_t lowest = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t oh = 0; oh < P.Ho; ++oh) {
+    const acc_t* r0 = xp + oh * kStride * Wp;
+    const acc_t* r1 = r0 + Wp;
+    const acc_t* r2 = r1 + Wp;
+    const acc_t* v = values + oh * Wo;
+    int32_t* t = taps + oh * Wo;
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const int64_t j = ow * kStride;
+      const acc_t m = v[ow];
+      int32_t k = kNoTap;
+      k = r2[j + 2] == m ? 8 : k;
+      k = r2[j + 1] == m ? 7 : k;
+      k = r2[j] == m ? 6 : k;
+      k = r1[j + 2] == m ? 5 : k;
+      k = r1[j + 1] == m ? 4 : k;
+      k = r1[j] == m ? 3 : k;
+      k = r0[j + 2] == m ? 2 : k;
+      k = r0[j + 1] == m ? 1 : k;
+      k = r0[j] == m ? 0 : k;
+      t[ow] = m > lowest ? k : kNoTap;
+    }
+  }
+}
+
+// dxp[argmax of window o] += d[o] for every output o of a max pool. Within an output row the
+// outputs go right to left: an input element takes its taps kw ascending, as in the shared order.
+template <int64_t kStride, typename scalar_t, typename acc_t>
+void max_pool_scatter(const scalar_t* plane, const EdgePools<acc_t>& P, const int32_t* taps, const acc_t* d,
+                      acc_t* dxp) {
+  const int64_t Wp = P.padded_width(), Wo = P.Wo;
+  const int64_t offset[9] = {0, 1, 2, Wp, Wp + 1, Wp + 2, 2 * Wp, 2 * Wp + 1, 2 * Wp + 2};
+  for (int64_t oh = 0; oh < P.Ho; ++oh) {
+    acc_t* g = dxp + oh * kStride * Wp;  // window of output (oh, ow) starts at g + ow * kStride
+    const int32_t* t = taps + oh * Wo;
+    const acc_t* d_row = d + oh * Wo;
+    bool irregular = false;
+    for (int64_t ow = Wo - 1; ow >= 0; --ow) {
+      if (t[ow] == kNoTap) {
+        irregular = true;
+        continue;
+      }
+      g[ow * kStride + offset[t[ow]]] += d_row[ow];
+    }
+    for (int64_t ow = 0; irregular && ow < Wo; ++ow) {
+      if (t[ow] != kNoTap) continue;
+      int64_t argmax;
+      max_pool3x3<acc_t>(plane, P.H, P.W, oh, ow, kStride, &argmax);
+      dxp[(argmax / P.W + 1) * Wp + argmax % P.W + 1] += d_row[ow];
     }
   }
 }
@@ -171,32 +236,33 @@ acc_t lane_sum(int64_t n, Term term) {
   return sum;
 }
 
-// Per (row, channel) mean and biased variance over N planes: two passes inside each plane, the
+// Mean and biased variance of one channel over its N planes: two passes inside each plane, the
 // planes merged in order with Chan's formula (accurate without a third pass over the input).
-template <typename scalar_t, typename acc_t>
-void batch_statistics(const NodeLayout& L, const std::vector<BnSource<scalar_t>>& sources, acc_t* mean, acc_t* var) {
-  const int64_t C = L.C, HW = L.plane();
-  at::parallel_for(0, L.num_bn_rows * C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> values(HW);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / C, c = item % C;
-      acc_t total_mean = 0, total_m2 = 0;
-      int64_t count = 0;
-      for (int64_t n = 0; n < L.N; ++n) {
-        fill_plane(sources[b], n * C + c, L, values.data());
-        const acc_t* v = values.data();
-        const acc_t plane_mean = lane_sum<acc_t>(HW, [&](int64_t o) { return v[o]; }) / static_cast<acc_t>(HW);
-        const acc_t m2 = lane_sum<acc_t>(HW, [&](int64_t o) { return (v[o] - plane_mean) * (v[o] - plane_mean); });
-        const int64_t merged = count + HW;
-        const acc_t delta = plane_mean - total_mean;
-        total_mean += delta * static_cast<acc_t>(HW) / static_cast<acc_t>(merged);
-        total_m2 += m2 + delta * delta * static_cast<acc_t>(count) * static_cast<acc_t>(HW) / static_cast<acc_t>(merged);
-        count = merged;
-      }
-      mean[item] = total_mean;
-      var[item] = count > 0 ? total_m2 / static_cast<acc_t>(count) : acc_t(0);
-    }
-  });
+// value(n, o) is element o of plane n.
+template <typename acc_t, typename Value>
+void channel_statistics(int64_t N, int64_t HW, Value value, acc_t* mean, acc_t* var) {
+  acc_t total_mean = 0, total_m2 = 0;
+  int64_t count = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const acc_t plane_mean = lane_sum<acc_t>(HW, [&](int64_t o) { return value(n, o); }) / static_cast<acc_t>(HW);
+    const acc_t m2 = lane_sum<acc_t>(HW, [&](int64_t o) {
+      const acc_t v = value(n, o);
+      return (v - plane_mean) * (v - plane_mean);
+    });
+    const int64_t merged = count + HW;
+    const acc_t delta = plane_mean - total_mean;
+    total_mean += delta * static_cast<acc_t>(HW) / static_cast<acc_t>(merged);
+    total_m2 += m2 + delta * delta * static_cast<acc_t>(count) * static_cast<acc_t>(HW) / static_cast<acc_t>(merged);
+    count = merged;
+  }
+  *mean = total_mean;
+  *var = count > 0 ? total_m2 / static_cast<acc_t>(count) : acc_t(0);
+}
+
+// An uninitialised work buffer (every use writes before it reads).
+template <typename acc_t>
+std::unique_ptr<acc_t[]> buffer(int64_t size) {
+  return std::unique_ptr<acc_t[]>(new acc_t[std::max<int64_t>(size, 1)]);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
@@ -219,12 +285,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mixed_node_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_options = edges[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    const auto sources = bn_sources<scalar_t>(L, edges, convs);
     if (batch_stats) {
       mean = at::zeros({L.num_bn_rows, L.C}, acc_options);
       var = at::zeros({L.num_bn_rows, L.C}, acc_options);
-      if (L.count() > 0)
-        batch_statistics<scalar_t, acc_t>(L, sources, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
     } else {
       mean = running_mean->to(acc_options).contiguous().clone();
       var = running_var->to(acc_options).contiguous().clone();
@@ -232,33 +295,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
     if (L.count() == 0) return;
     const at::Tensor weights = weights_arg.to(acc_options).contiguous();
     const acc_t* w = weights.const_data_ptr<acc_t>();
-    const acc_t* mu = mean.const_data_ptr<acc_t>();
-    std::vector<acc_t> invstd(L.num_bn_rows * L.C);
-    const acc_t* v = var.const_data_ptr<acc_t>();
-    for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = bn_invstd(v[i], eps);
-    scalar_t* y = out.mutable_data_ptr<scalar_t>();
-    const int64_t C = L.C, HW = L.plane(), K = static_cast<int64_t>(convs.size());
+    acc_t* mu = mean.mutable_data_ptr<acc_t>();
+    acc_t* sigma2 = var.mutable_data_ptr<acc_t>();
+    const auto pools = edge_pools<acc_t>(L);
+    int64_t max_padded = 0;
+    for (const auto& P : pools) max_padded = std::max(max_padded, P.padded_size());
+    const auto x = data_pointers<scalar_t>(edges);
+    const auto y = data_pointers<scalar_t>(convs);
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    const int64_t N = L.N, C = L.C, HW = L.plane(), K = static_cast<int64_t>(convs.size());
 
-    at::parallel_for(0, L.N * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> acc(HW), values(HW);
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t c = p % C;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        auto add_normalised = [&](int64_t b, acc_t weight) {
-          fill_plane(sources[b], p, L, values.data());
-          const acc_t m = mu[b * C + c], s = invstd[b * C + c];
-          for (int64_t o = 0; o < HW; ++o) acc[o] += weight * bn_normalize(values[o], m, s);
+    // Per channel: each BatchNorm's input over the N planes (pooled once into `values`), its
+    // statistics, then its normalised values added to the channel's sum, item by item in order.
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      auto acc = buffer<acc_t>(N * HW), values = buffer<acc_t>(N * HW), xp = buffer<acc_t>(max_padded);
+      auto rows = buffer<acc_t>(max_padded);
+      for (int64_t c = begin; c < end; ++c) {
+        std::fill(acc.get(), acc.get() + N * HW, acc_t(0));
+        // acc += weight * BN_b(value(n, o)), with the statistics of row b computed first in training.
+        auto add_normalised = [&](int64_t b, acc_t weight, auto value) {
+          const int64_t s = b * C + c;
+          if (batch_stats) channel_statistics<acc_t>(N, HW, value, mu + s, sigma2 + s);
+          const acc_t m = mu[s], inv = bn_invstd(sigma2[s], eps);
+          for (int64_t n = 0; n < N; ++n) {
+            acc_t* a = acc.get() + n * HW;
+            for (int64_t o = 0; o < HW; ++o) a[o] += weight * bn_normalize(value(n, o), m, inv);
+          }
         };
         for (const FreeItem& item : L.free) {
+          const acc_t wi = w[item.weight_index];
           if (item.kind == kFreeSkip) {
-            const scalar_t* x = edges[item.edge].const_data_ptr<scalar_t>() + p * HW;
-            for (int64_t o = 0; o < HW; ++o) acc[o] = accumulate_product(acc[o], w[item.weight_index], x[o]);
-          } else {
-            add_normalised(item.bn_row, w[item.weight_index]);
+            for (int64_t n = 0; n < N; ++n) {
+              const scalar_t* xn = x[item.edge] + (n * C + c) * HW;
+              acc_t* a = acc.get() + n * HW;
+              for (int64_t o = 0; o < HW; ++o) a[o] = accumulate_product(a[o], wi, xn[o]);
+            }
+            continue;
           }
+          const EdgePools<acc_t>& P = pools[item.edge];
+          for (int64_t n = 0; n < N; ++n) {
+            const scalar_t* plane = x[item.edge] + (n * C + c) * P.H * P.W;
+            pool_plane(item.kind, plane, P, xp.get(), rows.get(), values.get() + n * HW);
+          }
+          const acc_t* v = values.get();
+          add_normalised(item.bn_row, wi, [&](int64_t n, int64_t o) { return v[n * HW + o]; });
         }
-        for (int64_t k = 0; k < K; ++k) add_normalised(L.conv_bn_row(k), w[L.conv_weight_index[k]]);
-        for (int64_t o = 0; o < HW; ++o) y[p * HW + o] = static_cast<scalar_t>(acc[o]);
+        for (int64_t k = 0; k < K; ++k) {
+          const scalar_t* yk = y[k] + c * HW;
+          add_normalised(L.conv_bn_row(k), w[L.conv_weight_index[k]],
+                         [&](int64_t n, int64_t o) { return static_cast<acc_t>(yk[n * C * HW + o]); });
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          scalar_t* yp = out_data + (n * C + c) * HW;
+          const acc_t* a = acc.get() + n * HW;
+          for (int64_t o = 0; o < HW; ++o) yp[o] = static_cast<scalar_t>(a[o]);
+        }
       }
     });
   });
@@ -270,13 +361,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     at::TensorList conv_outputs_arg, const at::Tensor& weights_arg, at::IntArrayRef free_items,
     at::IntArrayRef free_kinds, at::IntArrayRef conv_items, const at::Tensor& mean_arg, const at::Tensor& var_arg,
     double eps, bool batch_stats) {
-  const char* op = "_mixed_node_backward";
-  const NodeLayout L = make_node_layout(op, edge_inputs_arg, strides, conv_outputs_arg, weights_arg, free_items,
-                                        free_kinds, conv_items);
-  const auto device = edge_inputs_arg[0].device();
-  check_statistics(op, L, mean_arg, device, "mean");
-  check_statistics(op, L, var_arg, device, "var");
-  check_mixed_node_grad(L, grad_arg, edge_inputs_arg[0]);
+  const NodeLayout L = check_mixed_node_backward_args(grad_arg, edge_inputs_arg, strides, conv_outputs_arg,
+                                                      weights_arg, free_items, free_kinds, conv_items, mean_arg,
+                                                      var_arg);
   const auto edges = contiguous_all(edge_inputs_arg);
   const auto convs = contiguous_all(conv_outputs_arg);
   const at::Tensor grad = grad_arg.contiguous();
@@ -287,47 +374,164 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mixed_node_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_options = grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    const int64_t C = L.C, HW = L.plane(), M = L.count();
+    const int64_t N = L.N, C = L.C, HW = L.plane(), M = L.count(), E = L.edges();
     const int64_t F = static_cast<int64_t>(L.free.size()), K = static_cast<int64_t>(convs.size());
     const at::Tensor weights = weights_arg.to(acc_options).contiguous();
+    if (M == 0) {
+      grad_weights = at::zeros_like(weights_arg, at::MemoryFormat::Contiguous);
+      return;
+    }
     const acc_t* w = weights.const_data_ptr<acc_t>();
     const at::Tensor mean = mean_arg.to(acc_options).contiguous();
     const acc_t* mu = mean.const_data_ptr<acc_t>();
     const at::Tensor var = var_arg.to(acc_options).contiguous();
     std::vector<acc_t> invstd(L.num_bn_rows * C);
     for (size_t i = 0; i < invstd.size(); ++i) invstd[i] = bn_invstd(var.const_data_ptr<acc_t>()[i], eps);
-    const auto sources = bn_sources<scalar_t>(L, edges, convs);
+    const auto pools = edge_pools<acc_t>(L);
+    const auto x = data_pointers<scalar_t>(edges);
+    const auto y = data_pointers<scalar_t>(convs);
+    const auto gx = mutable_data_pointers<scalar_t>(grad_edges);
+    const auto gy = mutable_data_pointers<scalar_t>(grad_convs);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    int64_t max_padded = 0;
+    for (const auto& P : pools) max_padded = std::max(max_padded, P.padded_size());
 
-    // Pass 1, per (row, channel): sum(g * xhat) for each BatchNorm, sum(g * x) for each skip,
-    // and sum(g) in the last row. Rows: free items, conv outputs, sum(g).
-    const int64_t rows = F + K + 1;
-    at::Tensor partials = at::zeros({rows, C}, acc_options);
+    // Per-channel sums for the weight gradients and the BatchNorm backward: sum(g * xhat) for
+    // each BatchNorm, sum(g * x) for each skip, sum(g) in the last row. Rows: free items, conv
+    // outputs, sum(g).
+    at::Tensor partials = at::zeros({F + K + 1, C}, acc_options);
     acc_t* partial = partials.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, rows * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> values(HW);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t r = item / C, c = item % C;
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
         acc_t total = 0;
-        for (int64_t n = 0; n < L.N; ++n) {
-          const int64_t p = n * C + c;
-          const scalar_t* gp = g + p * HW;
-          acc_t sum;
-          if (r == F + K) {
-            sum = lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]); });
-          } else if (r < F && L.free[r].kind == kFreeSkip) {
-            const scalar_t* x = edges[L.free[r].edge].const_data_ptr<scalar_t>() + p * HW;
-            sum = lane_sum<acc_t>(HW, [&](int64_t o) { return accumulate_product(acc_t(0), static_cast<acc_t>(gp[o]), x[o]); });
-          } else {
-            const int64_t b = r < F ? L.free[r].bn_row : L.conv_bn_row(r - F);
-            fill_plane(sources[b], p, L, values.data());
-            const acc_t m = mu[b * C + c], s = invstd[b * C + c];
-            const acc_t* v = values.data();
-            sum = lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]) * bn_normalize(v[o], m, s); });
-          }
-          total += sum;
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* gp = g + (n * C + c) * HW;
+          total += lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]); });
         }
-        partial[item] = total;
+        partial[(F + K) * C + c] = total;
+      }
+    });
+    // mean(g) and mean(g * xhat) of each BatchNorm's input gradient; zero with running statistics.
+    const acc_t inv_count = batch_stats ? acc_t(1) / static_cast<acc_t>(M) : acc_t(0);
+    auto mean_g = [&](int64_t c) { return partial[(F + K) * C + c] * inv_count; };
+
+    // Work items (channel, unit), units: the edges (the gradient of the edge input through its
+    // skip, pools and their BatchNorms), then the conv outputs (their BatchNorm input gradients).
+    // Each item first sums its rows' partials over the N planes, then computes the gradients.
+    const int64_t units = E + K;
+    at::parallel_for(0, C * units, 1, [&](int64_t begin, int64_t end) {
+      auto values = buffer<acc_t>(N * HW), d = buffer<acc_t>(HW);
+      std::vector<acc_t> d_padded(L.Ho * padded_row(L.Wo), acc_t(0));  // the zeros around the rows stay
+      std::vector<int32_t> taps(HW);
+      auto xp = buffer<acc_t>(N * max_padded), dx = buffer<acc_t>(N * max_padded);  // padded planes
+      auto rows = buffer<acc_t>(max_padded);
+      for (int64_t item_index = begin; item_index < end; ++item_index) {
+        const int64_t c = item_index / units, u = item_index % units;
+        const acc_t mg = mean_g(c);
+        if (u >= E) {
+          const int64_t k = u - E, b = L.conv_bn_row(k), s = b * C + c;
+          const acc_t wk = w[L.conv_weight_index[k]], m = mu[s], inv = invstd[s];
+          acc_t total = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            const scalar_t* gp = g + (n * C + c) * HW;
+            const scalar_t* yp = y[k] + (n * C + c) * HW;
+            total += lane_sum<acc_t>(HW, [&](int64_t o) {
+              return static_cast<acc_t>(gp[o]) * bn_normalize(static_cast<acc_t>(yp[o]), m, inv);
+            });
+          }
+          partial[(F + k) * C + c] = total;
+          const acc_t mgx = total * inv_count;
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t p = n * C + c;
+            const scalar_t* gp = g + p * HW;
+            const scalar_t* yp = y[k] + p * HW;
+            scalar_t* dy = gy[k] + p * HW;
+            for (int64_t o = 0; o < HW; ++o) {
+              const acc_t xhat = bn_normalize(static_cast<acc_t>(yp[o]), m, inv);
+              dy[o] = static_cast<scalar_t>(bn_input_gradient(wk, inv, static_cast<acc_t>(gp[o]), xhat, mg, mgx));
+            }
+          }
+          continue;
+        }
+        const int64_t e = u;
+        const EdgePools<acc_t>& P = pools[e];
+        const int64_t in_plane = P.H * P.W, Wp = P.padded_width(), padded = P.padded_size();
+        const scalar_t* xe = x[e];
+        std::fill(dx.get(), dx.get() + N * padded, acc_t(0));
+        for (int64_t i = 0; i < F; ++i) {
+          const FreeItem& item = L.free[i];
+          if (item.edge != e) continue;
+          const acc_t wi = w[item.weight_index];
+          acc_t total = 0;
+          if (item.kind == kFreeSkip) {
+            for (int64_t n = 0; n < N; ++n) {
+              const int64_t p = n * C + c;
+              const scalar_t* gp = g + p * HW;
+              const scalar_t* xn = xe + p * HW;
+              total += lane_sum<acc_t>(HW, [&](int64_t o) {
+                return accumulate_product(acc_t(0), static_cast<acc_t>(gp[o]), xn[o]);
+              });
+              for (int64_t h = 0; h < P.H; ++h) {
+                acc_t* dx_row = dx.get() + n * padded + (h + 1) * Wp + 1;
+                const scalar_t* g_row = gp + h * P.W;
+                for (int64_t j = 0; j < P.W; ++j) dx_row[j] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(g_row[j]));
+              }
+            }
+            partial[i * C + c] = total;
+            continue;
+          }
+          // The pool outputs of all N planes, their sum(g * xhat), then the gradient of every pool
+          // output (through BN), each sent back to its window.
+          const int64_t s = item.bn_row * C + c;
+          const acc_t m = mu[s], inv = invstd[s];
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t p = n * C + c;
+            const scalar_t* gp = g + p * HW;
+            acc_t* v = values.get() + n * HW;
+            pool_plane(item.kind, xe + p * in_plane, P, xp.get() + n * padded, rows.get(), v);
+            total += lane_sum<acc_t>(HW, [&](int64_t o) {
+              return static_cast<acc_t>(gp[o]) * bn_normalize(v[o], m, inv);
+            });
+          }
+          partial[i * C + c] = total;
+          const acc_t mgx = total * inv_count;
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t p = n * C + c;
+            const scalar_t* gp = g + p * HW;
+            const acc_t* v = values.get() + n * HW;
+            acc_t* dxp = dx.get() + n * padded;
+            if (item.kind == kFreeMaxPool) {
+              for (int64_t o = 0; o < HW; ++o)
+                d[o] = bn_input_gradient(wi, inv, static_cast<acc_t>(gp[o]), bn_normalize(v[o], m, inv), mg, mgx);
+              const acc_t* xpn = xp.get() + n * padded;
+              if (P.stride == 1) {
+                max_pool_taps<1>(xpn, P, v, taps.data());
+                max_pool_scatter<1>(xe + p * in_plane, P, taps.data(), d.get(), dxp);
+              } else {
+                max_pool_taps<2>(xpn, P, v, taps.data());
+                max_pool_scatter<2>(xe + p * in_plane, P, taps.data(), d.get(), dxp);
+              }
+            } else {
+              for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh) {
+                acc_t* d_row = d_padded.data() + oh * padded_row(P.Wo) + kRowPad;
+                for (int64_t ow = 0; ow < P.Wo; ++ow, ++o)
+                  d_row[ow] = bn_input_gradient(wi, inv, static_cast<acc_t>(gp[o]), bn_normalize(v[o], m, inv), mg,
+                                                mgx) / P.divisor[o];
+              }
+              if (P.stride == 1)
+                avg_pool_scatter<1>(P, d_padded.data(), dxp);
+              else
+                avg_pool_scatter<2>(P, d_padded.data(), dxp);
+            }
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          for (int64_t h = 0; h < P.H; ++h) {
+            scalar_t* gx_row = gx[e] + (n * C + c) * in_plane + h * P.W;
+            const acc_t* dx_row = dx.get() + n * padded + (h + 1) * Wp + 1;
+            for (int64_t j = 0; j < P.W; ++j) gx_row[j] = static_cast<scalar_t>(dx_row[j]);
+          }
+        }
       }
     });
 
@@ -340,60 +544,6 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       gw[r < F ? L.free[r].weight_index : L.conv_weight_index[r - F]] += sum;
     }
     grad_weights = grad_w.view(weights_arg.sizes()).to(weights_arg.scalar_type());
-    if (M == 0) return;
-
-    // mean(g) and mean(g * xhat) of each BatchNorm's input gradient; zero with running statistics.
-    const acc_t inv_count = batch_stats ? acc_t(1) / static_cast<acc_t>(M) : acc_t(0);
-    auto mean_g = [&](int64_t c) { return partial[(F + K) * C + c] * inv_count; };
-    auto mean_g_xhat = [&](int64_t r, int64_t c) { return partial[r * C + c] * inv_count; };
-
-    // Pass 2, per plane: the conv outputs' BatchNorm input gradients, and each edge input's
-    // gradient through its skip, pools and their BatchNorms.
-    at::parallel_for(0, L.N * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> dx, d(HW), values(HW);
-      std::vector<uint8_t> found(L.Wo);
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t c = p % C;
-        const scalar_t* gp = g + p * HW;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t b = L.conv_bn_row(k);
-          const scalar_t* yk = convs[k].const_data_ptr<scalar_t>() + p * HW;
-          scalar_t* dy = grad_convs[k].mutable_data_ptr<scalar_t>() + p * HW;
-          const acc_t wk = w[L.conv_weight_index[k]], m = mu[b * C + c], s = invstd[b * C + c];
-          const acc_t mg = mean_g(c), mgx = mean_g_xhat(F + k, c);
-          for (int64_t o = 0; o < HW; ++o) {
-            const acc_t xhat = bn_normalize(static_cast<acc_t>(yk[o]), m, s);
-            dy[o] = static_cast<scalar_t>(bn_input_gradient(wk, s, static_cast<acc_t>(gp[o]), xhat, mg, mgx));
-          }
-        }
-        for (int64_t e = 0; e < L.edges(); ++e) {
-          const int64_t H = L.H[e], W = L.W[e], stride = L.stride[e];
-          const scalar_t* x = edges[e].const_data_ptr<scalar_t>() + p * H * W;
-          dx.assign(H * W, acc_t(0));
-          for (int64_t i = 0; i < F; ++i) {
-            const FreeItem& item = L.free[i];
-            if (item.edge != e) continue;
-            const acc_t wi = w[item.weight_index];
-            if (item.kind == kFreeSkip) {
-              for (int64_t o = 0; o < HW; ++o) dx[o] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(gp[o]));
-              continue;
-            }
-            // The gradient of every pool output (through BN), then each goes back to its window.
-            const int64_t b = item.bn_row;
-            const acc_t m = mu[b * C + c], s = invstd[b * C + c], mg = mean_g(c), mgx = mean_g_xhat(i, c);
-            fill_plane(sources[b], p, L, values.data());
-            for (int64_t o = 0; o < HW; ++o)
-              d[o] = bn_input_gradient(wi, s, static_cast<acc_t>(gp[o]), bn_normalize(values[o], m, s), mg, mgx);
-            if (item.kind == kFreeMaxPool)
-              max_pool_scatter(x, H, W, stride, L, values.data(), d.data(), dx.data(), found.data());
-            else
-              avg_pool_scatter(H, W, stride, L, d.data(), dx.data());
-          }
-          scalar_t* gx = grad_edges[e].mutable_data_ptr<scalar_t>() + p * H * W;
-          for (int64_t j = 0; j < H * W; ++j) gx[j] = static_cast<scalar_t>(dx[j]);
-        }
-      }
-    });
   });
   return {grad_edges, grad_convs, grad_weights};
 }

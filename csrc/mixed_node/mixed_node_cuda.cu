@@ -342,14 +342,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     at::TensorList conv_outputs_arg, const at::Tensor& weights_arg, at::IntArrayRef free_items,
     at::IntArrayRef free_kinds, at::IntArrayRef conv_items, const at::Tensor& mean_arg, const at::Tensor& var_arg,
     double eps, bool batch_stats) {
-  const char* op = "_mixed_node_backward";
-  const NodeLayout L = make_node_layout(op, edge_inputs_arg, strides, conv_outputs_arg, weights_arg, free_items,
-                                        free_kinds, conv_items);
-  const auto device = edge_inputs_arg[0].device();
-  check_statistics(op, L, mean_arg, device, "mean");
-  check_statistics(op, L, var_arg, device, "var");
-  check_mixed_node_grad(L, grad_arg, edge_inputs_arg[0]);
-  const c10::cuda::CUDAGuard device_guard(device);
+  const NodeLayout L = check_mixed_node_backward_args(grad_arg, edge_inputs_arg, strides, conv_outputs_arg,
+                                                      weights_arg, free_items, free_kinds, conv_items, mean_arg,
+                                                      var_arg);
+  const c10::cuda::CUDAGuard device_guard(edge_inputs_arg[0].device());
   const auto edges = contiguous_all(edge_inputs_arg);
   const auto convs = contiguous_all(conv_outputs_arg);
   const at::Tensor grad = grad_arg.contiguous();
