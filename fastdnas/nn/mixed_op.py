@@ -99,17 +99,20 @@ def node_sum(mixed_ops, states, weights, backend):
         return sum(op(h, w) for op, h, w in zip(mixed_ops, states, weights))
     from .. import ops  # the compiled extension is needed only here
 
-    if backend == "fused" and not all(_kernel_can_normalise(op) for op in mixed_ops):
-        backend = "fused_sum"  # e.g. SyncBatchNorm: statistics over all ranks, which the kernel does not gather
+    if backend == "fused":
+        edge_bns = [_edge_batch_norms(op) for op in mixed_ops]
+        if not all(type(bn) is nn.BatchNorm2d for pools, convs in edge_bns for bn in pools + convs):
+            backend = "fused_sum"  # e.g. SyncBatchNorm: statistics over all ranks, which the kernel does not gather
     if backend == "fused_sum":
         inputs = [out for op, h in zip(mixed_ops, states) for out in op.candidate_outputs(h)]
         return mixed_sum_chunked(inputs, weights[:, mixed_ops[0].computed_index].reshape(-1))
     check_backend(backend)
     limit = ops.MAX_NODE_EDGES
     if len(states) <= limit:
-        return _mixed_node(mixed_ops, states, weights)
+        return _mixed_node(mixed_ops, states, weights, edge_bns)
     # Wider than one kernel call takes (only with many steps): add up groups of edges.
-    return sum(_mixed_node(mixed_ops[i : i + limit], states[i : i + limit], weights[i : i + limit])
+    return sum(_mixed_node(mixed_ops[i : i + limit], states[i : i + limit], weights[i : i + limit],
+                           edge_bns[i : i + limit])
                for i in range(0, len(states), limit))
 
 
@@ -123,36 +126,35 @@ def mixed_sum_chunked(inputs, weights):
     return sum(ops.mixed_sum(inputs[i : i + limit], weights[i : i + limit]) for i in range(0, len(inputs), limit))
 
 
-def _kernel_can_normalise(op):
-    """Whether every BatchNorm that mixed_node computes inside is a plain nn.BatchNorm2d (not, say,
-    a SyncBatchNorm put in its place)."""
-    bns = [op._ops[i][1] for i, kind in op.free_primitives if kind != _FREE_SKIP]
-    bns += [op._ops[i].output_bn for i in op.conv_primitives]
-    return all(type(bn) is nn.BatchNorm2d for bn in bns)
+def _edge_batch_norms(op):
+    """(pool BatchNorms, conv BatchNorms) of one edge: those mixed_node computes inside (it may
+    only when all are plain nn.BatchNorm2d, not, say, a SyncBatchNorm put in their place). Looked
+    up on every call, so replaced modules count."""
+    children = list(op._ops)  # one pass: indexing a ModuleList takes microseconds each time
+    pools = [children[i][1] for i, kind in op.free_primitives if kind != _FREE_SKIP]  # Sequential(pool, BN)
+    convs = [children[i].output_bn for i in op.conv_primitives]
+    return pools, convs
 
 
-def _mixed_node(mixed_ops, states, weights):
-    """One mixed_node call over the edges (mixed_ops[e] applied to states[e])."""
+def _mixed_node(mixed_ops, states, weights, edge_bns):
+    """One mixed_node call over the edges (mixed_ops[e] applied to states[e]); edge_bns[e] is
+    _edge_batch_norms(mixed_ops[e])."""
     from .. import ops
 
     P = weights.shape[1]
     strides, free_items, free_kinds, conv_items, conv_outputs = [], [], [], [], []
-    pool_bns, conv_bns = [], []
     for e, (op, x) in enumerate(zip(mixed_ops, states)):
         strides.append(op.stride)
         for i, kind in op.free_primitives:
             free_items.append(e * P + i)
             free_kinds.append(kind)
-            if kind != _FREE_SKIP:
-                pool_bns.append(op._ops[i][1])  # Sequential(pool, BatchNorm2d)
         if op.conv_primitives:
             x_relu = F.relu(x)  # one ReLU shared by the edge's convolution candidates
+            children = list(op._ops)
             for i in op.conv_primitives:
-                conv = op._ops[i]
-                conv_outputs.append(conv.pre_bn(x_relu))
+                conv_outputs.append(children[i].pre_bn(x_relu))
                 conv_items.append(e * P + i)
-                conv_bns.append(conv.output_bn)
-    bns = pool_bns + conv_bns
+    bns = [bn for pools, _ in edge_bns for bn in pools] + [bn for _, convs in edge_bns for bn in convs]
     batch_stats, update, eps = _batch_norm_mode(bns)
     running_mean = running_var = None
     if not batch_stats:
@@ -195,16 +197,16 @@ def _update_running_stats(bns, mean, var, count):
     if count == 0:  # nn.BatchNorm2d leaves the statistics of an empty batch alone
         return
     dtype = bns[0].running_mean.dtype
-    means = list(mean.to(dtype).unbind(0))
-    variances = list((var * (count / (count - 1))).to(dtype).unbind(0))
+    stats = torch.cat([mean, var * (count / (count - 1))]).to(dtype)  # rows: the means, then the variances
     momenta = {bn.momentum for bn in bns}
     if len(momenta) == 1 and None not in momenta:
         momentum = momenta.pop()
-        for buffers, values in (([bn.running_mean for bn in bns], means), ([bn.running_var for bn in bns], variances)):
-            torch._foreach_mul_(buffers, 1 - momentum)
-            torch._foreach_add_(buffers, values, alpha=momentum)
+        # All buffers in one stacked update, copied back: a few ops instead of one per buffer.
+        buffers = [bn.running_mean for bn in bns] + [bn.running_var for bn in bns]
+        updated = torch.stack(buffers).mul_(1 - momentum).add_(stats, alpha=momentum)
+        torch._foreach_copy_(buffers, list(updated.unbind(0)))
         return
-    for bn, m, v in zip(bns, means, variances):
+    for bn, m, v in zip(bns, stats[: len(bns)], stats[len(bns) :]):
         # momentum=None: the cumulative average, as nn.BatchNorm2d.
         factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
         bn.running_mean.mul_(1 - factor).add_(m, alpha=factor)
