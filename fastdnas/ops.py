@@ -569,7 +569,9 @@ def _depthwise_shape(op, x_shape, w_shape, stride, padding, dilation):
     for what, values, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         torch._check(len(values) in (1, 2), lambda: f"{op}: {what} must hold 1 or 2 values, got {len(values)}")
         torch._check(min(values) >= least, lambda: f"{op}: {what} must be >= {least}, got {list(values)}")
-    out = [(x_shape[2 + d] + 2 * padding[-2 + d] - dilation[-2 + d] * (w_shape[2 + d] - 1) - 1) // stride[-2 + d] + 1
+    # One value stands for both dimensions (as pair_argument in the C++ check reads it).
+    stride, padding, dilation = ([values[0], values[-1]] for values in (stride, padding, dilation))
+    out = [(x_shape[2 + d] + 2 * padding[d] - dilation[d] * (w_shape[2 + d] - 1) - 1) // stride[d] + 1
            for d in (0, 1)]
     torch._check(x_shape[2] > 0 and x_shape[3] > 0 and out[0] > 0 and out[1] > 0,
                  lambda: f"{op}: input of spatial size {x_shape[2]}x{x_shape[3]} with kernel {w_shape[2]}x{w_shape[3]},"

@@ -224,6 +224,20 @@ def test_bad_inputs_raise_under_fake_tensors(x, w, args, message):
             ops.depthwise_conv2d(mode.from_tensor(x), mode.from_tensor(w), **args)
 
 
+def test_fake_kernel_reads_one_value_as_both_dimensions():
+    # The op's schema takes int[2]; one value means both dimensions in the kernels and the fake alike.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, w = torch.randn(2, 3, 9, 7), torch.randn(3, 1, 5, 5)
+    args = ([2], [4], [2])
+    want = torch.ops.fastdnas.depthwise_conv2d(x, w, *args).shape
+    assert want == reference(x, w, 2, 4, 2).shape
+    mode = FakeTensorMode()
+    with mode:
+        got = torch.ops.fastdnas.depthwise_conv2d(mode.from_tensor(x), mode.from_tensor(w), *args).shape
+    assert got == want
+
+
 def test_bad_geometry_type_raises_value_error():
     with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
         ops.depthwise_conv2d(torch.randn(1, 2, 4, 4), torch.randn(2, 1, 3, 3), stride=(1, 1, 1))

@@ -1,6 +1,6 @@
-// CPU kernels of depthwise_conv2d: forward, input gradient and weight gradient. Each works on
-// whole rows of a plane per kernel tap, with the loop over output columns innermost (it
-// vectorises), and adds the taps of every element in the order of the CUDA kernels.
+// CPU kernels of depthwise_conv2d: forward, input gradient and weight gradient. Stride 1 works
+// on stacks of zero-padded planes as flat vectorised loops, other strides row by row; both add the
+// taps of every element in the order of the CUDA kernels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -56,7 +56,7 @@ void for_each_tap(const DepthwiseShape& s, const ColumnTaps& columns, int64_t oh
 // (blocks of H + pad_h rows). The outputs use the same layout, plane n's row oh at stacked row
 // n * block + oh (the other rows and the last Wp - OW columns are computed and dropped). Tap
 // (i, j) of output q then reads padded input q + i * dil_h * Wp + j * dil_w, never another
-// plane's rows: one long loop per tap and chunk instead of one short loop per tap and row.
+// plane's rows: flat loops over a whole chunk instead of short loops per tap and row.
 // Padding reads add w * 0, which leaves every sum unchanged.
 struct FlatStack {
   int64_t pitch, block, planes;  // Wp, rows per plane, planes per chunk
