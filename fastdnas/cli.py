@@ -195,14 +195,33 @@ def resolve_settings(args, defaults, dataset_defaults):
     return settings, given
 
 
-def pick_device(name, threads=None):
-    """The torch device to run on (and the CPU thread count, when one is given)."""
+def default_threads():
+    """torch's CPU thread count when --threads is not given: what the machine has free.
+
+    torch starts one thread per core, and its OpenMP threads wait for each other at every op: a
+    thread whose core another process holds stalls the whole step (a DARTS digits step took
+    27-34 s with 2 threads on a busy 2-core machine, 1.85 s with 1). So: 1 thread on 1-2 cores,
+    where a second thread gains at most 2x and risks 15x; with more cores, those not already
+    busy (the 1-minute load average), at least 1 and at most torch's own choice. OMP_NUM_THREADS,
+    when set (torchrun sets 1 for several processes), wins.
+    """
     import torch
 
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores <= 2:
+        return 1
+    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
+
+
+def pick_device(name, threads=None):
+    """The torch device to run on; sets torch's CPU thread count (``threads``, or ``default_threads()``)."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads or default_threads())
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -212,6 +231,16 @@ def pick_device(name, threads=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available here (use --device cpu)")
     return name
+
+
+def describe_device(device):
+    """'cpu (1 thread)' for the start-up line: the thread count is the first thing to check when slow."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return str(device)
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''}; --threads N to change)"
 
 
 def check_positive(settings, names):
@@ -283,7 +312,7 @@ def run_search(args):
     ranks = (f" x {context.world_size} ranks (batch {config.batch_size // context.world_size} per rank)"
              if context.enabled else "")
     say(f"search {args.space} on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
-        f"device {device}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
+        f"device {describe_device(device)}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
     options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
                     out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"], **options)
@@ -426,7 +455,7 @@ def run_train(args):
     model = space.model()
     out = settings["out"]
     os.makedirs(out, exist_ok=True)
-    print(f"train {args.space} on {data.summary()}; {count_parameters(model):,} parameters; device {device}; "
+    print(f"train {args.space} on {data.summary()}; {count_parameters(model):,} parameters; device {describe_device(device)}; "
           f"output in {out}")
     records = train_network(model, data.train, data.test, config, device=device, out_dir=out, **space.train_options)
     torch.save(model.state_dict(), os.path.join(out, "model.pt"))
