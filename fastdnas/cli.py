@@ -1,4 +1,4 @@
-"""Command line: ``fastdnas search darts|autodeeplab ...`` and ``fastdnas train darts|autodeeplab ...``.
+"""Command line: fastdnas search darts|autodeeplab ... and fastdnas train darts|autodeeplab ....
 
 Settings come, later ones winning, from: built-in defaults, the dataset's defaults, ``--config
 FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the command line.
@@ -92,68 +92,147 @@ class UsageError(Exception):
     """A bad command line or config file: reported in one line, exit status 2."""
 
 
-def build_parser():
-    from .data import DATASETS
+SEARCH_DARTS, TRAIN_DARTS = ("search", "darts"), ("train", "darts")
+SEARCH_ADL, TRAIN_ADL = ("search", "autodeeplab"), ("train", "autodeeplab")
+EVERY = (SEARCH_DARTS, SEARCH_ADL, TRAIN_DARTS, TRAIN_ADL)
+SEARCHES, DARTS, AUTODEEPLAB = (SEARCH_DARTS, SEARCH_ADL), (SEARCH_DARTS, TRAIN_DARTS), (SEARCH_ADL, TRAIN_ADL)
+# The flags: (flag, argparse options, help, the (command, space) pairs that have it).
+FLAGS = [
+    ("--config", {"metavar": "FILE.json"}, "settings file (keys as the flags); flags override it", EVERY),
+    ("--data", {"metavar": "PATH"}, "folder with the CIFAR-10/100 files in the torchvision layout", DARTS),
+    ("--data", {"metavar": "PATH"}, "folder with the Cityscapes (leftImg8bit/, gtFine/) or VOC (VOC2012/) files",
+     AUTODEEPLAB),
+    ("--out", {"metavar": "DIR"}, "output folder", EVERY),
+    ("--epochs", {"type": int}, "", EVERY),
+    ("--batch-size", {"type": int}, "images per step (under torchrun: over all ranks)", SEARCHES),
+    ("--batch-size", {"type": int}, "images per step", (TRAIN_DARTS, TRAIN_ADL)),
+    ("--lr", {"type": float}, "initial weight learning rate (cosine annealed)", EVERY),
+    ("--lr-min", {"type": float}, "final weight learning rate", EVERY),
+    ("--momentum", {"type": float}, "", EVERY),
+    ("--weight-decay", {"type": float}, "", EVERY),
+    ("--grad-clip", {"type": float}, "max gradient norm of the weights", EVERY),
+    ("--init-channels", {"type": int}, "channels C of the first cells", DARTS),
+    ("--layers", {"type": int}, "number of cells", DARTS),
+    ("--layers", {"type": int}, "trellis layers L", (SEARCH_ADL,)),
+    ("--blocks", {"type": int}, "blocks B per cell", (SEARCH_ADL,)),
+    ("--filter-multiplier", {"type": int, "metavar": "F"}, "a cell at downsample rate s has F*s/4 channels per block",
+     AUTODEEPLAB),
+    ("--crop-size", {"type": int, "metavar": "PIXELS"}, "side of the training crops", AUTODEEPLAB),
+    ("--seed", {"type": int}, "", EVERY),
+    ("--device", {}, "cpu, cuda, cuda:1, ...", EVERY),
+    ("--threads", {"type": int, "metavar": "N"},
+     "CPU threads for torch; free cores: 1 on a 1-2 core machine, else the cores the 1-minute load average leaves "
+     "free (OMP_NUM_THREADS, when set, wins)", EVERY),
+    ("--log-interval", {"type": int, "metavar": "STEPS"},
+     "steps between progress updates (without a terminal: a line every STEPS steps or 30 s)", EVERY),
+    ("--amp", {"choices": ["bf16", "fp16"]}, "mixed precision: autocast to bfloat16, or float16 with loss scaling",
+     EVERY),
+    ("--arch-lr", {"type": float}, "Adam learning rate of the architecture parameters", SEARCHES),
+    ("--arch-betas", {"type": float, "nargs": 2, "metavar": ("BETA1", "BETA2")},
+     "Adam betas of the architecture optimizer", SEARCHES),
+    ("--arch-weight-decay", {"type": float}, "", SEARCHES),
+    ("--unrolled", {"action": argparse.BooleanOptionalAction}, "second-order architecture step", SEARCHES),
+    ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates before epoch N", SEARCHES),
+    ("--backend", {"choices": ["fused", "fused_sum", "reference"]},
+     "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager", SEARCHES),
+    ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
+    ("--sync-bn", {"action": argparse.BooleanOptionalAction},
+     "under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)", SEARCHES),
+    ("--cuda-graphs", {"action": argparse.BooleanOptionalAction},
+     "replay each search step from CUDA graphs (CUDA devices only; same results, far fewer kernel launches)",
+     SEARCHES),
+    ("--genotype", {"metavar": "FILE"}, "genotype.json or genotype.txt written by a search (required)", (TRAIN_DARTS,)),
+    ("--auxiliary", {"action": argparse.BooleanOptionalAction}, "auxiliary head", (TRAIN_DARTS,)),
+    ("--auxiliary-weight", {"type": float}, "", (TRAIN_DARTS,)),
+    ("--drop-path-prob", {"type": float}, "drop-path probability reached at the last epoch", (TRAIN_DARTS,)),
+    ("--cutout", {"type": int, "metavar": "PIXELS"}, "cutout length, 0 for none (CIFAR only)", (TRAIN_DARTS,)),
+    ("--arch", {"metavar": "FILE"}, "arch.json written by a search (required)", (TRAIN_ADL,)),
+]
+# What a default of None means, per setting.
+NONE_MEANS = {"device": "cuda when available, else cpu", "threads": "free cores", "amp": "float32",
+              "crop_size": {"cityscapes": "321", "voc": "321", "shapes": "the whole 96x96 image"}}
+DATASET_HELP = {
+    "digits": "8x8 handwritten digits bundled with scikit-learn (20%% held out for testing)",
+    "cifar10": "CIFAR-10 from --data", "cifar100": "CIFAR-100 from --data", "synthetic": "random images (tests)",
+    "shapes": "generated textured shapes, 96x96, nothing to download", "cityscapes": "Cityscapes from --data",
+    "voc": "PASCAL VOC 2012 from --data",
+}
+DESCRIPTIONS = {
+    SEARCH_DARTS: "The DARTS bilevel search: per step an Adam step of the alphas on a search-val batch, then an "
+                  "SGD step of the weights on a search-train batch (the training set split 50/50).",
+    SEARCH_ADL: "The Auto-DeepLab hierarchical search: a trellis of cells over four resolutions, cell alphas and "
+                "network betas updated after the warm-up epochs, mIoU measured every epoch.",
+    TRAIN_DARTS: "Retrain a DARTS genotype from scratch (two ops per node, drop-path, optional auxiliary head) and "
+                 "report test accuracy.",
+    TRAIN_ADL: "Retrain a decoded Auto-DeepLab network (path, cell, ASPP head) and report val mIoU.",
+}
 
-    parser = argparse.ArgumentParser(prog="fastdnas", description=__doc__.splitlines()[0])
+
+def show_value(name, value, dataset):
+    if value is None:
+        meaning = NONE_MEANS.get(name, "none")
+        return meaning[dataset] if isinstance(meaning, dict) else meaning
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def default_text(name, command, space):
+    """'default: 12 on digits, 2 on synthetic, 50 on cifar10 and cifar100', or '' where none applies."""
+    defaults, dataset_defaults = SETTINGS[command, space]
+    base = {**COMMON_DEFAULTS, **defaults}
+    if name == "out":
+        return f"default: runs/{command}-{space}-DATASET"
+    if name == "data":
+        return "default: ./data"
+    if name == "dataset":
+        return f"default: {base['dataset']}"
+    if name not in base and not any(name in d for d in dataset_defaults.values()):
+        return ""
+    datasets = sorted(dataset_defaults, key=lambda d: d != base["dataset"])  # the default dataset first
+    values = {}
+    for dataset in datasets:
+        value = show_value(name, dataset_defaults[dataset].get(name, base.get(name)), dataset)
+        values.setdefault(value, []).append(dataset)
+    if len(values) == 1:
+        return f"default: {next(iter(values))}"
+    return "default: " + ", ".join(f"{value} on {' and '.join(names)}" for value, names in values.items())
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab) on fused "
+                                     "C++/CUDA kernels.",
+        epilog="fastdnas search darts --help (and so on) lists each command's settings with their defaults. "
+               "Settings come, later ones winning, from the built-in defaults (sized per dataset), "
+               "--config FILE.json and the flags.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # SUPPRESS: only the flags actually given appear in the namespace, so they can override the rest.
-    search = commands.add_parser("search", help="architecture search", argument_default=argparse.SUPPRESS)
-    train = commands.add_parser("train", help="retrain a found architecture", argument_default=argparse.SUPPRESS)
-    for sub in (search, train):
-        sub.add_argument("space", choices=["darts", "autodeeplab"], help="search space")
-        sub.add_argument("--config", metavar="FILE.json", help="settings file (keys as the flags); flags override it")
-        sub.add_argument("--dataset", choices=DATASETS,
-                         help="dataset (default: darts digits, bundled with scikit-learn; autodeeplab shapes, "
-                              "generated)")
-        sub.add_argument("--data", metavar="PATH", help="folder with the CIFAR, Cityscapes or VOC files (default ./data)")
-        sub.add_argument("--out", metavar="DIR", help="output folder (default runs/<command>-<space>-<dataset>)")
-        sub.add_argument("--epochs", type=int)
-        sub.add_argument("--batch-size", type=int, help="images per step (search under torchrun: over all ranks)")
-        sub.add_argument("--lr", type=float, help="initial weight learning rate (cosine annealed)")
-        sub.add_argument("--lr-min", type=float, help="final weight learning rate")
-        sub.add_argument("--momentum", type=float)
-        sub.add_argument("--weight-decay", type=float)
-        sub.add_argument("--grad-clip", type=float, help="max gradient norm of the weights")
-        sub.add_argument("--init-channels", type=int, help="darts: channels C of the first cells")
-        sub.add_argument("--filter-multiplier", type=int, metavar="F",
-                         help="autodeeplab: a cell at downsample rate s has F*s/4 channels per block")
-        sub.add_argument("--crop-size", type=int, metavar="PIXELS",
-                         help="autodeeplab: side of the training crops (default: cityscapes and voc 321; shapes "
-                              "64 to search, the whole 96 x 96 image to train)")
-        sub.add_argument("--seed", type=int)
-        sub.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda when available)")
-        sub.add_argument("--threads", type=int, metavar="N",
-                         help="CPU threads for torch (default: torch's choice; 1 can be faster on a busy machine)")
-        sub.add_argument("--log-interval", type=int, metavar="STEPS", help="steps between progress updates")
-        sub.add_argument("--amp", choices=["bf16", "fp16"],
-                         help="mixed precision: autocast to bfloat16, or float16 with loss scaling (default: float32)")
-    search.add_argument("--layers", type=int, help="darts: number of cells; autodeeplab: trellis layers L")
-    search.add_argument("--blocks", type=int, help="autodeeplab: blocks B per cell")
-    search.add_argument("--arch-lr", type=float, help="Adam learning rate of the architecture parameters")
-    search.add_argument("--arch-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
-                        help="Adam betas of the architecture optimizer (darts 0.5 0.999, autodeeplab 0.9 0.999)")
-    search.add_argument("--arch-weight-decay", type=float)
-    search.add_argument("--unrolled", action=argparse.BooleanOptionalAction, help="second-order architecture step (default: first order)")
-    search.add_argument("--arch-start-epoch", type=int, metavar="N", help="no architecture updates before epoch N")
-    search.add_argument("--backend", choices=["fused", "fused_sum", "reference"],
-                        help="fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager")
-    search.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    search.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
-                        help="under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)")
-    search.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction,
-                        help="replay each search step from CUDA graphs (CUDA devices only; same results, far "
-                             "fewer kernel launches)")
-    train.add_argument("--layers", type=int, help="darts: number of cells (autodeeplab: from --arch)")
-    train.add_argument("--genotype", metavar="FILE", help="darts: genotype.json or genotype.txt from a search (required)")
-    train.add_argument("--arch", metavar="FILE", help="autodeeplab: arch.json from a search (required)")
-    train.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, help="darts: auxiliary head")
-    train.add_argument("--auxiliary-weight", type=float)
-    train.add_argument("--drop-path-prob", type=float, help="darts: drop-path probability reached at the last epoch")
-    train.add_argument("--cutout", type=int, metavar="PIXELS", help="darts: cutout length, 0 for none (CIFAR only)")
-    search.set_defaults(run=run_search)
-    train.set_defaults(run=run_train)
+    command_help = {"search": "architecture search", "train": "retrain a found architecture"}
+    for command in ("search", "train"):
+        sub = commands.add_parser(command, help=command_help[command], description=command_help[command] + ".")
+        spaces = sub.add_subparsers(dest="space", required=True, metavar="SPACE")
+        for space in ("darts", "autodeeplab"):
+            key = command, space
+            _, dataset_defaults = SETTINGS[key]
+            # SUPPRESS: only the flags actually given appear in the namespace, so they can override the rest.
+            leaf = spaces.add_parser(space, help=DESCRIPTIONS[key].split(":")[0], description=DESCRIPTIONS[key],
+                                     argument_default=argparse.SUPPRESS)
+            datasets = "; ".join(f"{name}: {DATASET_HELP[name]}" for name in dataset_defaults)
+            leaf.add_argument("--dataset", choices=list(dataset_defaults),
+                              help=f"{datasets} ({default_text('dataset', command, space)})")
+            for flag, options, text, where in FLAGS:
+                if key in where:
+                    note = default_text(flag[2:].replace("-", "_"), command, space)
+                    text = f"{text} ({note})" if text and note else text or note
+                    leaf.add_argument(flag, **options, help=text or None)
+            leaf.set_defaults(run=run_search if command == "search" else run_train)
     return parser
+
+
+def every_flag():
+    return {flag for flag, *_ in FLAGS} | {"--dataset"}
 
 
 def read_config_file(path, known):
@@ -552,11 +631,26 @@ def main(argv=None):
     from .search import distributed
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        foreign = [arg for arg in unknown if arg.split("=")[0] in every_flag()]
+        if foreign:
+            parser.exit(2, f"fastdnas {args.command} {args.space}: error: {foreign[0].split('=')[0]} does not apply "
+                           f"to `{args.command} {args.space}` (fastdnas {args.command} {args.space} --help lists "
+                           "its flags)\n")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # Progress and epoch lines reach a log file (a cluster job's output) as they are printed.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         return args.run(args)
     except UsageError as error:
-        parser.exit(2, f"fastdnas {args.command}: error: {error}\n")
+        parser.exit(2, f"fastdnas {args.command} {args.space}: error: {error}\n")
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically after each epoch: the last one stays valid.
+        again = " (add --resume to continue it)" if args.command == "search" else ""
+        sys.stderr.write(f"\nfastdnas {args.command} {args.space}: interrupted{again}\n")
+        return 130
     finally:
         distributed.shutdown()
 

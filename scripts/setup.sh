@@ -31,7 +31,7 @@ if [ -z "$library" ] || [ -n "$(find csrc setup.py -newer "$library" -print -qui
   mkdir -p build
   log=build/setup.log
   if ! .venv/bin/python -m pip install -v --disable-pip-version-check --no-build-isolation --no-deps -e . 2>&1 \
-       | tee "$log" | awk '/^\[[0-9]+\/[0-9]+\] / { file = "?"; for (i = 2; i <= NF; i++) if ($i == "-c") file = $(i + 1);
+       | tee "$log" | awk '/^ *\[[0-9]+\/[0-9]+\] / { file = "?"; for (i = 2; i <= NF; i++) if ($i == "-c") file = $(i + 1);
                                                    sub(".*/csrc/", "csrc/", file); print "  compiled " $1 " " file; fflush() }'; then
     echo "build failed; the last lines of $log:" >&2
     tail -n 40 "$log" >&2
