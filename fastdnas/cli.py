@@ -23,7 +23,7 @@ SEARCH_DEFAULTS = {
 SEARCH_DATASET_DEFAULTS = {
     "cifar10": {},  # SPEC section 2 as it stands
     "cifar100": {},
-    # About 6 minutes on 2 CPU cores (~28 s an epoch): a narrow 5-cell network; with far fewer
+    # A narrow 5-cell network, 11 steps an epoch (times and results measured: README); with far fewer
     # steps than a CIFAR search, a 10x larger arch lr lets the alphas move visibly.
     "digits": {"epochs": 12, "batch_size": 64, "init_channels": 8, "layers": 5, "arch_lr": 3e-3},
     "synthetic": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 3, "arch_lr": 3e-3},
@@ -37,7 +37,7 @@ TRAIN_DATASET_DEFAULTS = {
     # The DARTS CIFAR recipe (its reported numbers use the auxiliary head and cutout).
     "cifar10": {"auxiliary": True, "cutout": 16},
     "cifar100": {"auxiliary": True, "cutout": 16},
-    # About 2 minutes on 2 CPU cores, ~99% test accuracy.
+    # Sized for a CPU (times and accuracy measured: README, "The two commands").
     "digits": {"epochs": 20, "batch_size": 64, "init_channels": 16, "layers": 5, "lr": 0.05, "drop_path_prob": 0.1},
     "synthetic": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 3, "drop_path_prob": 0.0},
 }
@@ -53,7 +53,7 @@ AUTODEEPLAB_SEARCH_DEFAULTS = {
 AUTODEEPLAB_SEARCH_DATASET_DEFAULTS = {
     "cityscapes": {},  # 321x321 crops of half-resolution images, batch 2 (the paper's search)
     "voc": {},
-    # Measured at about 7 CPU minutes (one thread): a 4-layer trellis of 3-block cells, F = 4, on
+    # A CPU-sized search (times measured: README): a 4-layer trellis of 3-block cells, F = 4, on
     # 64 x 64 crops. One thread: the supernet's thousands of tiny ops gain nothing from a second.
     "shapes": {"epochs": 6, "arch_start_epoch": 3, "batch_size": 16, "layers": 4, "blocks": 3,
                "filter_multiplier": 4, "crop_size": 64, "threads": 1},
@@ -66,7 +66,7 @@ AUTODEEPLAB_TRAIN_DEFAULTS = {
 AUTODEEPLAB_TRAIN_DATASET_DEFAULTS = {
     "cityscapes": {},
     "voc": {},
-    # Measured at about 4 minutes on 2 CPU cores, ~0.88 val mIoU for the default search's network.
+    # Sized for a CPU (time and val mIoU of the default search's network measured: README).
     "shapes": {"epochs": 40, "batch_size": 16, "filter_multiplier": 16, "lr": 0.1, "threads": 1},
 }
 # (command, space) -> (defaults, dataset defaults): the settings each command knows.
