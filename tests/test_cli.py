@@ -6,7 +6,8 @@ import torch
 
 from fastdnas import cli
 from fastdnas.darts import DARTS_V2, genotype_from_text, genotype_to_dict, load_genotype
-from fastdnas.search import Search, load_checkpoint
+from fastdnas.search import Search, load_checkpoint, save_checkpoint
+from fastdnas.search.loop import CHECKPOINT_KEYS
 
 TINY = ["--dataset", "synthetic", "--init-channels", "2", "--layers", "2", "--batch-size", "32", "--device", "cpu",
         "--threads", "1"]
@@ -113,7 +114,7 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     settings = {"dataset": "synthetic", "layers": 2, "epochs": 1}
-    torch.save({"extra": {"settings": settings}}, out / "checkpoint.pt")
+    save_checkpoint({**dict.fromkeys(CHECKPOINT_KEYS), "extra": {"settings": settings}}, out / "checkpoint.pt")
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--out", str(out)], "add --resume")
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--layers", "3", "--out", str(out), "--resume"],
           "layers (saved 2, given 3)")
@@ -254,3 +255,28 @@ def test_train_and_search_set_the_thread_count(tmp_path, monkeypatch):
     assert args.threads == 3
     args = cli.build_parser().parse_args(["train", "autodeeplab", "--threads", "3"])
     assert args.threads == 3
+
+
+def test_resume_from_a_damaged_checkpoint_fails_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "1") == 0
+    path = out / "checkpoint.pt"
+    data = path.read_bytes()
+    (out / ".checkpoint-killed.tmp").write_bytes(data[:100])  # a write killed before its rename
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    state = load_checkpoint(path)
+    del state["rng"]
+    save_checkpoint(state, tmp_path / "no-rng.pt")
+    for content, reason in ((b"", "empty file"), (data[:-200], "damaged or not a checkpoint"),
+                            (b"not a checkpoint\n" * 10, "damaged or not a checkpoint"),
+                            (bytes(flipped), "does not match its checksum"),
+                            ((tmp_path / "no-rng.pt").read_bytes(), "lacks rng")):
+        path.write_bytes(content)
+        with pytest.raises(SystemExit) as exit_info:
+            search(out, "--epochs", "1", "--resume")
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert str(path) in err and reason in err and "run without --resume to start over" in err, err
+    assert not (out / ".checkpoint-killed.tmp").exists()

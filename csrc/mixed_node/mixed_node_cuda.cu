@@ -302,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
                                         free_kinds, conv_items);
   const auto device = edge_inputs_arg[0].device();
   check_running_statistics(op, L, running_mean, running_var, device);
-  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  check_eps(op, eps);
   const c10::cuda::CUDAGuard device_guard(device);
   const bool batch_stats = !(running_mean.has_value() && running_mean->defined());
   const auto edges = contiguous_all(edge_inputs_arg);
@@ -344,7 +344,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     double eps, bool batch_stats) {
   const NodeLayout L = check_mixed_node_backward_args(grad_arg, edge_inputs_arg, strides, conv_outputs_arg,
                                                       weights_arg, free_items, free_kinds, conv_items, mean_arg,
-                                                      var_arg);
+                                                      var_arg, eps);
   const c10::cuda::CUDAGuard device_guard(edge_inputs_arg[0].device());
   const auto edges = contiguous_all(edge_inputs_arg);
   const auto convs = contiguous_all(conv_outputs_arg);
