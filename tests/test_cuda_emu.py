@@ -144,7 +144,8 @@ def mixed_node_problem(strides, dtype, non_contiguous=False, **node_args):
         return [out, mean, var, *grads]
 
     tol = test_mixed_node.TOLERANCE[dtype]
-    return Problem(run, ref, tol, tol)
+    # The reference (F.max_pool2d) rejects planes without channels.
+    return Problem(run, ref if node_args.get("C", 4) > 0 else None, tol, tol)
 
 
 def depthwise_problem(case, dtype, non_contiguous=False):

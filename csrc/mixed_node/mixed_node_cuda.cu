@@ -319,7 +319,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
     if (batch_stats) {
       mean = at::zeros({L.num_bn_rows, L.C}, acc_options);
       var = at::zeros({L.num_bn_rows, L.C}, acc_options);
-      if (L.count() > 0 && L.num_bn_rows > 0) {
+      // No channels: nothing to reduce (and a grid of zero blocks is an invalid launch).
+      if (L.count() > 0 && L.num_bn_rows > 0 && L.C > 0) {
         FASTDNAS_LAUNCH((statistics_kernel<scalar_t, acc_t>), L.num_bn_rows * L.C, kThreads, 0, stream)(
             table, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -364,7 +365,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     const at::Tensor mean = mean_arg.to(acc_options).contiguous();
     const at::Tensor var = var_arg.to(acc_options).contiguous();
     at::Tensor grad_w = at::zeros({weights.numel()}, acc_options);
-    if (M > 0) {
+    if (M > 0 && L.C > 0) {  // without channels every gradient is empty (and the grids would be too)
       const auto table = node_table<scalar_t>(L, edges, convs);
       GradTable<scalar_t> outputs{};
       for (int64_t e = 0; e < L.edges(); ++e) outputs.edge[e] = grad_edges[e].mutable_data_ptr<scalar_t>();
