@@ -572,8 +572,12 @@ cudaDeviceProp* device_properties() { return &properties; }
 
 void launch(const LaunchSite& where, dim3 grid, dim3 block, size_t shared_bytes, const Body& body) {
   std::lock_guard<std::mutex> guard(launch_lock);
-  TORCH_CHECK(pending_error.empty(), "cuda_emu: kernel ", where.kernel, " launched at ", where.file, ":", where.line,
-              " after a failed launch that was never checked with C10_CUDA_KERNEL_LAUNCH_CHECK: ", pending_error);
+  if (!pending_error.empty()) {
+    const std::string unchecked = std::move(pending_error);
+    pending_error.clear();
+    TORCH_CHECK(false, "cuda_emu: kernel ", where.kernel, " launched at ", where.file, ":", where.line,
+                " after a failed launch that was never checked with C10_CUDA_KERNEL_LAUNCH_CHECK: ", unchecked);
+  }
   const std::string problem = configuration_problem(grid, block, shared_bytes);
   if (!problem.empty()) {
     // Like CUDA: the launch does nothing and the error waits for the launch check.
