@@ -180,7 +180,8 @@ def dtype_name(dtype):
 # Small sizes that still cover what the CPU tests cover: odd sizes, one-element and one-pixel
 # planes, strides 1 and 2, empty tensors, non-contiguous inputs, every dtype, the largest counts.
 MIXED_SUM = named("mixed_sum", [
-    *[(f"K{K}-{'x'.join(map(str, shape))}-{dtype_name(dt)}", lambda K=K, shape=shape, dt=dt: mixed_sum_problem(K, shape, dt))
+    *[(f"K{K}-{'x'.join(map(str, shape))}-{dtype_name(dt)}",
+       lambda K=K, shape=shape, dt=dt: mixed_sum_problem(K, shape, dt))
       for dt in DTYPES for K in (1, 8, 40) for shape in ((3, 5, 7), (1,), (4, 3, 8, 8))],
     *[(f"K{K}-{'x'.join(map(str, shape))}", lambda K=K, shape=shape: mixed_sum_problem(K, shape, torch.float32))
       for K, shape in ((128, (2, 3, 5)), (40, (2, 7, 33, 31)), (3, (0,)), (2, (2, 0, 4)))],
@@ -351,12 +352,26 @@ def test_schedules_order_threads_as_named(emu):
     finally:
         emu.set_schedule("forward")
     assert orders["forward"] == list(range(96)) and orders["reverse"] == list(range(95, -1, -1))
-    assert sorted(orders["shuffle"]) == list(range(96)) and orders["shuffle"] not in (orders["forward"], orders["reverse"])
+    assert sorted(orders["shuffle"]) == list(range(96))
+    assert orders["shuffle"] not in (orders["forward"], orders["reverse"])
     # Greedy: the last warp through the warp operation finishes it first, one warp after another.
     assert orders["greedy-forward"] == list(range(64, 96)) + list(range(32)) + list(range(32, 64))
     assert [int(t) // 32 for t in orders["greedy-shuffle"][:32]] == [orders["greedy-shuffle"][0] // 32] * 32
     with pytest.raises(RuntimeError, match="unknown schedule"):
         emu.set_schedule("sideways")
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+def test_portable_ucontext_switch_runs_the_check_kernels(emu):
+    portable = build.load(ucontext=True)
+    assert portable.run_check_kernel("shuffles") == emu.run_check_kernel("shuffles")
+    for mode in ALL_MODES:
+        portable.set_schedule(mode, SEED)
+        emu.set_schedule(mode, SEED)
+        assert portable.run_check_kernel("first_run_order") == emu.run_check_kernel("first_run_order")
+    emu.set_schedule("forward")
+    with pytest.raises(RuntimeError, match="deadlock"):
+        portable.run_check_kernel("deadlock")
 
 
 @pytest.mark.skipif(ASAN, reason="this is the test that starts the AddressSanitizer run")

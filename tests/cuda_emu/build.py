@@ -32,21 +32,23 @@ def asan_runtime():
 
 def load(asan=False, ucontext=False):
     """Builds (if needed) and imports the emulated extension. ``asan``: AddressSanitizer build (the
-    process must preload asan_runtime()); ``ucontext``: the portable fiber switch."""
+    process must preload asan_runtime()); ``ucontext``: the portable fiber switch, with the
+    emulator's check kernels only (no ops)."""
     name = "fastdnas_cuda_emu" + ("_asan" if asan else "") + ("_ucontext" if ucontext else "")
     build_dir = os.path.join(ROOT, "build", name)
     os.makedirs(build_dir, exist_ok=True)
     sources = [os.path.join(HERE, "runtime.cpp"), os.path.join(HERE, "module.cpp")]
-    sources += [_unit(build_dir, cu) for cu in CUDA_SOURCES]
     cflags = ["-DFASTDNAS_CUDA_EMU", "-Wno-unknown-pragmas"]
+    if ucontext:
+        cflags += ["-DCUDA_EMU_UCONTEXT", "-DCUDA_EMU_CHECK_KERNELS_ONLY"]
+    else:
+        sources += [_unit(build_dir, cu) for cu in CUDA_SOURCES]
     ldflags = []
     if asan:
         cflags += ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
     else:
         cflags += ["-O2"]
-    if ucontext:
-        cflags += ["-DCUDA_EMU_UCONTEXT"]
     return cpp_extension.load(name, sources, extra_cflags=cflags, extra_ldflags=ldflags,
                               extra_include_paths=[os.path.join(HERE, "include")], build_directory=build_dir,
                               verbose=os.environ.get("FASTDNAS_EMU_VERBOSE") == "1")
