@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../common/launch.cuh"
 #include "../common/reduce_cuda.cuh"
 #include "depthwise_conv.h"
 
@@ -113,7 +114,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& x_arg, const at::Tensor& weig
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv2d_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    depthwise_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((depthwise_forward_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
         x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), geometry(s), n,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -136,7 +137,7 @@ at::Tensor depthwise_conv2d_input_grad_cuda(const at::Tensor& grad_arg, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_input_grad_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    depthwise_input_grad_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((depthwise_input_grad_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
         grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), geometry(s), n,
         grad_x.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -159,7 +160,7 @@ at::Tensor depthwise_conv2d_weight_grad_cuda(const at::Tensor& grad_arg, const a
     at::Tensor sums = at::zeros({s.C, 1, s.KH, s.KW}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     const int64_t blocks = s.C * s.KH * s.KW;
     if (blocks > 0 && s.N > 0) {
-      depthwise_weight_grad_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+      FASTDNAS_LAUNCH((depthwise_weight_grad_kernel<scalar_t, acc_t>), blocks, kThreads, 0, stream)(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), geometry(s), sums.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -170,7 +171,7 @@ at::Tensor depthwise_conv2d_weight_grad_cuda(const at::Tensor& grad_arg, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdnas, CUDA, m) {
+FASTDNAS_CUDA_LIBRARY_IMPL(m) {
   m.impl("depthwise_conv2d", &depthwise_conv2d_cuda);
   m.impl("_depthwise_conv2d_input_grad", &depthwise_conv2d_input_grad_cuda);
   m.impl("_depthwise_conv2d_weight_grad", &depthwise_conv2d_weight_grad_cuda);
