@@ -135,6 +135,9 @@ Schedule schedule;
 cudaDeviceProp properties = {"cuda_emu (emulated on the CPU)", 132, 1024, 32, kMaxSharedBytes};
 std::string pending_error;  // the configuration error of the last launch, until it is checked
 uint64_t launch_count = 0;
+// Launches since the last set_schedule: seeds the shuffles, so a schedule replays the same
+// orders from where it was set, whatever ran before.
+uint64_t launches_since_schedule = 0;
 const char* const shuffle_names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync"};
 bool asan_callback_set = false;
 uint64_t switch_count = 0;
@@ -597,8 +600,9 @@ void launch(const LaunchSite& where, dim3 grid, dim3 block, size_t shared_bytes,
   run.threads = block.x * block.y * block.z;
   run.warps = (run.threads + 31) / 32;
   run.kernel_error = nullptr;
-  run.rng.seed(schedule.seed * 0x9e3779b97f4a7c15ull + launch_count);
+  run.rng.seed(schedule.seed * 0x9e3779b97f4a7c15ull + launches_since_schedule);
   ++launch_count;
+  ++launches_since_schedule;
   allocate_stacks(run.threads);
   gridDim = grid;
   blockDim = block;
@@ -653,6 +657,7 @@ void set_schedule(const std::string& mode, uint64_t seed) {
   std::lock_guard<std::mutex> guard(launch_lock);
   Schedule s;
   s.seed = seed;
+  launches_since_schedule = 0;
   std::string order = mode;
   if (order.rfind("greedy-", 0) == 0) {
     s.greedy = true;
