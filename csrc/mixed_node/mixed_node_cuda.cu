@@ -396,13 +396,15 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       at::Tensor pool_grad = at::empty({std::max<int64_t>(pools, 1), per_output}, acc_options);
       at::Tensor argmax_offset = at::empty({std::max<int64_t>(pools, 1), per_output}, grad.options().dtype(at::kByte));
       if (pools > 0) {
-        FASTDNAS_LAUNCH((pool_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * pools), kThreads, 0, stream)(
+        FASTDNAS_LAUNCH((pool_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * pools), kThreads, 0,
+                        stream)(
             table, g, w, mu, v, eps, partial, inv_count, pool_grad.mutable_data_ptr<acc_t>(),
             argmax_offset.mutable_data_ptr<uint8_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       for (int64_t e = 0; e < L.edges(); ++e) {
-        FASTDNAS_LAUNCH((edge_gradient_kernel<scalar_t, acc_t>), forward_grid_for(grad_edges[e].numel()), kThreads, 0, stream)(
+        FASTDNAS_LAUNCH((edge_gradient_kernel<scalar_t, acc_t>), forward_grid_for(grad_edges[e].numel()), kThreads, 0,
+                        stream)(
             table, static_cast<int>(e), g, w, pool_grad.const_data_ptr<acc_t>(),
             argmax_offset.const_data_ptr<uint8_t>(), outputs.edge[e]);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
