@@ -278,8 +278,9 @@ def default_threads():
     """torch's CPU thread count when --threads is not given: what the machine has free.
 
     torch starts one thread per core, and its OpenMP threads wait for each other at every op: a
-    thread whose core another process holds stalls the whole step (a DARTS digits step took
-    27-34 s with 2 threads on a busy 2-core machine, 1.85 s with 1). So: 1 thread on 1-2 cores,
+    thread whose core another process holds stalls the whole step (one forward and backward pass
+    of the digits search network: 27-34 s with 2 threads on a busy 2-core machine, 1.85 s with
+    1). So: 1 thread on 1-2 cores,
     where a second thread gains at most 2x and risks 15x; with more cores, those not already
     busy (the 1-minute load average), at least 1 and at most torch's own choice. OMP_NUM_THREADS,
     when set (torchrun sets 1 for several processes), wins.

@@ -91,7 +91,7 @@ def plot_cell(pairs, concat, path, title=None):
             x, y, angle = arc_point((x0, y0), (x1, y1), rad, t)
             text = ax.text(x, y, op, fontsize=7, ha="center", va="center", rotation=angle, rotation_mode="anchor",
                            zorder=4, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
-            box = text.get_window_extent(renderer).expanded(1.12, 1.5)  # a margin between labels
+            box = text.get_window_extent(renderer).expanded(1.3, 1.5)  # a margin between labels
             cost = overlap_area(box, occupied)
             if best is None or cost < best[0]:
                 if best is not None:

@@ -280,3 +280,31 @@ def test_resume_from_a_damaged_checkpoint_fails_in_one_line(tmp_path, capsys):
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert str(path) in err and reason in err and "run without --resume to start over" in err, err
     assert not (out / ".checkpoint-killed.tmp").exists()
+
+
+@pytest.mark.parametrize("kind", ["normal", "reduce"])
+def test_cell_picture_labels_clear_of_each_other_and_the_nodes(tmp_path, monkeypatch, kind):
+    from matplotlib.figure import Figure
+
+    from fastdnas.darts import Genotype
+    from fastdnas.viz import plot_cell
+
+    # A searched digits genotype whose edges crowd around c_{k-1} and node 3, and DARTS_V2.
+    found = Genotype(normal=[("skip_connect", 0), ("dil_conv_5x5", 1), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0),
+                             ("avg_pool_3x3", 0), ("sep_conv_3x3", 1), ("dil_conv_5x5", 1), ("skip_connect", 3)],
+                     normal_concat=[2, 3, 4, 5],
+                     reduce=[("skip_connect", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2), ("sep_conv_5x5", 1),
+                             ("sep_conv_5x5", 3), ("skip_connect", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0)],
+                     reduce_concat=[2, 3, 4, 5])
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *args, **kwargs: figures.append(self))
+    for genotype in (found, DARTS_V2):
+        plot_cell(getattr(genotype, kind), [2, 3, 4, 5], tmp_path / "cell.png")
+    for figure in figures:
+        renderer = figure.canvas.get_renderer()
+        texts = [t for t in figure.axes[0].texts if t.get_text()]  # not the arrows (empty annotations)
+        labels = [t.get_window_extent(renderer) for t in texts if t.get_fontsize() == 7]
+        nodes = [t.get_window_extent(renderer) for t in texts if t.get_fontsize() == 10]
+        assert len(labels) == 8 and len(nodes) == 7
+        for i, box in enumerate(labels):
+            assert not any(box.overlaps(other) for other in labels[:i] + labels[i + 1:] + nodes)
