@@ -19,7 +19,8 @@ def load():
         if info is None:
             reason = "it has not been built"
         elif info.TORCH_VERSION != torch.__version__:
-            reason = f"it was built for torch {info.TORCH_VERSION} but torch {torch.__version__} is installed"
+            reason = (f"it was built for torch {info.TORCH_VERSION} but torch {torch.__version__} is installed "
+                      f"({error})")
         else:
             reason = f"it failed to load: {error}"
         raise ImportError(
@@ -29,5 +30,6 @@ def load():
 
 
 def cuda_kernels_built():
-    info = _build_info()
-    return bool(info and info.WITH_CUDA)
+    """Whether the loaded library holds the CUDA kernels. Asked of the dispatcher, not of
+    _build_info, so it is right for a library built elsewhere and copied in."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastdnas::mixed_sum", "CUDA")

@@ -10,6 +10,7 @@ give). Only rank 0 writes files or prints.
 Without torchrun (no RANK / WORLD_SIZE in the environment) ``SINGLE`` stands for the one
 process and every helper here does nothing, so the single-process search is unchanged.
 """
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -166,7 +167,17 @@ def data_parallel(model, context, device):
     device_ids = [device.index] if device.type == "cuda" else None
     # The same initial state everywhere (DDP broadcasts the weights it owns, not the ignored alphas).
     broadcast_(list(model.arch_parameters()) + list(model.buffers()), context)
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
+
+
+# No buffer broadcast before each forward pass. Newer torch spells it forward_sync_buffers (its
+# broadcast_buffers is deprecated); older torch (2.11 and before) has broadcast_buffers only,
+# which also skips the broadcast at construction: data_parallel broadcasts the buffers itself.
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def sync_batch_norm(model, device):
