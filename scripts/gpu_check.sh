@@ -19,7 +19,9 @@
 #   profile (30)          torch.profiler table of the fused DARTS step (quick setting)
 # Tests run with -v (each result is in the log as it comes) and, where pytest-timeout is
 # installed, at most 60 s per test, so one hanging test does not take the whole phase.
-# A phase that would end past the 9-minute mark gets only the time left (PHASE_BUDGET_S).
+# A phase that would end past the 9-minute mark gets only the time left (PHASE_BUDGET_S, default
+# 530 s for all phases). ONLY="graph-tests memcheck" runs just those phases (and the library and
+# versions checks).
 #
 # RESULTS_DIR ends with at most 8 files: summary.txt (one line per phase), versions.txt,
 # logs.tar (every phase's log, appended as each phase ends), bench-kernels.json, bench-steps.json.
@@ -50,6 +52,9 @@ note() { echo "$*" | tee -a "$summary"; }
 run_phase() {
   local name=$1 planned=$2
   shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY build versions " != *" $name "* ]]; then
+    return
+  fi
   local left=$((budget - (SECONDS - start)))
   local limit=$((planned < left ? planned : left))
   if [ "$limit" -lt 5 ]; then
