@@ -1,4 +1,8 @@
 """Loads the compiled op library, explaining clearly why when it cannot."""
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+
 import torch
 
 
@@ -16,7 +20,11 @@ def load():
         from . import _C  # noqa: F401  (registers the ops with torch.ops.fastdnas)
     except ImportError as error:
         info = _build_info()
-        if info is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        if not any(os.path.exists(os.path.join(here, "_C" + suffix)) for suffix in EXTENSION_SUFFIXES):
+            # _build_info may describe a library built for another Python in the same folder.
+            reason = f"it has not been built for this Python ({sys.version_info.major}.{sys.version_info.minor})"
+        elif info is None:
             reason = "it has not been built"
         elif info.TORCH_VERSION != torch.__version__:
             reason = (f"it was built for torch {info.TORCH_VERSION} but torch {torch.__version__} is installed "

@@ -96,6 +96,10 @@ EOF
 if library_ok > "$dest/library.log" 2>&1; then
   note "library: prebuilt $(tail -n 1 "$dest/library.log" | cut -d' ' -f3)"
   tar -rf "$dest/logs.tar" -C "$dest" library.log && rm -f "$dest/library.log"
+elif [ "$has_gpu" != 1 ]; then
+  # Nothing here could use a rebuilt library: report, and go on to the versions.
+  note "library: unusable, not rebuilt without a GPU: $(grep -v '^\s*$' "$dest/library.log" | tail -n 1 | cut -c1-300)"
+  tar -rf "$dest/logs.tar" -C "$dest" library.log && rm -f "$dest/library.log"
 else
   tail -n 3 "$dest/library.log"
   tar -rf "$dest/logs.tar" -C "$dest" library.log && rm -f "$dest/library.log"
