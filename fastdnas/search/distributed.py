@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.distributed._functional_collectives as functional_collectives
+import torch.distributed.nn.functional as dist_nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -124,7 +125,15 @@ def broadcast_(tensors, context):
 
 def differentiable_all_reduce(tensor):
     """The sum of ``tensor`` over the ranks; its backward sums the incoming gradients over the ranks."""
+    if not _FUNCTIONAL_ALL_REDUCE_HAS_AUTOGRAD:
+        return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM, group=dist.group.WORLD)
     return functional_collectives.wait_tensor(functional_collectives.all_reduce(tensor, "sum", dist.group.WORLD))
+
+
+# Newer torch (2.11 and later at least) gives the functional all-reduce a backward; torch 2.4
+# passes no gradient through it, so there the autograd function of torch.distributed.nn sums.
+_FUNCTIONAL_ALL_REDUCE_HAS_AUTOGRAD = torch._C._dispatch_has_kernel_for_dispatch_key(
+    "_c10d_functional::all_reduce", "Autograd")
 
 
 def sum_meter_(meter, context):
