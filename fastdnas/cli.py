@@ -1,4 +1,4 @@
-"""Command line: ``fastdnas search darts|autodeeplab ...`` and ``fastdnas train darts|autodeeplab ...``.
+"""Command line: fastdnas search darts|autodeeplab ... and fastdnas train darts|autodeeplab ....
 
 Settings come, later ones winning, from: built-in defaults, the dataset's defaults, ``--config
 FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the command line.
@@ -23,7 +23,7 @@ SEARCH_DEFAULTS = {
 SEARCH_DATASET_DEFAULTS = {
     "cifar10": {},  # SPEC section 2 as it stands
     "cifar100": {},
-    # About 6 minutes on 2 CPU cores (~28 s an epoch): a narrow 5-cell network; with far fewer
+    # A narrow 5-cell network, 11 steps an epoch (times and results measured: README); with far fewer
     # steps than a CIFAR search, a 10x larger arch lr lets the alphas move visibly.
     "digits": {"epochs": 12, "batch_size": 64, "init_channels": 8, "layers": 5, "arch_lr": 3e-3},
     "synthetic": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 3, "arch_lr": 3e-3},
@@ -37,7 +37,7 @@ TRAIN_DATASET_DEFAULTS = {
     # The DARTS CIFAR recipe (its reported numbers use the auxiliary head and cutout).
     "cifar10": {"auxiliary": True, "cutout": 16},
     "cifar100": {"auxiliary": True, "cutout": 16},
-    # About 2 minutes on 2 CPU cores, ~99% test accuracy.
+    # Sized for a CPU (times and accuracy measured: README, "The two commands").
     "digits": {"epochs": 20, "batch_size": 64, "init_channels": 16, "layers": 5, "lr": 0.05, "drop_path_prob": 0.1},
     "synthetic": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 3, "drop_path_prob": 0.0},
 }
@@ -53,7 +53,7 @@ AUTODEEPLAB_SEARCH_DEFAULTS = {
 AUTODEEPLAB_SEARCH_DATASET_DEFAULTS = {
     "cityscapes": {},  # 321x321 crops of half-resolution images, batch 2 (the paper's search)
     "voc": {},
-    # Measured at about 7 CPU minutes (one thread): a 4-layer trellis of 3-block cells, F = 4, on
+    # A CPU-sized search (times measured: README): a 4-layer trellis of 3-block cells, F = 4, on
     # 64 x 64 crops. One thread: the supernet's thousands of tiny ops gain nothing from a second.
     "shapes": {"epochs": 6, "arch_start_epoch": 3, "batch_size": 16, "layers": 4, "blocks": 3,
                "filter_multiplier": 4, "crop_size": 64, "threads": 1},
@@ -66,7 +66,7 @@ AUTODEEPLAB_TRAIN_DEFAULTS = {
 AUTODEEPLAB_TRAIN_DATASET_DEFAULTS = {
     "cityscapes": {},
     "voc": {},
-    # Measured at about 4 minutes on 2 CPU cores, ~0.88 val mIoU for the default search's network.
+    # Sized for a CPU (time and val mIoU of the default search's network measured: README).
     "shapes": {"epochs": 40, "batch_size": 16, "filter_multiplier": 16, "lr": 0.1, "threads": 1},
 }
 # (command, space) -> (defaults, dataset defaults): the settings each command knows.
@@ -92,68 +92,147 @@ class UsageError(Exception):
     """A bad command line or config file: reported in one line, exit status 2."""
 
 
-def build_parser():
-    from .data import DATASETS
+SEARCH_DARTS, TRAIN_DARTS = ("search", "darts"), ("train", "darts")
+SEARCH_ADL, TRAIN_ADL = ("search", "autodeeplab"), ("train", "autodeeplab")
+EVERY = (SEARCH_DARTS, SEARCH_ADL, TRAIN_DARTS, TRAIN_ADL)
+SEARCHES, DARTS, AUTODEEPLAB = (SEARCH_DARTS, SEARCH_ADL), (SEARCH_DARTS, TRAIN_DARTS), (SEARCH_ADL, TRAIN_ADL)
+# The flags: (flag, argparse options, help, the (command, space) pairs that have it).
+FLAGS = [
+    ("--config", {"metavar": "FILE.json"}, "settings file (keys as the flags); flags override it", EVERY),
+    ("--data", {"metavar": "PATH"}, "folder with the CIFAR-10/100 files in the torchvision layout", DARTS),
+    ("--data", {"metavar": "PATH"}, "folder with the Cityscapes (leftImg8bit/, gtFine/) or VOC (VOC2012/) files",
+     AUTODEEPLAB),
+    ("--out", {"metavar": "DIR"}, "output folder", EVERY),
+    ("--epochs", {"type": int}, "", EVERY),
+    ("--batch-size", {"type": int}, "images per step (under torchrun: over all ranks)", SEARCHES),
+    ("--batch-size", {"type": int}, "images per step", (TRAIN_DARTS, TRAIN_ADL)),
+    ("--lr", {"type": float}, "initial weight learning rate (cosine annealed)", EVERY),
+    ("--lr-min", {"type": float}, "final weight learning rate", EVERY),
+    ("--momentum", {"type": float}, "", EVERY),
+    ("--weight-decay", {"type": float}, "", EVERY),
+    ("--grad-clip", {"type": float}, "max gradient norm of the weights", EVERY),
+    ("--init-channels", {"type": int}, "channels C of the first cells", DARTS),
+    ("--layers", {"type": int}, "number of cells", DARTS),
+    ("--layers", {"type": int}, "trellis layers L", (SEARCH_ADL,)),
+    ("--blocks", {"type": int}, "blocks B per cell", (SEARCH_ADL,)),
+    ("--filter-multiplier", {"type": int, "metavar": "F"}, "a cell at downsample rate s has F*s/4 channels per block",
+     AUTODEEPLAB),
+    ("--crop-size", {"type": int, "metavar": "PIXELS"}, "side of the training crops", AUTODEEPLAB),
+    ("--seed", {"type": int}, "", EVERY),
+    ("--device", {}, "cpu, cuda, cuda:1, ...", EVERY),
+    ("--threads", {"type": int, "metavar": "N"},
+     "CPU threads for torch; free cores: 1 on a 1-2 core machine, else the cores the 1-minute load average leaves "
+     "free (OMP_NUM_THREADS, when set, wins)", EVERY),
+    ("--log-interval", {"type": int, "metavar": "STEPS"},
+     "steps between progress updates (without a terminal: a line every STEPS steps or 30 s)", EVERY),
+    ("--amp", {"choices": ["bf16", "fp16"]}, "mixed precision: autocast to bfloat16, or float16 with loss scaling",
+     EVERY),
+    ("--arch-lr", {"type": float}, "Adam learning rate of the architecture parameters", SEARCHES),
+    ("--arch-betas", {"type": float, "nargs": 2, "metavar": ("BETA1", "BETA2")},
+     "Adam betas of the architecture optimizer", SEARCHES),
+    ("--arch-weight-decay", {"type": float}, "", SEARCHES),
+    ("--unrolled", {"action": argparse.BooleanOptionalAction}, "second-order architecture step", SEARCHES),
+    ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates before epoch N", SEARCHES),
+    ("--backend", {"choices": ["fused", "fused_sum", "reference"]},
+     "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager", SEARCHES),
+    ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
+    ("--sync-bn", {"action": argparse.BooleanOptionalAction},
+     "under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)", SEARCHES),
+    ("--cuda-graphs", {"action": argparse.BooleanOptionalAction},
+     "replay each search step from CUDA graphs (CUDA devices only; same results, far fewer kernel launches)",
+     SEARCHES),
+    ("--genotype", {"metavar": "FILE"}, "genotype.json or genotype.txt written by a search (required)", (TRAIN_DARTS,)),
+    ("--auxiliary", {"action": argparse.BooleanOptionalAction}, "auxiliary head", (TRAIN_DARTS,)),
+    ("--auxiliary-weight", {"type": float}, "", (TRAIN_DARTS,)),
+    ("--drop-path-prob", {"type": float}, "drop-path probability reached at the last epoch", (TRAIN_DARTS,)),
+    ("--cutout", {"type": int, "metavar": "PIXELS"}, "cutout length, 0 for none (CIFAR only)", (TRAIN_DARTS,)),
+    ("--arch", {"metavar": "FILE"}, "arch.json written by a search (required)", (TRAIN_ADL,)),
+]
+# What a default of None means, per setting.
+NONE_MEANS = {"device": "cuda when available, else cpu", "threads": "free cores", "amp": "float32",
+              "crop_size": {"cityscapes": "321", "voc": "321", "shapes": "the whole 96x96 image"}}
+DATASET_HELP = {
+    "digits": "8x8 handwritten digits bundled with scikit-learn (20%% held out for testing)",
+    "cifar10": "CIFAR-10 from --data", "cifar100": "CIFAR-100 from --data", "synthetic": "random images (tests)",
+    "shapes": "generated textured shapes, 96x96, nothing to download", "cityscapes": "Cityscapes from --data",
+    "voc": "PASCAL VOC 2012 from --data",
+}
+DESCRIPTIONS = {
+    SEARCH_DARTS: "The DARTS bilevel search: per step an Adam step of the alphas on a search-val batch, then an "
+                  "SGD step of the weights on a search-train batch (the training set split 50/50).",
+    SEARCH_ADL: "The Auto-DeepLab hierarchical search: a trellis of cells over four resolutions, cell alphas and "
+                "network betas updated after the warm-up epochs, mIoU measured every epoch.",
+    TRAIN_DARTS: "Retrain a DARTS genotype from scratch (two ops per node, drop-path, optional auxiliary head) and "
+                 "report test accuracy.",
+    TRAIN_ADL: "Retrain a decoded Auto-DeepLab network (path, cell, ASPP head) and report val mIoU.",
+}
 
-    parser = argparse.ArgumentParser(prog="fastdnas", description=__doc__.splitlines()[0])
+
+def show_value(name, value, dataset):
+    if value is None:
+        meaning = NONE_MEANS.get(name, "none")
+        return meaning[dataset] if isinstance(meaning, dict) else meaning
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def default_text(name, command, space):
+    """'default: 12 on digits, 2 on synthetic, 50 on cifar10 and cifar100', or '' where none applies."""
+    defaults, dataset_defaults = SETTINGS[command, space]
+    base = {**COMMON_DEFAULTS, **defaults}
+    if name == "out":
+        return f"default: runs/{command}-{space}-DATASET"
+    if name == "data":
+        return "default: ./data"
+    if name == "dataset":
+        return f"default: {base['dataset']}"
+    if name not in base and not any(name in d for d in dataset_defaults.values()):
+        return ""
+    datasets = sorted(dataset_defaults, key=lambda d: d != base["dataset"])  # the default dataset first
+    values = {}
+    for dataset in datasets:
+        value = show_value(name, dataset_defaults[dataset].get(name, base.get(name)), dataset)
+        values.setdefault(value, []).append(dataset)
+    if len(values) == 1:
+        return f"default: {next(iter(values))}"
+    return "default: " + ", ".join(f"{value} on {' and '.join(names)}" for value, names in values.items())
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab) on fused "
+                                     "C++/CUDA kernels.",
+        epilog="fastdnas search darts --help (and so on) lists each command's settings with their defaults. "
+               "Settings come, later ones winning, from the built-in defaults (sized per dataset), "
+               "--config FILE.json and the flags.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # SUPPRESS: only the flags actually given appear in the namespace, so they can override the rest.
-    search = commands.add_parser("search", help="architecture search", argument_default=argparse.SUPPRESS)
-    train = commands.add_parser("train", help="retrain a found architecture", argument_default=argparse.SUPPRESS)
-    for sub in (search, train):
-        sub.add_argument("space", choices=["darts", "autodeeplab"], help="search space")
-        sub.add_argument("--config", metavar="FILE.json", help="settings file (keys as the flags); flags override it")
-        sub.add_argument("--dataset", choices=DATASETS,
-                         help="dataset (default: darts digits, bundled with scikit-learn; autodeeplab shapes, "
-                              "generated)")
-        sub.add_argument("--data", metavar="PATH", help="folder with the CIFAR, Cityscapes or VOC files (default ./data)")
-        sub.add_argument("--out", metavar="DIR", help="output folder (default runs/<command>-<space>-<dataset>)")
-        sub.add_argument("--epochs", type=int)
-        sub.add_argument("--batch-size", type=int, help="images per step (search under torchrun: over all ranks)")
-        sub.add_argument("--lr", type=float, help="initial weight learning rate (cosine annealed)")
-        sub.add_argument("--lr-min", type=float, help="final weight learning rate")
-        sub.add_argument("--momentum", type=float)
-        sub.add_argument("--weight-decay", type=float)
-        sub.add_argument("--grad-clip", type=float, help="max gradient norm of the weights")
-        sub.add_argument("--init-channels", type=int, help="darts: channels C of the first cells")
-        sub.add_argument("--filter-multiplier", type=int, metavar="F",
-                         help="autodeeplab: a cell at downsample rate s has F*s/4 channels per block")
-        sub.add_argument("--crop-size", type=int, metavar="PIXELS",
-                         help="autodeeplab: side of the training crops (default: cityscapes and voc 321; shapes "
-                              "64 to search, the whole 96 x 96 image to train)")
-        sub.add_argument("--seed", type=int)
-        sub.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda when available)")
-        sub.add_argument("--threads", type=int, metavar="N",
-                         help="CPU threads for torch (default: torch's choice; 1 can be faster on a busy machine)")
-        sub.add_argument("--log-interval", type=int, metavar="STEPS", help="steps between progress updates")
-        sub.add_argument("--amp", choices=["bf16", "fp16"],
-                         help="mixed precision: autocast to bfloat16, or float16 with loss scaling (default: float32)")
-    search.add_argument("--layers", type=int, help="darts: number of cells; autodeeplab: trellis layers L")
-    search.add_argument("--blocks", type=int, help="autodeeplab: blocks B per cell")
-    search.add_argument("--arch-lr", type=float, help="Adam learning rate of the architecture parameters")
-    search.add_argument("--arch-betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
-                        help="Adam betas of the architecture optimizer (darts 0.5 0.999, autodeeplab 0.9 0.999)")
-    search.add_argument("--arch-weight-decay", type=float)
-    search.add_argument("--unrolled", action=argparse.BooleanOptionalAction, help="second-order architecture step (default: first order)")
-    search.add_argument("--arch-start-epoch", type=int, metavar="N", help="no architecture updates before epoch N")
-    search.add_argument("--backend", choices=["fused", "fused_sum", "reference"],
-                        help="fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager")
-    search.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    search.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
-                        help="under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)")
-    search.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction,
-                        help="replay each search step from CUDA graphs (CUDA devices only; same results, far "
-                             "fewer kernel launches)")
-    train.add_argument("--layers", type=int, help="darts: number of cells (autodeeplab: from --arch)")
-    train.add_argument("--genotype", metavar="FILE", help="darts: genotype.json or genotype.txt from a search (required)")
-    train.add_argument("--arch", metavar="FILE", help="autodeeplab: arch.json from a search (required)")
-    train.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, help="darts: auxiliary head")
-    train.add_argument("--auxiliary-weight", type=float)
-    train.add_argument("--drop-path-prob", type=float, help="darts: drop-path probability reached at the last epoch")
-    train.add_argument("--cutout", type=int, metavar="PIXELS", help="darts: cutout length, 0 for none (CIFAR only)")
-    search.set_defaults(run=run_search)
-    train.set_defaults(run=run_train)
+    command_help = {"search": "architecture search", "train": "retrain a found architecture"}
+    for command in ("search", "train"):
+        sub = commands.add_parser(command, help=command_help[command], description=command_help[command] + ".")
+        spaces = sub.add_subparsers(dest="space", required=True, metavar="SPACE")
+        for space in ("darts", "autodeeplab"):
+            key = command, space
+            _, dataset_defaults = SETTINGS[key]
+            # SUPPRESS: only the flags actually given appear in the namespace, so they can override the rest.
+            leaf = spaces.add_parser(space, help=DESCRIPTIONS[key].split(":")[0], description=DESCRIPTIONS[key],
+                                     argument_default=argparse.SUPPRESS)
+            datasets = "; ".join(f"{name}: {DATASET_HELP[name]}" for name in dataset_defaults)
+            leaf.add_argument("--dataset", choices=list(dataset_defaults),
+                              help=f"{datasets} ({default_text('dataset', command, space)})")
+            for flag, options, text, where in FLAGS:
+                if key in where:
+                    note = default_text(flag[2:].replace("-", "_"), command, space)
+                    text = f"{text} ({note})" if text and note else text or note
+                    leaf.add_argument(flag, **options, help=text or None)
+            leaf.set_defaults(run=run_search if command == "search" else run_train)
     return parser
+
+
+def every_flag():
+    return {flag for flag, *_ in FLAGS} | {"--dataset"}
 
 
 def read_config_file(path, known):
@@ -195,14 +274,33 @@ def resolve_settings(args, defaults, dataset_defaults):
     return settings, given
 
 
-def pick_device(name, threads=None):
-    """The torch device to run on (and the CPU thread count, when one is given)."""
+def default_threads():
+    """torch's CPU thread count when --threads is not given: what the machine has free.
+
+    torch starts one thread per core, and its OpenMP threads wait for each other at every op: a
+    thread whose core another process holds stalls the whole step (a DARTS digits step took
+    27-34 s with 2 threads on a busy 2-core machine, 1.85 s with 1). So: 1 thread on 1-2 cores,
+    where a second thread gains at most 2x and risks 15x; with more cores, those not already
+    busy (the 1-minute load average), at least 1 and at most torch's own choice. OMP_NUM_THREADS,
+    when set (torchrun sets 1 for several processes), wins.
+    """
     import torch
 
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores <= 2:
+        return 1
+    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
+
+
+def pick_device(name, threads=None):
+    """The torch device to run on; sets torch's CPU thread count (``threads``, or ``default_threads()``)."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads or default_threads())
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -212,6 +310,16 @@ def pick_device(name, threads=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available here (use --device cpu)")
     return name
+
+
+def describe_device(device):
+    """'cpu (1 thread)' for the start-up line: the thread count is the first thing to check when slow."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return str(device)
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''}; --threads N to change)"
 
 
 def check_positive(settings, names):
@@ -283,7 +391,7 @@ def run_search(args):
     ranks = (f" x {context.world_size} ranks (batch {config.batch_size // context.world_size} per rank)"
              if context.enabled else "")
     say(f"search {args.space} on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
-        f"device {device}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
+        f"device {describe_device(device)}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
     options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
                     out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"], **options)
@@ -302,18 +410,26 @@ def run_search(args):
 def read_resume_state(settings, given):
     """(settings, checkpoint state or None): with --resume the saved run's settings and state,
     else a check that no run would be overwritten."""
-    from .search import load_checkpoint
+    from .search import CheckpointError, load_checkpoint
+    from .search.checkpoint import remove_stale_temporaries
+    from .search.loop import CHECKPOINT_KEYS
 
     checkpoint_path = os.path.join(settings["out"], "checkpoint.pt")
     if not settings.get("resume"):
         if os.path.exists(checkpoint_path):
             raise UsageError(f"{checkpoint_path} exists: add --resume to continue that run, or choose another --out")
         return settings, None
+    remove_stale_temporaries(settings["out"])
     try:
-        resume_state = load_checkpoint(checkpoint_path)
+        resume_state = load_checkpoint(checkpoint_path, keys=CHECKPOINT_KEYS)
+        saved = resume_state["extra"].get("settings") if isinstance(resume_state["extra"], dict) else None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {checkpoint_path!r} holds no settings of a `fastdnas search` run")
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
-    saved = resume_state["extra"]["settings"]
+    except CheckpointError as error:
+        raise UsageError(f"{error}. --resume cannot continue from it: restore the file from a copy, or remove it "
+                         "(or choose another --out) and run without --resume to start over") from error
     changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
     if changed:
         raise UsageError(f"--resume continues the saved run; these settings differ from it: "
@@ -426,7 +542,7 @@ def run_train(args):
     model = space.model()
     out = settings["out"]
     os.makedirs(out, exist_ok=True)
-    print(f"train {args.space} on {data.summary()}; {count_parameters(model):,} parameters; device {device}; "
+    print(f"train {args.space} on {data.summary()}; {count_parameters(model):,} parameters; device {describe_device(device)}; "
           f"output in {out}")
     records = train_network(model, data.train, data.test, config, device=device, out_dir=out, **space.train_options)
     torch.save(model.state_dict(), os.path.join(out, "model.pt"))
@@ -523,11 +639,26 @@ def main(argv=None):
     from .search import distributed
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        foreign = [arg for arg in unknown if arg.split("=")[0] in every_flag()]
+        if foreign:
+            parser.exit(2, f"fastdnas {args.command} {args.space}: error: {foreign[0].split('=')[0]} does not apply "
+                           f"to `{args.command} {args.space}` (fastdnas {args.command} {args.space} --help lists "
+                           "its flags)\n")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # Progress and epoch lines reach a log file (a cluster job's output) as they are printed.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         return args.run(args)
     except UsageError as error:
-        parser.exit(2, f"fastdnas {args.command}: error: {error}\n")
+        parser.exit(2, f"fastdnas {args.command} {args.space}: error: {error}\n")
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically after each epoch: the last one stays valid.
+        again = " (add --resume to continue it)" if args.command == "search" else ""
+        sys.stderr.write(f"\nfastdnas {args.command} {args.space}: interrupted{again}\n")
+        return 130
     finally:
         distributed.shutdown()
 

@@ -1,7 +1,6 @@
 """Retraining a found architecture from scratch: SGD with cosine lr (DARTS: drop-path, optional auxiliary head)."""
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -12,7 +11,7 @@ from torch.nn.utils import clip_grad_norm_
 
 from .data.base import epoch_generator, iterate_batches
 from .precision import AMP_MODES, MixedPrecision
-from .search.loop import Metrics, format_metrics, make_progress_bar, prefixed, write_json_lines
+from .search.loop import Metrics, Progress, format_metrics, prefixed, progress_mode, write_json_lines
 from .search.schedule import cosine_lr, set_lr
 
 
@@ -107,7 +106,7 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
     if len(train_data) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_data)} images)")
     device = torch.device(device)
-    progress = sys.stderr.isatty() if progress is None else progress
+    progress = progress_mode(progress)
     torch.manual_seed(config.seed)  # drop-path masks come from the global generator
     model = model.to(device)
     parameters = list(model.parameters())
@@ -127,7 +126,7 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
         batches = iterate_batches(train_data, config.batch_size, epoch_generator(config.seed, epoch), shuffle=True,
                                   drop_last=True)
         steps = len(train_data) // config.batch_size
-        bar = make_progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", progress)
+        bar = Progress(progress, steps, f"epoch {epoch + 1}/{config.epochs}", config.log_interval, lr, log)
         for step, (inputs, targets) in enumerate(batches):
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -139,14 +138,8 @@ def train_network(model, train_data, test_data, config=None, device="cpu", out_d
             scaler.step(optimizer)
             scaler.update()
             meter.update(loss.detach(), logits, targets)
-            if bar is not None:
-                if (step + 1) % config.log_interval == 0 or step + 1 == steps:
-                    current = meter.read()
-                    bar.set_postfix(**{k: f"{v:.3f}" for k, v in current.items() if isinstance(v, float)},
-                                    lr=f"{lr:.4f}")
-                bar.update()
-        if bar is not None:
-            bar.close()
+            bar.update(step, meter)
+        bar.close()
         train = meter.read()
         test = evaluate(model, test_data, config.batch_size, device, eval_loss_fn, metrics, precision)
         record = {"epoch": epoch, "lr": lr}

@@ -16,8 +16,8 @@ def cell_layout(steps):
     """Node name -> (x, y): the two inputs on the left, the intermediate nodes in a row, the output right."""
     positions = {"c_{k-2}": (0.0, 2.0), "c_{k-1}": (0.0, -2.0)}
     for i in range(steps):
-        positions[str(i)] = (2.0 + 1.8 * i, 0.0)
-    positions["c_{k}"] = (2.0 + 1.8 * steps + 1.2, 0.0)
+        positions[str(i)] = (2.2 + 2.2 * i, 0.0)
+    positions["c_{k}"] = (2.2 + 2.2 * steps + 1.2, 0.0)
     return positions
 
 
@@ -25,38 +25,39 @@ def state_name(index):
     return {0: "c_{k-2}", 1: "c_{k-1}"}.get(index, str(index - 2))
 
 
+# Where along an edge its label may sit (fraction of the way to the target), most preferred first.
+LABEL_POSITIONS = (0.5, 0.4, 0.6, 0.32, 0.68, 0.25, 0.75)
+
+
+def arc_point(start, end, rad, t):
+    """The point at ``t`` on matplotlib's arc3 curve from start to end, and the curve's angle there (degrees,
+    turned to read left to right)."""
+    (x0, y0), (x1, y1) = start, end
+    cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)  # the control point
+    x = (1 - t) ** 2 * x0 + 2 * t * (1 - t) * cx + t**2 * x1
+    y = (1 - t) ** 2 * y0 + 2 * t * (1 - t) * cy + t**2 * y1
+    angle = math.degrees(math.atan2((1 - t) * (cy - y0) + t * (y1 - cy), (1 - t) * (cx - x0) + t * (x1 - cx)))
+    return x, y, angle - 180 if angle > 90 else angle + 180 if angle < -90 else angle
+
+
+def overlap_area(box, others):
+    return sum(max(0.0, min(box.x1, o.x1) - max(box.x0, o.x0)) * max(0.0, min(box.y1, o.y1) - max(box.y0, o.y0))
+               for o in others)
+
+
 def plot_cell(pairs, concat, path, title=None):
-    """Draw one cell of a genotype: ``pairs`` are its (op_name, state_index) pairs, two per node."""
+    """Draw one cell of a genotype: ``pairs`` are its (op_name, state_index) pairs, two per node.
+
+    Each op label sits on its edge, rotated along it, at the first of ``LABEL_POSITIONS`` where it
+    covers no node and no label placed before it (else where it covers least): where edges meet
+    at a node, their labels then stay apart."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     steps = len(pairs) // 2
     positions = cell_layout(steps)
-    figure = Figure(figsize=(2.4 + 1.8 * steps, 4.6))
+    figure = Figure(figsize=(2.4 + 2.2 * steps, 4.6))
+    renderer = FigureCanvasAgg(figure).get_renderer()
     ax = figure.add_subplot()
-    edges = [(state_name(index), str(k // 2), op) for k, (op, index) in enumerate(pairs)]
-    edges += [(state_name(i), "c_{k}", None) for i in concat]
-    for source, target, op in edges:
-        (x0, y0), (x1, y1) = positions[source], positions[target]
-        # Edges along the row of nodes would run through the nodes between: bend them (ops up, output down).
-        skips_nodes = y0 == y1 and abs(x1 - x0) > 2.0
-        rad = (0.3 if op is None else -0.3) if skips_nodes else 0.0
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color="gray" if op is None else "black", lw=1.0,
-                                    shrinkA=16, shrinkB=16, connectionstyle=f"arc3,rad={rad}"))
-        if op is not None:
-            # Label on matplotlib's arc3 curve (control point mid + rad * (dy, -dx)), near the target
-            # where edges into different nodes have spread apart, rotated along the edge.
-            cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
-            t = 0.62
-            lx = (1 - t) ** 2 * x0 + 2 * t * (1 - t) * cx + t**2 * x1
-            ly = (1 - t) ** 2 * y0 + 2 * t * (1 - t) * cy + t**2 * y1
-            angle = math.degrees(math.atan2((1 - t) * (cy - y0) + t * (y1 - cy), (1 - t) * (cx - x0) + t * (x1 - cx)))
-            angle = angle - 180 if angle > 90 else angle + 180 if angle < -90 else angle
-            ax.text(lx, ly, op, fontsize=7, ha="center", va="center", rotation=angle, rotation_mode="anchor",
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
-    for name, (x, y) in positions.items():
-        color = INPUT_COLOR if name.startswith("c_{k-") else OUTPUT_COLOR if name == "c_{k}" else NODE_COLOR
-        label = f"${name}$" if name.startswith("c_") else name
-        ax.text(x, y, label, fontsize=10, ha="center", va="center", zorder=3,
-                bbox=dict(boxstyle="round,pad=0.4", fc=color, ec="black"))
     xs, ys = zip(*positions.values())
     ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
     ax.set_ylim(min(ys) - 1.2, max(ys) + 1.2)
@@ -64,7 +65,43 @@ def plot_cell(pairs, concat, path, title=None):
     ax.axis("off")
     if title:
         ax.set_title(title)
-    figure.tight_layout()
+    occupied = []  # display boxes of the nodes and of the labels placed so far
+    for name, (x, y) in positions.items():
+        color = INPUT_COLOR if name.startswith("c_{k-") else OUTPUT_COLOR if name == "c_{k}" else NODE_COLOR
+        label = f"${name}$" if name.startswith("c_") else name
+        node = ax.text(x, y, label, fontsize=10, ha="center", va="center", zorder=3,
+                       bbox=dict(boxstyle="round,pad=0.4", fc=color, ec="black"))
+        occupied.append(node)
+    figure.tight_layout()  # before measuring: it moves the axes
+    occupied = [node.get_window_extent(renderer).expanded(1.15, 1.3) for node in occupied]
+    edges = [(state_name(index), str(k // 2), op) for k, (op, index) in enumerate(pairs)]
+    edges += [(state_name(i), "c_{k}", None) for i in concat]
+    for source, target, op in edges:
+        (x0, y0), (x1, y1) = positions[source], positions[target]
+        # Edges along the row of nodes would run through the nodes between: bend them (ops up, output down).
+        skips_nodes = y0 == y1 and abs(x1 - x0) > 2.5
+        rad = (0.3 if op is None else -0.3) if skips_nodes else 0.0
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="-|>", color="gray" if op is None else "black", lw=1.0,
+                                    shrinkA=16, shrinkB=16, connectionstyle=f"arc3,rad={rad}"))
+        if op is None:
+            continue
+        best = None
+        for t in LABEL_POSITIONS:
+            x, y, angle = arc_point((x0, y0), (x1, y1), rad, t)
+            text = ax.text(x, y, op, fontsize=7, ha="center", va="center", rotation=angle, rotation_mode="anchor",
+                           zorder=4, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
+            box = text.get_window_extent(renderer).expanded(1.12, 1.5)  # a margin between labels
+            cost = overlap_area(box, occupied)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        occupied.append(best[2])
     figure.savefig(path, dpi=120)
 
 
@@ -100,8 +137,12 @@ def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "r
     rows_per_cell = [-(-w.shape[1] // columns) for w in weights]
     figure = Figure(figsize=(2.3 * columns, 1.9 * sum(rows_per_cell) + 0.8))
     # Fixed margins: tight_layout would cost a second full draw of every subplot.
-    grid = figure.add_gridspec(sum(rows_per_cell), columns, left=0.03, right=0.99, top=0.96, bottom=0.12,
+    grid = figure.add_gridspec(sum(rows_per_cell), columns, left=0.04, right=0.99, top=0.96, bottom=0.12,
                                wspace=0.25, hspace=0.45)
+    # One y-scale for every panel, so panels compare at a glance; the dashed line is the uniform
+    # weight 1/K every op starts from: ops above it are winning their edge.
+    uniform = 1.0 / len(primitives)
+    top = max(uniform, max(w.max().item() for w in weights)) * 1.05
     row = 0
     lines = []
     for name, cell_weights, rows in zip(cell_names, weights, rows_per_cell):
@@ -109,12 +150,18 @@ def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "r
             ax = figure.add_subplot(grid[row + edge // columns, edge % columns])
             lines = [ax.plot(epochs, cell_weights[:, edge, k], marker="." if len(epochs) < 20 else None, lw=1)[0]
                      for k in range(cell_weights.shape[2])]
+            uniform_line = ax.axhline(uniform, color="gray", ls="--", lw=0.8)
+            ax.set_ylim(0.0, top)
             ax.set_title(f"{name}: {edge_name}", fontsize=8)
             ax.tick_params(labelsize=6)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if edge % columns:
+                ax.tick_params(labelleft=False)
         row += rows
-    figure.legend(lines, list(primitives), loc="lower center", ncol=len(primitives), fontsize=8)
+    figure.legend(lines + [uniform_line], list(primitives) + [f"uniform 1/{len(primitives)}"], loc="lower center",
+                  ncol=len(primitives) + 1, fontsize=8)
     figure.supxlabel("epoch", fontsize=8, y=0.06)
+    figure.supylabel("softmax(alpha): weight of each op on the edge", fontsize=8, x=0.005)
     figure.savefig(path, dpi=100)
 
 

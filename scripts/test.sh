@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export FASTDNAS_EXPECT_CUDA_BUILD=${FASTDNAS_CUDA:-$( [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && echo 1 || echo 0 )}
+source scripts/cuda_choice.sh  # setup.sh's choice: the CUDA kernels must then be there
+export FASTDNAS_EXPECT_CUDA_BUILD=$FASTDNAS_CUDA
 exec .venv/bin/python -m pytest -q -ra tests "$@"

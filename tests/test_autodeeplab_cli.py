@@ -137,8 +137,14 @@ def fails(capsys, argv, message):
 
 
 def test_bad_arguments_fail_clearly(tmp_path, capsys):
-    fails(capsys, ["search", "autodeeplab", "--dataset", "digits"], "does not suit `search autodeeplab`")
-    fails(capsys, ["search", "darts", "--dataset", "shapes"], "does not suit `search darts`")
+    # Each space's parser knows only its own datasets; a config file naming another is refused too.
+    fails(capsys, ["search", "autodeeplab", "--dataset", "digits"], "invalid choice: 'digits'")
+    fails(capsys, ["search", "darts", "--dataset", "shapes"], "invalid choice: 'shapes'")
+    (tmp_path / "digits.json").write_text(json.dumps({"dataset": "digits"}))
+    fails(capsys, ["search", "autodeeplab", "--config", str(tmp_path / "digits.json")],
+          "does not suit `search autodeeplab`")
+    (tmp_path / "text.json").write_text("path: [0, 1]\n")
+    fails(capsys, ["train", "autodeeplab", "--arch", str(tmp_path / "text.json")], "not an architecture file")
     fails(capsys, ["search", "autodeeplab", "--init-channels", "4"], "--init-channels does not apply")
     fails(capsys, ["train", "autodeeplab", "--genotype", "g.json"], "--genotype does not apply")
     fails(capsys, ["train", "autodeeplab", "--layers", "3"], "--layers does not apply")

@@ -6,7 +6,8 @@ import torch
 
 from fastdnas import cli
 from fastdnas.darts import DARTS_V2, genotype_from_text, genotype_to_dict, load_genotype
-from fastdnas.search import Search, load_checkpoint
+from fastdnas.search import Search, load_checkpoint, save_checkpoint
+from fastdnas.search.loop import CHECKPOINT_KEYS
 
 TINY = ["--dataset", "synthetic", "--init-channels", "2", "--layers", "2", "--batch-size", "32", "--device", "cpu",
         "--threads", "1"]
@@ -113,7 +114,169 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     settings = {"dataset": "synthetic", "layers": 2, "epochs": 1}
-    torch.save({"extra": {"settings": settings}}, out / "checkpoint.pt")
+    save_checkpoint({**dict.fromkeys(CHECKPOINT_KEYS), "extra": {"settings": settings}}, out / "checkpoint.pt")
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--out", str(out)], "add --resume")
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--layers", "3", "--out", str(out), "--resume"],
           "layers (saved 2, given 3)")
+
+
+def help_text(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+
+
+def test_help_shows_each_space_its_own_flags_datasets_and_defaults(capsys):
+    top = help_text(capsys)
+    assert "``" not in top and "search" in top and "train" in top
+    darts, adl = help_text(capsys, "search", "darts"), help_text(capsys, "search", "autodeeplab")
+    assert darts != adl
+    assert "--init-channels" in darts and "--blocks" not in darts and "--filter-multiplier" not in darts
+    assert "--blocks" in adl and "--filter-multiplier" in adl and "--init-channels" not in adl
+    assert "{cifar10,cifar100,digits,synthetic}" in darts and "shapes" not in darts
+    assert "{cityscapes,voc,shapes}" in adl and "digits" not in adl
+    epochs = cli.SEARCH_DATASET_DEFAULTS["digits"]["epochs"], cli.AUTODEEPLAB_SEARCH_DATASET_DEFAULTS["shapes"]["epochs"]
+    assert f"default: {epochs[0]} on digits" in darts and f"default: {epochs[1]} on shapes" in adl
+    assert "0.5 0.999" in darts and "0.9 0.999" in adl  # the arch optimizer betas of each space
+    train_darts, train_adl = help_text(capsys, "train", "darts"), help_text(capsys, "train", "autodeeplab")
+    assert "--genotype" in train_darts and "--arch " not in train_darts and "--arch FILE" in train_adl
+    assert all("--threads" in text for text in (darts, adl, train_darts, train_adl))
+
+
+def test_flag_of_another_space_is_refused_by_name(capsys):
+    fails(capsys, ["search", "darts", "--blocks", "3"], "--blocks does not apply to `search darts`")
+    fails(capsys, ["search", "darts", "--no-such-flag"], "unrecognized arguments: --no-such-flag")
+
+
+def test_ctrl_c_says_how_to_resume_and_leaves_a_valid_checkpoint(tmp_path, capsys, monkeypatch):
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history"):
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+    saves = []
+    original_save = torch.save
+
+    def interrupted_save(state, f, *args, **kwargs):  # Ctrl-C in the middle of the second epoch's checkpoint
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"half a checkpoint")
+            raise KeyboardInterrupt
+        return original_save(state, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "3") == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # the last complete epoch, still loadable
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    monkeypatch.setattr(torch, "save", original_save)
+    assert search(out, "--epochs", "3", "--resume") == 0
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
+
+
+def test_ctrl_c_in_training_exits_130(tmp_path, capsys, monkeypatch):
+    import fastdnas.train
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fastdnas.train, "train_network", interrupt)
+    genotype_file = tmp_path / "genotype.txt"
+    genotype_file.write_text(repr(DARTS_V2) + "\n")
+    assert cli.main(["train", "darts", "--genotype", str(genotype_file), *TINY, "--out", str(tmp_path / "t")]) == 130
+    assert "fastdnas train darts: interrupted" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_genotype_says_so(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# fastdnas\n\nFast differentiable neural architecture search.\n")
+    fails(capsys, ["train", "darts", "--genotype", str(readme), *TINY], "README.md': not a genotype file")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "darts", "--genotype", str(readme), *TINY])
+    err = capsys.readouterr().err
+    assert "README.md" in err and "genotype.json" in err and "genotype.txt" in err
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history"):
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+    assert not __import__("sys").stderr.isatty()  # pytest captures it: as in a log file
+    assert search(tmp_path / "s", "--epochs", "1", "--log-interval", "1") == 0
+    out = capsys.readouterr().out
+    steps = 128 // 2 // 32  # synthetic search-train half over the batch
+    assert [line.split(":")[0] for line in out.splitlines() if " step " in line] == [
+        f"  epoch 1/1 step {k}/{steps}" for k in range(1, steps)]  # the last step is the epoch line's
+    # A short first epoch leaves BatchNorm running statistics near their start: the log says why val lags.
+    assert "val: eval mode, BatchNorm running statistics" in out
+
+
+def test_progress_line_every_few_seconds(monkeypatch):
+    from fastdnas.search.loop import Metrics, Progress
+
+    lines = []
+    meter = Metrics("cpu")
+    meter.update(torch.tensor(1.5), torch.tensor([[2.0, 0.0]]), torch.tensor([0]))
+    progress = Progress("lines", 5, "epoch 1/1", log_interval=100, lr=0.1, log=lines.append, seconds=0.0)
+    for step in range(5):
+        progress.update(step, meter)
+    assert lines == [f"  epoch 1/1 step {k}/5: loss 1.5000 acc 1.0000 (0 s)" for k in range(1, 5)]
+    quiet = Progress("lines", 5, "epoch 1/1", log_interval=100, lr=0.1, log=lines.append, seconds=3600.0)
+    for step in range(5):
+        quiet.update(step, meter)
+    assert len(lines) == 4
+
+
+def test_default_threads_leave_a_loaded_machine_alone(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    for cores, load, want in [(1, 0.0, 1), (2, 0.0, 1), (2, 3.0, 1), (8, 0.0, 8), (8, 3.2, 5), (8, 20.0, 1),
+                              (16, 0.0, 8)]:
+        monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, load, load))
+        assert cli.default_threads() == want, (cores, load)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cli.default_threads() == 8  # torch read OMP_NUM_THREADS itself: kept
+
+
+def test_train_and_search_set_the_thread_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "default_threads", lambda: 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli.pick_device("cpu") == "cpu" and torch.get_num_threads() == 1
+        assert cli.pick_device("cpu", 2) == "cpu" and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    args = cli.build_parser().parse_args(["train", "darts", "--threads", "3"])
+    assert args.threads == 3
+    args = cli.build_parser().parse_args(["train", "autodeeplab", "--threads", "3"])
+    assert args.threads == 3
+
+
+def test_resume_from_a_damaged_checkpoint_fails_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "1") == 0
+    path = out / "checkpoint.pt"
+    data = path.read_bytes()
+    (out / ".checkpoint-killed.tmp").write_bytes(data[:100])  # a write killed before its rename
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    state = load_checkpoint(path)
+    del state["rng"]
+    save_checkpoint(state, tmp_path / "no-rng.pt")
+    for content, reason in ((b"", "empty file"), (data[:-200], "damaged or not a checkpoint"),
+                            (b"not a checkpoint\n" * 10, "damaged or not a checkpoint"),
+                            (bytes(flipped), "does not match its checksum"),
+                            ((tmp_path / "no-rng.pt").read_bytes(), "lacks rng")):
+        path.write_bytes(content)
+        with pytest.raises(SystemExit) as exit_info:
+            search(out, "--epochs", "1", "--resume")
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert str(path) in err and reason in err and "run without --resume to start over" in err, err
+    assert not (out / ".checkpoint-killed.tmp").exists()

@@ -162,7 +162,8 @@ def load_arch(path):
         try:
             arch = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"not valid JSON: {error}") from error
+            raise ValueError("not an architecture file: expected the arch.json a search writes (a JSON object "
+                             f"with 'path' and 'cell'); this file is not JSON ({error})") from error
     if not isinstance(arch, dict) or not {"path", "cell"} <= set(arch):
         raise ValueError("expected a JSON object with the keys 'path' (levels by layer) and 'cell' "
                          "(op, state-index pairs)")

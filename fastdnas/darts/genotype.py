@@ -128,4 +128,10 @@ def load_genotype(path):
         text = f.read()
     if text.lstrip().startswith("Genotype"):
         return genotype_from_text(text)
-    return genotype_from_json(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError("not a genotype file: expected the genotype.json a search writes (a JSON object with "
+                         f"{', '.join(Genotype._fields)}) or its genotype.txt (Genotype(normal=[...], ...)); "
+                         f"this file is neither (JSON: {error})") from error
+    return genotype_from_dict(data)

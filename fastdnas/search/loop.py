@@ -17,9 +17,12 @@ from ..data.base import epoch_generator, iterate_batches
 from ..precision import AMP_MODES, MixedPrecision
 from ..data.prefetch import DevicePrefetcher
 from .architect import Architect, cross_entropy_loss, split_loss
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
 from .distributed import SINGLE, average_, broadcast_, data_parallel, sum_meter_, sync_batch_norm
 from .schedule import cosine_lr, set_lr
+
+
+BN_KEEPS = 0.9  # the share of a BatchNorm running statistic kept per training step (momentum 0.1)
 
 
 @dataclass
@@ -147,7 +150,7 @@ class Search:
         self.describe = describe
         self.out_dir = out_dir
         self.extra = extra or {}
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main
+        self.progress = progress_mode(progress) if distributed.is_main else None
         self.log = log if distributed.is_main else (lambda *args, **kwargs: None)
         self.weights = list(model.weight_parameters())
         # On CUDA each optimizer step is one fused kernel; on the CPU the foreach ops do as well.
@@ -202,6 +205,13 @@ class Search:
             self.epoch = epoch + 1
             self.log(f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train {format_metrics(train)} "
                      f"val {format_metrics(val)} ({record['time']:.1f} s)")
+            steps = self.steps_per_epoch()
+            if epoch == 0 and BN_KEEPS ** steps > 0.05:
+                # As in the DARTS code, val is measured in eval mode. After a short first epoch the
+                # BatchNorm running statistics are still far from the batch statistics the network
+                # trains with, so val accuracy can sit at chance: say so, lest it alarm.
+                self.log(f"  (val: eval mode, BatchNorm running statistics; after {steps} steps they still hold "
+                         f"{BN_KEEPS ** steps:.0%} of their initial values, so val trails train for the first epochs)")
             if self.out_dir is not None and self.distributed.is_main:
                 self.save(self.checkpoint_path)
                 write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
@@ -218,23 +228,21 @@ class Search:
                                         drop_last=True, **shard)
         val_batches = iterate_batches(self.val_data, self.rank_batch_size, generator, shuffle=True, drop_last=True,
                                       **shard)
-        steps = min(len(self.train_data), len(self.val_data)) // config.batch_size
+        steps = self.steps_per_epoch()
         metrics = self.metrics(self.device)
         self.model.train()
-        bar = make_progress_bar(steps, f"epoch {epoch + 1}/{config.epochs}", self.progress)
+        progress = Progress(self.progress, steps, f"epoch {epoch + 1}/{config.epochs}", config.log_interval, lr,
+                            self.log)
         batches = self.prefetcher.prefetch(zip(train_batches, val_batches))  # on the device, one step ahead
         for step, ((inputs, targets), (val_inputs, val_targets)) in enumerate(batches):
             loss, logits = self.search_step(inputs, targets, val_inputs, val_targets, update_arch)
             metrics.update(loss, logits, targets)
-            if bar is not None:
-                if (step + 1) % config.log_interval == 0 or step + 1 == steps:
-                    current = metrics.read()
-                    bar.set_postfix(**{k: f"{v:.3f}" for k, v in current.items() if isinstance(v, float)},
-                                    lr=f"{lr:.4f}")
-                bar.update()
-        if bar is not None:
-            bar.close()
+            progress.update(step, metrics)
+        progress.close()
         return sum_meter_(metrics, self.distributed).read()
+
+    def steps_per_epoch(self):
+        return min(len(self.train_data), len(self.val_data)) // self.config.batch_size
 
     def search_step(self, inputs, targets, val_inputs, val_targets, update_arch=True):
         """One bilevel step on batches on the device: the architecture step on the val batch (if
@@ -311,8 +319,15 @@ class Search:
 
     def resume(self, path=None):
         """Load ``path`` (default: out_dir/checkpoint.pt); ``run()`` then continues where it stopped."""
-        self.load_state_dict(load_checkpoint(path or self.checkpoint_path))
+        path = path or self.checkpoint_path
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+        self.load_state_dict(load_checkpoint(path, keys=CHECKPOINT_KEYS))
         return self
+
+
+# What a checkpoint must hold for load_state_dict ("grad_scaler" is optional: older checkpoints lack it).
+CHECKPOINT_KEYS = ("epoch", "model", "arch_parameters", "weight_optimizer", "arch_optimizer", "rng", "history",
+                   "config", "extra")
 
 
 def optimizer_kind(fused):
@@ -331,12 +346,52 @@ def use_optimizer_kind(optimizer, fused):
             state["step"] = state["step"].to(device=param.device if fused else "cpu", dtype=torch.float32)
 
 
-def make_progress_bar(total, description, enabled):
-    if not enabled:
-        return None
-    from tqdm import tqdm
+def progress_mode(progress):
+    """``progress`` None (auto), True/"bar", False, "lines" -> "bar", "lines" or None.
 
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+    Auto: a bar on a terminal; elsewhere (a log file, a cluster job) lines, so that a slow epoch
+    does not look hung."""
+    if progress is None:
+        return "bar" if sys.stderr.isatty() else "lines"
+    if progress in (True, "bar", "lines"):
+        return "bar" if progress is True else progress
+    if progress is False:
+        return None
+    raise ValueError(f"progress must be None, True, False, 'bar' or 'lines', got {progress!r}")
+
+
+class Progress:
+    """Progress within an epoch: a tqdm bar updated every ``log_interval`` steps, or a line every
+    ``log_interval`` steps or ``seconds`` (whichever comes first). The meter is read (one host
+    synchronisation) only when shown; the last step is left to the epoch's own line."""
+
+    def __init__(self, mode, steps, description, log_interval, lr, log=print, seconds=30.0):
+        self.mode, self.steps, self.description, self.log_interval = mode, steps, description, log_interval
+        self.lr, self.log, self.seconds = lr, log, seconds
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, desc=description, leave=False, dynamic_ncols=True)
+
+    def update(self, step, meter):
+        done = step + 1
+        if self.mode == "bar":
+            if done % self.log_interval == 0 or done == self.steps:
+                self.bar.set_postfix(**{k: f"{v:.3f}" for k, v in meter.read().items() if isinstance(v, float)},
+                                     lr=f"{self.lr:.4f}")
+            self.bar.update()
+        elif self.mode == "lines" and done < self.steps:
+            now = time.perf_counter()
+            if done % self.log_interval == 0 or now - self.last >= self.seconds:
+                self.last = now
+                self.log(f"  {self.description} step {done}/{self.steps}: {format_metrics(meter.read())} "
+                         f"({now - self.start:.0f} s)")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def write_json_lines(path, records):
