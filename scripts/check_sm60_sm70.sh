@@ -47,9 +47,10 @@ EOF
 echo "$("$nvcc" --version | tail -n 1); torch $("$VENV/bin/python" -c "import torch; print(torch.__version__)")"
 out=build/sm60_sm70
 mkdir -p "$out"
-# One nvcc per file with both architectures; MAX_JOBS files at a time; every failure is shown.
+# One nvcc per file with both architectures (the nvcc flags of setup.py); MAX_JOBS files at a
+# time; every failure is shown.
 find csrc -name '*.cu' | sort | xargs -P "${MAX_JOBS:-2}" -I{} sh -c '
-  if "$1" -c "{}" -o "$0/$(basename "{}" .cu).o" $2 -std=c++17 -O3 -lineinfo -Xcompiler -fPIC \
+  if "$1" -c "{}" -o "$0/$(basename "{}" .cu).o" $2 -std=c++17 -O3 -lineinfo --fmad=false -Xcompiler -fPIC \
        -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C \
        -gencode arch=compute_60,code=sm_60 -gencode arch=compute_70,code=sm_70; then
     echo "ok      {} (sm_60, sm_70)"
