@@ -124,7 +124,9 @@ setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
-    install_requires=["torch", "numpy"],
+    # The oldest torch with every custom-op API used (torch.library.register_fake, register_autograd,
+    # opcheck) up to the newest tested; scripts/test_oldest_torch.sh and scripts/test.sh test both ends.
+    install_requires=["torch>=2.4.0,<2.15", "numpy"],
     extras_require={
         "search": ["scikit-learn", "matplotlib", "tqdm"],
         "test": ["pytest", "pytest-benchmark", "expecttest"],

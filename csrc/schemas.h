@@ -11,7 +11,9 @@ inline void define_op_schemas(torch::Library& m) {
   m.def("_mixed_sum_backward(Tensor grad, Tensor[] inputs, Tensor weights) -> (Tensor[], Tensor)");
   m.def("trellis_aggregate(Tensor[] blocks, int num_cells, Tensor betas) -> Tensor");
   m.def("_trellis_aggregate_backward(Tensor grad, Tensor[] blocks, int num_cells, Tensor betas) -> (Tensor[], Tensor)");
-  m.def("resize_sum(Tensor[] inputs, SymInt[] size, Tensor? weights=None) -> Tensor");
+  // weights has no default: torch 2.11 drops an argument equal to its default before the Python
+  // autograd formula runs, which then returns one gradient too many.
+  m.def("resize_sum(Tensor[] inputs, SymInt[] size, Tensor? weights) -> Tensor");
   m.def("_resize_sum_backward(Tensor grad, Tensor[] inputs, Tensor? weights) -> (Tensor[], Tensor)");
   m.def("mixed_node(Tensor[] edge_inputs, int[] strides, Tensor[] conv_outputs, Tensor weights, int[] free_items, "
         "int[] free_kinds, int[] conv_items, Tensor? running_mean, Tensor? running_var, float eps) "

@@ -1,4 +1,8 @@
 """Loads the compiled op library, explaining clearly why when it cannot."""
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+
 import torch
 
 
@@ -16,10 +20,15 @@ def load():
         from . import _C  # noqa: F401  (registers the ops with torch.ops.fastdnas)
     except ImportError as error:
         info = _build_info()
-        if info is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        if not any(os.path.exists(os.path.join(here, "_C" + suffix)) for suffix in EXTENSION_SUFFIXES):
+            # _build_info may describe a library built for another Python in the same folder.
+            reason = f"it has not been built for this Python ({sys.version_info.major}.{sys.version_info.minor})"
+        elif info is None:
             reason = "it has not been built"
         elif info.TORCH_VERSION != torch.__version__:
-            reason = f"it was built for torch {info.TORCH_VERSION} but torch {torch.__version__} is installed"
+            reason = (f"it was built for torch {info.TORCH_VERSION} but torch {torch.__version__} is installed "
+                      f"({error})")
         else:
             reason = f"it failed to load: {error}"
         raise ImportError(
@@ -29,5 +38,6 @@ def load():
 
 
 def cuda_kernels_built():
-    info = _build_info()
-    return bool(info and info.WITH_CUDA)
+    """Whether the loaded library holds the CUDA kernels. Asked of the dispatcher, not of
+    _build_info, so it is right for a library built elsewhere and copied in."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastdnas::mixed_sum", "CUDA")

@@ -13,6 +13,26 @@ import torch
 AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _read_autocast_availability(device_type):
+    try:
+        return torch.amp.is_autocast_available(device_type)
+    except RuntimeError:  # a device type this torch does not know
+        return False
+
+
+# Whether autocast exists for a device type, read once here: torch.compile cannot trace
+# torch.amp.is_autocast_available in every supported torch (2.11 fails), but traces a dict lookup.
+_AUTOCAST_AVAILABLE = {
+    device_type: _read_autocast_availability(device_type)
+    for device_type in ("cpu", "cuda", "meta", "xpu", "mps", "hpu", "xla", "mtia")
+}
+
+
+def _autocast_available(device_type):
+    available = _AUTOCAST_AVAILABLE.get(device_type)
+    return _read_autocast_availability(device_type) if available is None else available
+
+
 class MixedPrecision:
     """The precision policy of one run: ``mode`` None (float32 throughout), "bf16" or "fp16".
 
@@ -54,7 +74,7 @@ def autocast_inputs(tensors):
     half type, an identity edge in whatever it was given); the fused kernels need one dtype.
     """
     device_type = tensors[0].device.type
-    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+    if not _autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return [t.to(dtype) if t.is_floating_point() else t for t in tensors]

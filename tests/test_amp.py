@@ -62,6 +62,20 @@ def autodeeplab_network():
     return AutoDeepLabSearchNetwork(3, layers=2, blocks=2, filter_multiplier=2, in_channels=3)
 
 
+def test_autocast_cast_traces_under_torch_compile_fullgraph():
+    """dynamo traces the autocast check of the fused ops, inside and outside autocast (torch
+    2.11's dynamo cannot trace torch.amp.is_autocast_available, which the check called)."""
+    inputs = [torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4).bfloat16()]
+    weights = torch.softmax(torch.randn(2), 0)
+    compiled = torch.compile(ops.mixed_sum, fullgraph=True, backend="eager")
+    with bf16_autocast():
+        out = compiled(inputs, weights)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, reference.mixed_sum([x.bfloat16() for x in inputs], weights)) <= BF16
+    exact = [x.float() for x in inputs]
+    assert torch.equal(compiled(exact, weights), ops.mixed_sum(exact, weights))
+
+
 @pytest.mark.parametrize("make", [darts_network, autodeeplab_network], ids=["darts", "autodeeplab"])
 def test_fused_network_equals_reference_under_bf16_autocast(make):
     """Whole supernets: the fused and reference backends agree within bfloat16 precision.

@@ -10,6 +10,7 @@ give). Only rank 0 writes files or prints.
 Without torchrun (no RANK / WORLD_SIZE in the environment) ``SINGLE`` stands for the one
 process and every helper here does nothing, so the single-process search is unchanged.
 """
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.distributed._functional_collectives as functional_collectives
+import torch.distributed.nn.functional as dist_nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -123,7 +125,15 @@ def broadcast_(tensors, context):
 
 def differentiable_all_reduce(tensor):
     """The sum of ``tensor`` over the ranks; its backward sums the incoming gradients over the ranks."""
+    if not _FUNCTIONAL_ALL_REDUCE_HAS_AUTOGRAD:
+        return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM, group=dist.group.WORLD)
     return functional_collectives.wait_tensor(functional_collectives.all_reduce(tensor, "sum", dist.group.WORLD))
+
+
+# Newer torch (2.11 and later at least) gives the functional all-reduce a backward; torch 2.4
+# passes no gradient through it, so there the autograd function of torch.distributed.nn sums.
+_FUNCTIONAL_ALL_REDUCE_HAS_AUTOGRAD = torch._C._dispatch_has_kernel_for_dispatch_key(
+    "_c10d_functional::all_reduce", "Autograd")
 
 
 def sum_meter_(meter, context):
@@ -166,7 +176,17 @@ def data_parallel(model, context, device):
     device_ids = [device.index] if device.type == "cuda" else None
     # The same initial state everywhere (DDP broadcasts the weights it owns, not the ignored alphas).
     broadcast_(list(model.arch_parameters()) + list(model.buffers()), context)
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
+
+
+# No buffer broadcast before each forward pass. Newer torch spells it forward_sync_buffers (its
+# broadcast_buffers is deprecated); older torch (2.11 and before) has broadcast_buffers only,
+# which also skips the broadcast at construction: data_parallel broadcasts the buffers itself.
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def sync_batch_norm(model, device):

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite on the oldest supported torch (CPU kernels), the other end of the range
+# scripts/test.sh tests: a virtual environment in .venv-oldest (set up idempotently), and a copy
+# of the sources in build/oldest-torch built there, so this checkout's own build is untouched.
+# Extra arguments pass to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/copy_tree.sh
+TORCH_OLDEST=$(sed -n 's/.*"torch>=\([0-9.]*\),.*/\1/p' setup.py)
+PYTHON=${PYTHON:-python3}
+[ -x .venv-oldest/bin/python ] || "$PYTHON" -m venv .venv-oldest
+venv=$(pwd)/.venv-oldest
+"$venv/bin/python" -m pip install -q --disable-pip-version-check \
+  "torch==$TORCH_OLDEST" ninja pybind11 numpy pytest pytest-benchmark expecttest scikit-learn matplotlib tqdm
+tree=build/oldest-torch
+copy_tree "$tree"
+cd "$tree"
+FASTDNAS_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} "$venv/bin/python" setup.py -q build_ext --inplace
+"$venv/bin/python" -c "import torch, fastdnas; print(f'fastdnas on torch {torch.__version__} (CPU kernels)')"
+export FASTDNAS_EXPECT_CUDA_BUILD=0
+exec "$venv/bin/python" -m pytest -q -ra tests "$@"
