@@ -369,3 +369,61 @@ def test_cli_method_defaults_and_bad_method_flags(tmp_path, capsys):
             search(tmp_path / "bad", *flags)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err, flags
+
+
+# --- CUDA graphs (run wherever CUDA is present) ------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+def graph_search(method, cuda_graphs):
+    torch.manual_seed(0)
+    if method == "pc-darts":
+        model = PCDartsNetwork(C=8, num_classes=4, layers=3, partial_channels=4)
+    else:
+        model = GdasNetwork(C=4, num_classes=4, layers=3, sampled_only=False)
+    data = load_synthetic(num_classes=4, image_size=8, train_size=64)
+    return Search(model, data.search_train, data.search_val, SearchConfig(batch_size=8, epochs=2, arch_lr=3e-2),
+                  device="cuda", progress=False, log=lambda *a: None, cuda_graphs=cuda_graphs)
+
+
+def cuda_batches(steps):
+    generator = torch.Generator().manual_seed(1)
+    return [[t.cuda() for _ in range(2) for t in (torch.randn(8, 3, 8, 8, generator=generator),
+                                                   torch.randint(0, 4, (8,), generator=generator))]
+            for _ in range(steps)]
+
+
+@needs_cuda
+def test_pc_darts_graph_replay_equals_eager():
+    torch.backends.cudnn.deterministic = True
+    eager, graphed = graph_search("pc-darts", False), graph_search("pc-darts", True)
+    for batch in cuda_batches(8):
+        losses = [search.search_step(*batch)[0].clone() for search in (eager, graphed)]
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    assert graphed.graphed_step.captured == ["arch", "weight"]
+    for a, b in zip(graphed.model.arch_parameters(), eager.model.arch_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@needs_cuda
+def test_dense_gdas_samples_inside_the_captured_graph():
+    """Each replay draws new Gumbel noise (the device generator's offset advances), and a new tau
+    (a buffer) reaches the graph; nothing synchronises with the host."""
+    search = graph_search("gdas", True)
+    batches = cuda_batches(10)
+    for batch in batches[:6]:  # warm-up and capture
+        search.search_step(*batch)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        before = [a.clone() for a in search.model.arch_parameters()]
+        search.model.set_search_epoch(1, 2)
+        for batch in batches[6:]:
+            search.search_step(*batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert search.graphed_step.captured == ["arch", "weight"]
+    assert search.model.tau.item() == pytest.approx(0.1)
+    assert all(torch.isfinite(a).all() and not torch.equal(a, b)
+               for a, b in zip(search.model.arch_parameters(), before))

@@ -129,9 +129,9 @@ class GdasNetwork(SearchNetwork):
         (normal, normal_index), (reduce, reduce_index) = self.sample(gumbels)
         if self.sampled_only:
             normal_index, reduce_index = torch.stack([normal_index, reduce_index]).tolist()  # one transfer
-        else:  # every candidate, weighted by the sample's straight-through weight or 0
-            normal = normal * F.one_hot(normal_index, normal.shape[1]).to(normal.dtype)
-            reduce = reduce * F.one_hot(reduce_index, reduce.shape[1]).to(reduce.dtype)
+        else:  # every candidate, weighted by the sample's straight-through weight or 0 (scatter: no host check)
+            normal = normal * torch.zeros_like(normal).scatter_(-1, normal_index[:, None], 1.0)
+            reduce = reduce * torch.zeros_like(reduce).scatter_(-1, reduce_index[:, None], 1.0)
             normal_index = reduce_index = None
         s0 = s1 = self.stem(x)
         for cell in self.cells:
