@@ -37,9 +37,6 @@ SEARCH_METHOD_DEFAULTS = {
     # GDAS's CIFAR search runs 240 epochs (tau 10 -> 0.1); the rest as DARTS.
     ("gdas", "cifar10"): {"epochs": 240},
     ("gdas", "cifar100"): {"epochs": 240},
-    # One sampled network per step trains each candidate far less per step than DARTS does: more,
-    # smaller steps and a faster arch lr than DARTS's digits search.
-    ("gdas", "digits"): {"epochs": 20, "batch_size": 32, "arch_lr": 1e-2},
 }
 SEARCH_DATASET_DEFAULTS = {
     "cifar10": {},  # SPEC section 2 as it stands

@@ -352,7 +352,7 @@ def test_cli_method_defaults_and_bad_method_flags(tmp_path, capsys):
                                                                 "partial_channels": 4, "epochs": 50}),
                                       ("cifar10", "gdas", {"epochs": 240, "tau_max": 10.0, "tau_min": 0.1}),
                                       ("digits", "pc-darts", {"arch_lr": 6e-3, "arch_start_epoch": 4, "epochs": 12, "init_channels": 16}),
-                                      ("digits", "gdas", {"epochs": 20, "batch_size": 32, "arch_lr": 1e-2}),
+                                      ("digits", "gdas", {"epochs": 12, "batch_size": 64, "arch_lr": 3e-3}),
                                       ("cifar10", "darts", {"batch_size": 64, "arch_lr": 3e-4})]:
         args = parser.parse_args(["search", "darts", "--dataset", dataset, "--method", method])
         settings, _ = cli.resolve_settings(args, *cli.SETTINGS["search", "darts"])
