@@ -6,7 +6,8 @@ and CUDA rows where a GPU is present), prints one table and writes JSON.
 
 Sections: kernels (fused ops vs their references, bandwidth vs a copy), steps (DARTS and
 Auto-DeepLab search steps in every variant), memory (saved-for-backward bytes, peak memory and
-step time of a DARTS search step per backend). ``--quick`` runs small cases with short timing (a
+step time of a DARTS search step per backend), methods (DARTS, PC-DARTS and GDAS search steps,
+reference and fused, timed interleaved). ``--quick`` runs small cases with short timing (a
 few minutes on a 2-core CPU). The torch.compile variants run on CUDA; on the CPU only with
 ``--compile-on-cpu`` (inductor needs more than ten minutes for even a tiny supernet there).
 """
@@ -15,7 +16,7 @@ import os
 
 import torch
 
-from . import kernels, memory, search_step
+from . import kernels, memory, methods, search_step
 from .common import machine, print_table, write_json
 
 # name -> run(device, quick=..., min_run_time=..., skip_compile=...) returning table rows. A new
@@ -24,10 +25,11 @@ SECTIONS = {
     "kernels": kernels.run,
     "steps": search_step.run,
     "memory": memory.run,
+    "methods": methods.run,
 }
 # The columns of the one table, in order; a row leaves out what does not apply to it. Columns a
 # section adds that are not listed here are printed after these.
-COLUMNS = ["bench", "case", "device", "variant", "ms", "speedup", "GBps", "copy_fraction", "peak_MB", "saved_MB",
+COLUMNS = ["bench", "case", "device", "variant", "ms", "speedup", "vs_darts", "GBps", "copy_fraction", "peak_MB", "saved_MB",
            "mem_ratio", "search_50ep_min", "note"]
 
 

@@ -19,6 +19,24 @@ SEARCH_DEFAULTS = {
     "sync_bn": False,
     "backend": "fused", "seed": 2, "epochs": 50, "batch_size": 64, "init_channels": 16, "layers": 8,
     "cuda_graphs": False,
+    # The search method, and the settings of the one that has them.
+    "method": "darts", "partial_channels": 4, "tau_max": 10.0, "tau_min": 0.1,
+}
+SEARCH_METHODS = ("darts", "pc-darts", "gdas")
+METHOD_SETTINGS = {"partial_channels": "pc-darts", "tau_max": "gdas", "tau_min": "gdas"}
+# Per (method, dataset): applied over the dataset defaults (a config file and flags still win).
+SEARCH_METHOD_DEFAULTS = {
+    # PC-DARTS's CIFAR search: batch 256, SGD lr 0.1 cosine to 0, Adam 6e-4 on alphas and betas,
+    # architecture updates from epoch 15 of 50, K = 4.
+    ("pc-darts", "cifar10"): {"batch_size": 256, "lr": 0.1, "lr_min": 0.0, "arch_lr": 6e-4, "arch_start_epoch": 15},
+    ("pc-darts", "cifar100"): {"batch_size": 256, "lr": 0.1, "lr_min": 0.0, "arch_lr": 6e-4, "arch_start_epoch": 15},
+    # The digits network of DARTS at C=16, so that the candidates get 4 channels (2-channel
+    # convolutions abort on some CPUs inside torch's oneDNN backward); the arch lr 10x the paper's
+    # (as for DARTS), warm-up 15/50 of the epochs.
+    ("pc-darts", "digits"): {"init_channels": 16, "arch_lr": 6e-3, "arch_start_epoch": 4},
+    # GDAS's CIFAR search runs 240 epochs (tau 10 -> 0.1); the rest as DARTS.
+    ("gdas", "cifar10"): {"epochs": 240},
+    ("gdas", "cifar100"): {"epochs": 240},
 }
 SEARCH_DATASET_DEFAULTS = {
     "cifar10": {},  # SPEC section 2 as it stands
@@ -135,6 +153,12 @@ FLAGS = [
     ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates before epoch N", SEARCHES),
     ("--backend", {"choices": ["fused", "fused_sum", "reference"]},
      "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager", SEARCHES),
+    ("--method", {"choices": SEARCH_METHODS}, "the search method: darts, pc-darts (partial channels, edge normalisation) or "
+     "gdas (one sampled operation per edge)", (SEARCH_DARTS,)),
+    ("--partial-channels", {"type": int, "metavar": "K"}, "pc-darts: 1/K of each edge's channels go through its "
+     "operations", (SEARCH_DARTS,)),
+    ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS,)),
+    ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS,)),
     ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
     ("--sync-bn", {"action": argparse.BooleanOptionalAction},
      "under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)", SEARCHES),
@@ -269,7 +293,11 @@ def resolve_settings(args, defaults, dataset_defaults):
     if dataset not in dataset_defaults:
         raise UsageError(f"dataset {dataset!r} does not suit `{args.command} {args.space}`; "
                          f"choose one of {sorted(dataset_defaults)}")
-    settings = {**COMMON_DEFAULTS, **defaults, **dataset_defaults[dataset], **from_file, **given}
+    settings = {**COMMON_DEFAULTS, **defaults, **dataset_defaults[dataset]}
+    if "method" in defaults:
+        method = given.get("method", from_file.get("method", settings["method"]))
+        settings.update(SEARCH_METHOD_DEFAULTS.get((method, dataset), {}))
+    settings.update({**from_file, **given})
     settings.setdefault("out", os.path.join("runs", f"{args.command}-{args.space}-{dataset}"))
     return settings, given
 
@@ -368,6 +396,9 @@ def run_search(args):
     if settings["cuda_graphs"] and torch.device(device).type != "cuda":
         raise UsageError(f"--cuda-graphs needs a CUDA device, but the search would run on {device!r} "
                          f"({'pass --device cuda' if torch.cuda.is_available() else 'no CUDA GPU here'})")
+    if settings.get("method") == "gdas" and settings["sync_bn"] and context.enabled:
+        raise UsageError("--sync-bn does not apply to --method gdas: each rank runs only the operations it sampled, "
+                         "so the ranks' BatchNorms would not meet")
     if settings["cuda_graphs"] and (context.enabled or settings["amp"]):
         raise UsageError("--cuda-graphs captures a single-process float32 step: drop --amp, or run without torchrun")
     config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS)
@@ -455,11 +486,26 @@ def start_distributed(settings):
 
 
 def darts_search(settings, data):
-    from .darts import SearchNetwork, genotype_to_dict, save_genotype
+    from .darts import GdasNetwork, PCDartsNetwork, SearchNetwork, genotype_to_dict, save_genotype
     from .viz import plot_alpha_history, plot_genotype
 
-    model = SearchNetwork(settings["init_channels"], data.num_classes, settings["layers"], backend=settings["backend"],
-                          in_channels=data.in_channels)
+    method = settings["method"]
+    options = {"backend": settings["backend"], "in_channels": data.in_channels}
+    if method == "pc-darts":
+        network, options["partial_channels"] = PCDartsNetwork, settings["partial_channels"]
+    elif method == "gdas":
+        # CUDA graphs: every candidate runs (same results), since which one to run is a host decision.
+        network = GdasNetwork
+        options.update(tau_max=settings["tau_max"], tau_min=settings["tau_min"], sampled_only=not settings["cuda_graphs"])
+    else:
+        network = SearchNetwork
+    model = network(settings["init_channels"], data.num_classes, settings["layers"], **options)
+
+    def describe(model):
+        record = {"genotype": genotype_to_dict(model.genotype())}
+        if method == "gdas":
+            record["tau"] = float(model.tau)  # the epoch's temperature
+        return record
 
     def finish(model, search, out):
         genotype = model.genotype()
@@ -471,7 +517,7 @@ def darts_search(settings, data):
         print(f"genotype: {genotype}")
         return ["genotype.json", "genotype.txt", "normal.png", "reduce.png", "alphas.png"]
 
-    return SearchRun(model, describe=lambda m: {"genotype": genotype_to_dict(m.genotype())}, finish=finish)
+    return SearchRun(model, describe=describe, finish=finish)
 
 
 def autodeeplab_search(settings, data):
@@ -613,6 +659,8 @@ TRAIN_SPACES = {"darts": darts_train, "autodeeplab": autodeeplab_train}
 
 def check_space_settings(command, space, settings):
     """The settings only one search space has, checked before any data is read."""
+    if (command, space) == ("search", "darts"):
+        check_method_settings(settings)
     check_positive(settings, {("search", "darts"): ["init_channels"], ("train", "darts"): ["init_channels", "layers"],
                               ("search", "autodeeplab"): ["blocks", "filter_multiplier"],
                               ("train", "autodeeplab"): ["filter_multiplier"]}[command, space])
@@ -621,6 +669,24 @@ def check_space_settings(command, space, settings):
                          "image-pooling branch normalises over the batch)")
     if settings.get("crop_size") is not None and settings["crop_size"] < 1:
         raise UsageError(f"--crop-size must be >= 1, got {settings['crop_size']}")
+
+
+def check_method_settings(settings):
+    method = settings["method"]
+    if method not in SEARCH_METHODS:
+        raise UsageError(f"--method must be one of {list(SEARCH_METHODS)}, got {method!r}")
+    for name, owner in METHOD_SETTINGS.items():
+        if settings.get(name) != SEARCH_DEFAULTS[name] and method != owner:
+            raise UsageError(f"--{name.replace('_', '-')} applies to --method {owner} only (this search is {method})")
+    if method == "pc-darts" and (settings["partial_channels"] < 1 or settings["init_channels"] % settings["partial_channels"]):
+        raise UsageError(f"--partial-channels must be a positive divisor of --init-channels "
+                         f"({settings['init_channels']}), got {settings['partial_channels']}")
+    if method == "gdas":
+        if not 0 < settings["tau_min"] <= settings["tau_max"]:
+            raise UsageError(f"gdas needs 0 < --tau-min <= --tau-max, got {settings['tau_min']} and {settings['tau_max']}")
+        if settings["unrolled"]:
+            raise UsageError("--unrolled does not apply to --method gdas (a first-order method: every forward "
+                             "pass draws a new sample)")
 
 
 def load_data(settings, cutout=0):

@@ -1,5 +1,6 @@
 """DARTS: the cell search space of Liu et al. (search network, genotype, final network, interop)."""
 from .final_network import FinalNetwork, drop_path
+from .gdas import GdasNetwork, SampledSearchCell, hard_gumbel_softmax
 from .genotype import (
     DARTS_V1,
     DARTS_V2,
@@ -13,22 +14,31 @@ from .genotype import (
     save_genotype,
 )
 from .interop import convert_state_dict, search_config_from_state_dict
+from .pc_darts import PartialMixedOp, PartialSearchCell, PCDartsNetwork, channel_shuffle, edge_normalisation
 from .search_network import SearchCell, SearchNetwork
 
 __all__ = [
     "DARTS_V1",
     "DARTS_V2",
     "FinalNetwork",
+    "GdasNetwork",
     "Genotype",
+    "PCDartsNetwork",
+    "PartialMixedOp",
+    "PartialSearchCell",
+    "SampledSearchCell",
     "SearchCell",
     "SearchNetwork",
+    "channel_shuffle",
     "convert_state_dict",
     "drop_path",
+    "edge_normalisation",
     "genotype_from_dict",
     "genotype_from_json",
     "genotype_from_text",
     "genotype_to_dict",
     "genotype_to_json",
+    "hard_gumbel_softmax",
     "load_genotype",
     "save_genotype",
     "search_config_from_state_dict",

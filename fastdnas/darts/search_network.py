@@ -37,12 +37,16 @@ class SearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         # One MixedOp per edge, flattened node by node; named `_ops` as in the original code.
         self._ops = nn.ModuleList(
-            MixedOp(C, 2 if reduction and j < 2 else 1, primitives, backend)
+            self.make_edge(C, 2 if reduction and j < 2 else 1, primitives, backend)
             for i in range(steps)
             for j in range(2 + i)
         )
         self.primitives = self._ops[0].primitives
         self.backend = backend
+
+    def make_edge(self, C, stride, primitives, backend):
+        """One edge of the cell (subclasses of other methods put their own edge here)."""
+        return MixedOp(C, stride, primitives, backend)
 
     @property
     def backend(self):
@@ -106,8 +110,8 @@ class SearchNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            self.cells.append(SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                                         reduction_prev, primitives, backend))
+            self.cells.append(self.make_cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
+                                             reduction_prev, primitives, backend))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -118,6 +122,10 @@ class SearchNetwork(nn.Module):
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
         self.backend = backend
+
+    def make_cell(self, *args):
+        """One cell (``SearchCell``'s arguments); subclasses of other methods put their own cell here."""
+        return SearchCell(*args)
 
     @property
     def backend(self):
@@ -148,9 +156,12 @@ class SearchNetwork(nn.Module):
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
+    def decode_weights(self):
+        """(normal, reduce): the [edges, ops] weights the genotype is decoded from (softmax(alpha))."""
+        return F.softmax(self.alphas_normal.detach(), dim=-1), F.softmax(self.alphas_reduce.detach(), dim=-1)
+
     def genotype(self):
         """The discrete architecture the current alphas stand for (SPEC.md section 3)."""
-        normal = parse_cell(F.softmax(self.alphas_normal.detach(), dim=-1), self.steps, self.primitives)
-        reduce = parse_cell(F.softmax(self.alphas_reduce.detach(), dim=-1), self.steps, self.primitives)
+        normal, reduce = (parse_cell(w, self.steps, self.primitives) for w in self.decode_weights())
         concat = range(2 + self.steps - self.multiplier, self.steps + 2)
         return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)

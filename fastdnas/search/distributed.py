@@ -176,7 +176,11 @@ def data_parallel(model, context, device):
     device_ids = [device.index] if device.type == "cuda" else None
     # The same initial state everywhere (DDP broadcasts the weights it owns, not the ignored alphas).
     broadcast_(list(model.arch_parameters()) + list(model.buffers()), context)
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **_NO_FORWARD_BUFFER_SYNC)
+    # A network that runs only some of its weights per step (GDAS's sampled operations) makes DDP
+    # look for the unused ones.
+    unused = not getattr(model, "uses_all_weights", True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused,
+                                               **_NO_FORWARD_BUFFER_SYNC)
 
 
 # No buffer broadcast before each forward pass. Newer torch spells it forward_sync_buffers (its

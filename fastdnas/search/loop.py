@@ -169,6 +169,9 @@ class Search:
         self.prefetcher = DevicePrefetcher(self.device)
         self.graphed_step = None
         if cuda_graphs:
+            if not getattr(model, "uses_all_weights", True):
+                raise ValueError("cuda_graphs: this network chooses on the host which operations to run (GDAS with "
+                                 "sampled_only=True); build it with sampled_only=False to capture the step")
             if distributed.enabled or config.amp:
                 # DDP's gradient buckets and the fp16 loss scaler's overflow check sync with the host.
                 raise ValueError("cuda_graphs: supported for one process in float32; drop --amp and run "
@@ -221,6 +224,9 @@ class Search:
         """One pass over the search-train half, zipped with a pass over the search-val half."""
         config = self.config
         set_lr(self.weight_optimizer, lr)
+        set_epoch = getattr(self.model, "set_search_epoch", None)  # schedules of the network (GDAS: tau)
+        if set_epoch is not None:
+            set_epoch(epoch, config.epochs)
         update_arch = epoch >= config.arch_start_epoch
         generator = epoch_generator(config.seed, epoch)
         shard = {"rank": self.distributed.rank, "world_size": self.distributed.world_size}

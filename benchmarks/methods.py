@@ -1,0 +1,105 @@
+"""The search methods side by side: one first-order search step (``Search.search_step``: the
+architecture step on a val batch, then the weight step on a train batch) of DARTS, PC-DARTS
+(K = 4) and GDAS on the same DARTS supernet settings, reference eager and fused eager (and, on
+CUDA, fused + CUDA graphs; GDAS there in its dense form, every candidate run).
+
+The variants are timed interleaved: every round runs one step of each in turn, and the table
+gives each one's median over the rounds, so a machine whose load changes moves all of them
+alike. GDAS's step depends on the operations it samples; the median is over steps with their
+own samples. Memory: CPU, bytes autograd saves for backward in one forward (GDAS: the mean over
+8 forwards); CUDA, peak allocated over the rounds. ``vs_darts``: the reference eager DARTS step's
+time over this one's.
+"""
+import gc
+import time
+
+import torch
+
+from fastdnas import darts
+from fastdnas.search import Search, SearchConfig
+
+from .search_step import _Sized, saved_bytes
+
+METHODS = ("darts", "pc-darts", "gdas")
+# C=16 on the CPU as well: PC-DARTS's candidates then get 4 channels (2-channel convolutions
+# abort inside oneDNN's backward on some CPUs).
+SETTINGS = {
+    "cuda": dict(C=16, layers=8, batch=64, image_size=32, rounds=30),
+    "cpu": dict(C=16, layers=5, batch=16, image_size=16, rounds=7),
+    "quick": dict(C=8, layers=3, batch=8, image_size=16, rounds=3),
+}
+
+
+def build(method, backend, dense=False, **network):
+    if method == "pc-darts":
+        return darts.PCDartsNetwork(backend=backend, partial_channels=4, **network)
+    if method == "gdas":
+        return darts.GdasNetwork(backend=backend, sampled_only=not dense, **network)
+    return darts.SearchNetwork(backend=backend, **network)
+
+
+def make_variant(method, variant, device, s):
+    torch.manual_seed(0)
+    graphs = variant.endswith("graphs")
+    model = build(method, variant.split()[0], dense=graphs, C=s["C"], num_classes=10, layers=s["layers"])
+    if method == "gdas":
+        model.set_search_epoch(0, 2)
+    search = Search(model, _Sized(s["batch"]), _Sized(s["batch"]), SearchConfig(batch_size=s["batch"], epochs=1),
+                    device=device, progress=False, log=lambda *a: None, cuda_graphs=graphs)
+    size = s["image_size"]
+    batches = [t.to(device) for _ in range(2) for t in (torch.randn(s["batch"], 3, size, size),
+                                                          torch.randint(0, 10, (s["batch"],)))]
+    return search, batches
+
+
+def run(device, quick=False, min_run_time=1.0, **_):
+    s = SETTINGS["quick" if quick else device]
+    kinds = ["reference eager", "fused eager"] + (["fused graphs"] if device == "cuda" else [])
+    case = f"C{s['C']} L{s['layers']} {s['batch']}x3x{s['image_size']}x{s['image_size']}"
+    variants, rows = {}, []
+    for method in METHODS:
+        for kind in kinds:
+            row = {"bench": f"{method} search step", "case": case, "device": device, "variant": kind}
+            try:
+                search, batches = make_variant(method, kind, device, s)
+                for _ in range(5):  # lazy optimizer state, graph warm-up and capture
+                    search.search_step(*batches)
+                if device == "cpu" and kind.endswith("eager"):
+                    forwards = 8 if method == "gdas" else 1
+                    row["saved_MB"] = sum(saved_bytes(lambda: search.model(batches[0]).sum())
+                                          for _ in range(forwards)) / forwards / 2**20
+                variants[method, kind] = (search, batches, [])
+            except Exception as error:  # one variant failing must not hide the others
+                row["note"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+            rows.append(row)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(s["rounds"]):  # interleaved: one step of every variant per round
+        for search, batches, times in variants.values():
+            start = time.perf_counter()
+            search.search_step(*batches)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    for row in rows:
+        key = (row["bench"].removesuffix(" search step"), row["variant"])
+        if key in variants:
+            times = sorted(variants[key][2])
+            row["ms"] = times[len(times) // 2] * 1e3
+    if device == "cuda":
+        rows.append({"bench": "all methods", "case": case, "device": device, "variant": "every variant above",
+                     "peak_MB": torch.cuda.max_memory_allocated() / 2**20})
+    by_key = {(r["bench"], r["variant"]): r for r in rows}
+    darts_reference = by_key.get(("darts search step", "reference eager"), {})
+    for row in rows:
+        reference = by_key.get((row["bench"], "reference eager"), {})
+        if "ms" in row and "ms" in reference:
+            row["speedup"] = reference["ms"] / row["ms"]
+        if "ms" in row and "ms" in darts_reference:
+            row["vs_darts"] = darts_reference["ms"] / row["ms"]
+        if "saved_MB" in row and "saved_MB" in reference:
+            row["mem_ratio"] = row["saved_MB"] / reference["saved_MB"]
+    variants.clear()
+    gc.collect()
+    return rows
