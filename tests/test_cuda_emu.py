@@ -365,8 +365,7 @@ def test_schedules_order_threads_as_named(emu):
 def test_portable_ucontext_switch_runs_the_check_kernels(emu):
     portable = build.load(ucontext=True)
     assert portable.run_check_kernel("shuffles") == emu.run_check_kernel("shuffles")
-    # (Shuffled orders also depend on how many launches each module has run.)
-    for mode in [m for m in ALL_MODES if "shuffle" not in m]:
+    for mode in ALL_MODES:  # shuffled orders are seeded from set_schedule on, so the modules agree
         portable.set_schedule(mode, SEED)
         emu.set_schedule(mode, SEED)
         assert portable.run_check_kernel("first_run_order") == emu.run_check_kernel("first_run_order")
