@@ -92,7 +92,10 @@ def extension():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = default_arch_list()
         sources += sorted(glob.glob("csrc/*/*_cuda.cu"))
-        extra["nvcc"] = ["-O3", "-lineinfo"]
+        # --fmad=false: no multiply-add is contracted into an FMA (nvcc and ptxas decide that per
+        # architecture), so every sum rounds as the source orders it, as in the CPU build: the
+        # same bits on every GPU. The kernels are bound by memory bandwidth, not arithmetic.
+        extra["nvcc"] = ["-O3", "-lineinfo", "--fmad=false"]
         headers = missing_cuda_headers_dir()
         include_dirs = [headers] if headers else []
         return CUDAExtension("fastdnas._C", sources, include_dirs=include_dirs, extra_compile_args=extra,

@@ -411,18 +411,26 @@ def run_search(args):
 def read_resume_state(settings, given):
     """(settings, checkpoint state or None): with --resume the saved run's settings and state,
     else a check that no run would be overwritten."""
-    from .search import load_checkpoint
+    from .search import CheckpointError, load_checkpoint
+    from .search.checkpoint import remove_stale_temporaries
+    from .search.loop import CHECKPOINT_KEYS
 
     checkpoint_path = os.path.join(settings["out"], "checkpoint.pt")
     if not settings.get("resume"):
         if os.path.exists(checkpoint_path):
             raise UsageError(f"{checkpoint_path} exists: add --resume to continue that run, or choose another --out")
         return settings, None
+    remove_stale_temporaries(settings["out"])
     try:
-        resume_state = load_checkpoint(checkpoint_path)
+        resume_state = load_checkpoint(checkpoint_path, keys=CHECKPOINT_KEYS)
+        saved = resume_state["extra"].get("settings") if isinstance(resume_state["extra"], dict) else None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {checkpoint_path!r} holds no settings of a `fastdnas search` run")
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
-    saved = resume_state["extra"]["settings"]
+    except CheckpointError as error:
+        raise UsageError(f"{error}. --resume cannot continue from it: restore the file from a copy, or remove it "
+                         "(or choose another --out) and run without --resume to start over") from error
     changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
     if changed:
         raise UsageError(f"--resume continues the saved run; these settings differ from it: "

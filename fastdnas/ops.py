@@ -14,6 +14,34 @@ _SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16
 MAX_MIXED_SUM_INPUTS = 128  # csrc/mixed_sum/mixed_sum.h
 
 
+def _type_name(value):
+    kind = type(value)
+    if value is None:
+        return "None"
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def _tensor_list(op, what, values):
+    """``values`` (a list or tuple of tensors) as a list; a TypeError naming the argument otherwise."""
+    if not isinstance(values, (list, tuple)):
+        hint = " (pass list(t.unbind(0)) for the slices of one tensor)" if isinstance(values, Tensor) else ""
+        raise TypeError(f"{op}: {what} must be a list or tuple of tensors, got {_type_name(values)}{hint}")
+    for i, value in enumerate(values):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{op}: {what}[{i}] must be a tensor, got {_type_name(value)}")
+    return list(values)
+
+
+def _int_list(op, what, values):
+    """``values`` (a list or tuple of ints) as a list; a TypeError naming the argument otherwise."""
+    if not isinstance(values, (list, tuple, torch.Size)):
+        raise TypeError(f"{op}: {what} must be a list or tuple of ints, got {_type_name(values)}")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            raise TypeError(f"{op}: {what}[{i}] must be an int, got {_type_name(value)}")
+    return list(values)
+
+
 def mixed_sum(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
     """``sum_i weights[i] * inputs[i]`` in one fused kernel.
 
@@ -27,38 +55,38 @@ def mixed_sum(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
     backward pass is one fused kernel giving ``weights[i] * grad`` for every input and
     ``sum(grad * inputs[i])`` for every weight (a deterministic reduction).
     """
-    inputs = list(inputs)
+    inputs = _tensor_list("mixed_sum", "inputs", inputs)
     return torch.ops.fastdnas.mixed_sum(autocast_inputs(inputs) if inputs else inputs, weights)
 
 
-def _check_mixed_sum_args(inputs, weights):
-    # Mirrors csrc/common/checks.h so fake tensors (torch.compile) fail with the same messages.
-    torch._check(len(inputs) > 0, lambda: "mixed_sum: inputs must hold at least one tensor, got an empty list")
+def _check_mixed_sum_args(inputs, weights, op="mixed_sum"):
+    # Mirrors csrc/mixed_sum/mixed_sum.h so fake tensors (torch.compile) fail with the same messages.
+    torch._check(len(inputs) > 0, lambda: f"{op}: inputs must hold at least one tensor, got an empty list")
     torch._check(
         len(inputs) <= MAX_MIXED_SUM_INPUTS,
-        lambda: f"mixed_sum: inputs holds {len(inputs)} tensors; at most {MAX_MIXED_SUM_INPUTS} are supported",
+        lambda: f"{op}: inputs holds {len(inputs)} tensors; at most {MAX_MIXED_SUM_INPUTS} are supported",
     )
     first = inputs[0]
     torch._check(
         first.dtype in _SUPPORTED_DTYPES,
-        lambda: f"mixed_sum: inputs must be float64, float32, float16 or bfloat16, got {first.dtype}",
+        lambda: f"{op}: inputs must be float64, float32, float16 or bfloat16, got {first.dtype}",
     )
     for i, x in enumerate(inputs):
         torch._check(
             x.dtype == first.dtype,
-            lambda: f"mixed_sum: inputs[{i}] has dtype {x.dtype} but inputs[0] has dtype {first.dtype}; all must match",
+            lambda: f"{op}: inputs[{i}] has dtype {x.dtype} but inputs[0] has dtype {first.dtype}; all must match",
         )
         torch._check(
             x.device == first.device,
-            lambda: f"mixed_sum: inputs[{i}] is on {x.device} but inputs[0] is on {first.device}; "
+            lambda: f"{op}: inputs[{i}] is on {x.device} but inputs[0] is on {first.device}; "
             "all must be on one device",
         )
         torch._check(
             x.shape == first.shape,
-            lambda: f"mixed_sum: inputs[{i}] has shape {list(x.shape)} but inputs[0] has shape {list(first.shape)}; "
+            lambda: f"{op}: inputs[{i}] has shape {list(x.shape)} but inputs[0] has shape {list(first.shape)}; "
             "all must match",
         )
-    _check_weight_vector(weights, len(inputs), first.device, "mixed_sum", "weights", "one weight per input")
+    _check_weight_vector(weights, len(inputs), first.device, op, "weights", "one weight per input")
 
 
 @torch.library.register_fake("fastdnas::mixed_sum")
@@ -69,7 +97,14 @@ def _mixed_sum_fake(inputs, weights):
 
 @torch.library.register_fake("fastdnas::_mixed_sum_backward")
 def _mixed_sum_backward_fake(grad, inputs, weights):
-    _check_mixed_sum_args(inputs, weights)
+    op = "mixed_sum (backward)"
+    _check_mixed_sum_args(inputs, weights, op)
+    first = inputs[0]
+    torch._check(
+        grad.shape == first.shape and grad.dtype == first.dtype and grad.device == first.device,
+        lambda: f"{op}: grad must match inputs[0] (shape {list(first.shape)}, dtype {first.dtype}, device "
+        f"{first.device})",
+    )
     grad_inputs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
     return grad_inputs, torch.empty_like(weights, memory_format=torch.contiguous_format)
 
@@ -111,7 +146,10 @@ def trellis_aggregate(cells: Sequence[Sequence[Tensor]], betas: Tensor) -> Tenso
     backward pass is one fused kernel giving ``betas[t] * grad slice b`` for every block and
     ``sum_b sum(grad slice b * cells[t][b])`` for every beta (a deterministic reduction).
     """
-    cells = [list(cell) for cell in cells]
+    if not isinstance(cells, (list, tuple)):
+        raise TypeError(f"trellis_aggregate: cells must be a list of cell evaluations (each a list of tensors), got "
+                        f"{_type_name(cells)}")
+    cells = [_tensor_list("trellis_aggregate", f"cells[{t}]", cell) for t, cell in enumerate(cells)]
     if not 1 <= len(cells) <= MAX_TRELLIS_CELLS:
         raise ValueError(
             f"trellis_aggregate: cells must hold 1 to {MAX_TRELLIS_CELLS} cell evaluations "
@@ -130,9 +168,8 @@ def trellis_aggregate(cells: Sequence[Sequence[Tensor]], betas: Tensor) -> Tenso
     return torch.ops.fastdnas.trellis_aggregate(blocks, len(cells), betas)
 
 
-def _check_trellis_aggregate_args(blocks, num_cells, betas):
+def _check_trellis_aggregate_args(blocks, num_cells, betas, op="trellis_aggregate"):
     """Mirrors csrc/trellis/trellis_aggregate.h; returns the number of blocks per cell."""
-    op = "trellis_aggregate"
     torch._check(
         1 <= num_cells <= MAX_TRELLIS_CELLS,
         lambda: f"{op}: cells must hold 1 to {MAX_TRELLIS_CELLS} cell evaluations (one per incoming transition), "
@@ -154,6 +191,8 @@ def _check_trellis_aggregate_args(blocks, num_cells, betas):
         lambda: f"{op}: cells must be float64, float32, float16 or bfloat16, got {first.dtype}",
     )
     torch._check(first.dim() == 4, lambda: f"{op}: cells[0][0] must be 4-D [N, C, H, W], got shape {list(first.shape)}")
+    torch._check(B * first.shape[1] < 2**63,
+                 lambda: f"{op}: the output's {B} * {first.shape[1]} channels (blocks per cell * C) overflow int64")
     for i, x in enumerate(blocks):
         name = f"cells[{i // B}][{i % B}]"
         torch._check(
@@ -201,11 +240,12 @@ def _trellis_aggregate_fake(blocks, num_cells, betas):
 
 @torch.library.register_fake("fastdnas::_trellis_aggregate_backward")
 def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas):
-    B = _check_trellis_aggregate_args(blocks, num_cells, betas)
+    op = "trellis_aggregate (backward)"
+    B = _check_trellis_aggregate_args(blocks, num_cells, betas, op)
     shape = _trellis_output_shape(blocks[0], B)
     torch._check(
         grad.shape == shape and grad.dtype == blocks[0].dtype and grad.device == blocks[0].device,
-        lambda: f"_trellis_aggregate_backward: grad must have shape {list(shape)}, dtype {blocks[0].dtype} "
+        lambda: f"{op}: grad must have shape {list(shape)}, dtype {blocks[0].dtype} "
         f"and device {blocks[0].device}",
     )
     grad_blocks = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in blocks]
@@ -249,7 +289,7 @@ def resize_sum(inputs: Sequence[Tensor], size: Sequence[int], weights: Tensor | 
     (gathered per input pixel: deterministic, no atomics) and each weight
     ``sum(grad * resized input)``, in one pass per input.
     """
-    inputs = list(inputs)
+    inputs = _tensor_list("resize_sum", "inputs", inputs)
     if not inputs:  # with no tensor and no weights the dispatcher could not pick a kernel
         raise ValueError("resize_sum: inputs must hold at least one tensor, got an empty list")
     if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
@@ -260,9 +300,8 @@ def resize_sum(inputs: Sequence[Tensor], size: Sequence[int], weights: Tensor | 
     return torch.ops.fastdnas.resize_sum(autocast_inputs(inputs), list(size), weights)
 
 
-def _check_resize_sum_args(inputs, size, weights):
+def _check_resize_sum_args(inputs, size, weights, op="resize_sum"):
     """Mirrors csrc/trellis/resize_sum.h."""
-    op = "resize_sum"
     torch._check(len(inputs) > 0, lambda: f"{op}: inputs must hold at least one tensor, got an empty list")
     torch._check(
         len(inputs) <= MAX_RESIZE_SUM_INPUTS,
@@ -309,12 +348,13 @@ def _resize_sum_fake(inputs, size, weights=None):
 
 @torch.library.register_fake("fastdnas::_resize_sum_backward")
 def _resize_sum_backward_fake(grad, inputs, weights):
-    torch._check(grad.dim() == 4, lambda: "_resize_sum_backward: grad must be 4-D [N, C, H, W]")
-    _check_resize_sum_args(inputs, grad.shape[2:], weights)
+    op = "resize_sum (backward)"
+    torch._check(grad.dim() == 4, lambda: f"{op}: grad must be 4-D [N, C, H, W]")
+    _check_resize_sum_args(inputs, grad.shape[2:], weights, op)
     first = inputs[0]
     torch._check(
         grad.shape[:2] == first.shape[:2] and grad.dtype == first.dtype and grad.device == first.device,
-        lambda: f"_resize_sum_backward: grad must have N={first.shape[0]}, C={first.shape[1]}, dtype {first.dtype} "
+        lambda: f"{op}: grad must have N={first.shape[0]}, C={first.shape[1]}, dtype {first.dtype} "
         f"and device {first.device}",
     )
     grad_inputs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
@@ -374,13 +414,16 @@ def mixed_node(edge_inputs: Sequence[Tensor], strides: Sequence[int], conv_outpu
     not differentiable). The pools' outputs are never stored: backward recomputes them from the
     edge inputs, and gives every conv output its BatchNorm input gradient directly.
     """
-    edge_inputs, conv_outputs = list(edge_inputs), list(conv_outputs)
+    op = "mixed_node"
+    edge_inputs = _tensor_list(op, "edge_inputs", edge_inputs)
+    conv_outputs = _tensor_list(op, "conv_outputs", conv_outputs)
+    strides, free_items, free_kinds, conv_items = (_int_list(op, what, values) for what, values in (
+        ("strides", strides), ("free_items", free_items), ("free_kinds", free_kinds), ("conv_items", conv_items)))
     if edge_inputs:  # under autocast: the edge inputs and the conv outputs in one dtype
         cast = autocast_inputs(edge_inputs + conv_outputs)
         edge_inputs, conv_outputs = cast[: len(edge_inputs)], cast[len(edge_inputs):]
-    return torch.ops.fastdnas.mixed_node(edge_inputs, list(strides), conv_outputs, weights,
-                                         list(free_items), list(free_kinds), list(conv_items), running_mean,
-                                         running_var, eps)
+    return torch.ops.fastdnas.mixed_node(edge_inputs, strides, conv_outputs, weights, free_items, free_kinds,
+                                         conv_items, running_mean, running_var, eps)
 
 
 def _check_mixed_node_args(op, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items):
@@ -459,7 +502,7 @@ def _check_mixed_node_args(op, edge_inputs, strides, conv_outputs, weights, free
 def _check_node_statistics(op, t, rows, C, device, what):
     torch._check(t.is_floating_point() and t.dim() == 2 and t.shape[0] == rows and t.shape[1] == C,
                  lambda: f"{op}: {what} must be a floating-point tensor [{rows}, {C}] (one row per BatchNorm: the "
-                 f"pooled free items, then the conv outputs), got {list(t.shape)}")
+                 f"pooled free items, then the conv outputs), got shape {list(t.shape)} and dtype {t.dtype}")
     torch._check(t.device == device, lambda: f"{op}: {what} is on {t.device} but the edge inputs are on {device}")
 
 
@@ -485,12 +528,13 @@ def _mixed_node_fake(edge_inputs, strides, conv_outputs, weights, free_items, fr
 @torch.library.register_fake("fastdnas::_mixed_node_backward")
 def _mixed_node_backward_fake(grad, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds,
                               conv_items, mean, var, eps, batch_stats):
-    op = "_mixed_node_backward"
+    op = "mixed_node (backward)"
     N, C, Ho, Wo, rows = _check_mixed_node_args(op, edge_inputs, strides, conv_outputs, weights, free_items,
                                                 free_kinds, conv_items)
     first = edge_inputs[0]
     _check_node_statistics(op, mean, rows, C, first.device, "mean")
     _check_node_statistics(op, var, rows, C, first.device, "var")
+    torch._check(eps >= 0, lambda: f"{op}: eps must be >= 0, got {eps}")
     torch._check(list(grad.shape) == [N, C, Ho, Wo] and grad.dtype == first.dtype and grad.device == first.device,
                  lambda: f"{op}: grad must have shape {[N, C, Ho, Wo]}, dtype {first.dtype} and device {first.device}")
     grad_edges = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in edge_inputs]
@@ -534,8 +578,10 @@ torch.library.register_autograd(
 
 
 def _pair(value, what):
+    if not isinstance(value, (int, list, tuple)) or isinstance(value, bool):
+        raise TypeError(f"depthwise_conv2d: {what} must be an int or a pair of ints, got {_type_name(value)}")
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise ValueError(f"depthwise_conv2d: {what} must be an int or a pair of ints, got {value!r}")
     return list(pair)
 
@@ -559,6 +605,9 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, stride=1, padding=0, dilatio
     return torch.ops.fastdnas.depthwise_conv2d(input, weight, stride, padding, dilation)
 
 
+MAX_DEPTHWISE_GEOMETRY = 2**31 - 1  # kMaxDepthwiseGeometry in csrc/depthwise_conv/depthwise_conv.h
+
+
 def _depthwise_shape(op, x_shape, w_shape, stride, padding, dilation):
     """Mirrors depthwise_shape in csrc/depthwise_conv/depthwise_conv.h; returns (OH, OW)."""
     torch._check(len(x_shape) == 4, lambda: f"{op}: input must be a 4-D tensor [N, C, H, W], got shape {list(x_shape)}")
@@ -566,16 +615,26 @@ def _depthwise_shape(op, x_shape, w_shape, stride, padding, dilation):
                  and w_shape[3] > 0,
                  lambda: f"{op}: weight must have shape [C, 1, KH, KW] with C = {x_shape[1]} (one filter per input "
                  f"channel), got {list(w_shape)}")
+    torch._check(x_shape[0] >= 0 and x_shape[1] >= 0,
+                 lambda: f"{op}: input must have N, C >= 0, got shape {list(x_shape)}")
     for what, values, least in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         torch._check(len(values) in (1, 2), lambda: f"{op}: {what} must hold 1 or 2 values, got {len(values)}")
         torch._check(min(values) >= least, lambda: f"{op}: {what} must be >= {least}, got {list(values)}")
+        torch._check(max(values) <= MAX_DEPTHWISE_GEOMETRY,
+                     lambda: f"{op}: {what} must be at most {MAX_DEPTHWISE_GEOMETRY}, got {list(values)}")
+    for what, sizes in (("input", x_shape), ("weight", w_shape)):
+        torch._check(all(0 <= v <= MAX_DEPTHWISE_GEOMETRY for v in sizes[2:]),
+                     lambda: f"{op}: {what} has spatial sizes {list(sizes[2:])}; each must be in "
+                     f"[0, {MAX_DEPTHWISE_GEOMETRY}]")
+    given_stride, given_padding, given_dilation = list(stride), list(padding), list(dilation)
     # One value stands for both dimensions (as pair_argument in the C++ check reads it).
     stride, padding, dilation = ([values[0], values[-1]] for values in (stride, padding, dilation))
     out = [(x_shape[2 + d] + 2 * padding[d] - dilation[d] * (w_shape[2 + d] - 1) - 1) // stride[d] + 1
            for d in (0, 1)]
     torch._check(x_shape[2] > 0 and x_shape[3] > 0 and out[0] > 0 and out[1] > 0,
                  lambda: f"{op}: input of spatial size {x_shape[2]}x{x_shape[3]} with kernel {w_shape[2]}x{w_shape[3]},"
-                 f" padding {list(padding)} and dilation {list(dilation)} gives an output of size {out[0]}x{out[1]}; "
+                 f" stride {given_stride}, padding {given_padding} and dilation {given_dilation} gives an "
+                 f"output of size {out[0]}x{out[1]}; "
                  "it must be at least 1x1")
     return out
 
@@ -605,7 +664,7 @@ def _depthwise_conv2d_fake(input, weight, stride=(1, 1), padding=(0, 0), dilatio
 
 @torch.library.register_fake("fastdnas::_depthwise_conv2d_input_grad")
 def _depthwise_conv2d_input_grad_fake(grad, weight, input_size, stride, padding, dilation):
-    op = "_depthwise_conv2d_input_grad"
+    op = "depthwise_conv2d (input gradient)"
     _check_depthwise_tensor(op, "grad", grad, grad)
     _check_depthwise_tensor(op, "weight", weight, grad)
     _check_depthwise_grad(op, grad, input_size, _depthwise_shape(op, input_size, weight.shape, stride, padding,
@@ -615,7 +674,7 @@ def _depthwise_conv2d_input_grad_fake(grad, weight, input_size, stride, padding,
 
 @torch.library.register_fake("fastdnas::_depthwise_conv2d_weight_grad")
 def _depthwise_conv2d_weight_grad_fake(grad, input, weight_size, stride, padding, dilation):
-    op = "_depthwise_conv2d_weight_grad"
+    op = "depthwise_conv2d (weight gradient)"
     _check_depthwise_tensor(op, "grad", grad, input)
     _check_depthwise_tensor(op, "input", input, input)
     _check_depthwise_grad(op, grad, input.shape, _depthwise_shape(op, input.shape, weight_size, stride, padding,

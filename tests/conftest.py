@@ -21,6 +21,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """References in full float32: cuBLAS and cuDNN may otherwise round float32 operands to TF32
+    (a 10-bit mantissa) on Ampere and later GPUs, and the reference, not the kernel, would be off."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def saved_bytes(fn):
     """Bytes of the unique storages autograd saves for backward while fn() runs."""
     storages = {}

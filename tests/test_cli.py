@@ -1,12 +1,14 @@
 """The command line end to end on a tiny synthetic search and retraining."""
 import json
+import os
 
 import pytest
 import torch
 
 from fastdnas import cli
 from fastdnas.darts import DARTS_V2, genotype_from_text, genotype_to_dict, load_genotype
-from fastdnas.search import Search, load_checkpoint
+from fastdnas.search import Search, load_checkpoint, save_checkpoint
+from fastdnas.search.loop import CHECKPOINT_KEYS
 
 TINY = ["--dataset", "synthetic", "--init-channels", "2", "--layers", "2", "--batch-size", "32", "--device", "cpu",
         "--threads", "1"]
@@ -113,7 +115,7 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     settings = {"dataset": "synthetic", "layers": 2, "epochs": 1}
-    torch.save({"extra": {"settings": settings}}, out / "checkpoint.pt")
+    save_checkpoint({**dict.fromkeys(CHECKPOINT_KEYS), "extra": {"settings": settings}}, out / "checkpoint.pt")
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--out", str(out)], "add --resume")
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--layers", "3", "--out", str(out), "--resume"],
           "layers (saved 2, given 3)")
@@ -153,24 +155,24 @@ def test_ctrl_c_says_how_to_resume_and_leaves_a_valid_checkpoint(tmp_path, capsy
 
     for plot in ("plot_genotype", "plot_alpha_history"):
         monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
-    saves = []
-    original_save = torch.save
+    renames = []
+    original_replace = os.replace
 
-    def interrupted_save(state, f, *args, **kwargs):  # Ctrl-C in the middle of the second epoch's checkpoint
-        saves.append(1)
-        if len(saves) == 2:
-            f.write(b"half a checkpoint")
-            raise KeyboardInterrupt
-        return original_save(state, f, *args, **kwargs)
+    def interrupted_replace(source, target):  # Ctrl-C as the second epoch's checkpoint is put in place
+        if str(target).endswith("checkpoint.pt"):
+            renames.append(target)
+            if len(renames) == 2:
+                raise KeyboardInterrupt
+        return original_replace(source, target)
 
-    monkeypatch.setattr(torch, "save", interrupted_save)
+    monkeypatch.setattr(os, "replace", interrupted_replace)
     out = tmp_path / "run"
     assert search(out, "--epochs", "3") == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # the last complete epoch, still loadable
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
-    monkeypatch.setattr(torch, "save", original_save)
+    monkeypatch.setattr(os, "replace", original_replace)
     assert search(out, "--epochs", "3", "--resume") == 0
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
 
@@ -282,3 +284,28 @@ def test_cell_picture_labels_clear_of_each_other_and_the_nodes(tmp_path, monkeyp
         assert len(labels) == 8 and len(nodes) == 7
         for i, box in enumerate(labels):
             assert not any(box.overlaps(other) for other in labels[:i] + labels[i + 1:] + nodes)
+
+
+def test_resume_from_a_damaged_checkpoint_fails_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "1") == 0
+    path = out / "checkpoint.pt"
+    data = path.read_bytes()
+    (out / ".checkpoint-killed.tmp").write_bytes(data[:100])  # a write killed before its rename
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    state = load_checkpoint(path)
+    del state["rng"]
+    save_checkpoint(state, tmp_path / "no-rng.pt")
+    for content, reason in ((b"", "empty file"), (data[:-200], "damaged or not a checkpoint"),
+                            (b"not a checkpoint\n" * 10, "damaged or not a checkpoint"),
+                            (bytes(flipped), "does not match its checksum"),
+                            ((tmp_path / "no-rng.pt").read_bytes(), "lacks rng")):
+        path.write_bytes(content)
+        with pytest.raises(SystemExit) as exit_info:
+            search(out, "--epochs", "1", "--resume")
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert str(path) in err and reason in err and "run without --resume to start over" in err, err
+    assert not (out / ".checkpoint-killed.tmp").exists()

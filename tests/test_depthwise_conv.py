@@ -18,6 +18,8 @@ CASES = [
     (2, 2, 3, 3, 5, 1, 4, 2),  # every output reads mostly padding
     (1, 3, 1, 1, 3, 1, 1, 1),
     (2, 3, 12, 7, 3, 3, 0, 1),  # stride 3, no padding: trailing inputs no output reads
+    (1, 1, 4, 4, (1, 6), 1, (1, 3), 1),  # a kernel as wide as the padded input
+    (2, 3, 2, 2, 3, 1, 100, 100),  # stride 1, padding far wider than the planes: the row path
 ]
 
 
@@ -205,6 +207,18 @@ BAD_INPUTS = [
     (torch.randn(2, 3, 8, 8), torch.randn(3, 1, 3, 3), dict(padding=-1), "padding must be >= 0"),
     (torch.randn(2, 3, 8, 8), torch.randn(3, 1, 3, 3), dict(dilation=(1, 0)), "dilation must be >= 1"),
     (torch.randn(2, 3, 2, 8), torch.randn(3, 1, 5, 5), dict(padding=1), "gives an output of size 0x6; it must be"),
+    # A kernel longer than the padded input: the output size floors (0), as F.conv2d's does.
+    (torch.randn(1, 1, 2, 2), torch.randn(1, 1, 3, 3), dict(stride=2), "gives an output of size 0x0; it must be"),
+    (torch.randn(1, 1, 1, 5), torch.randn(1, 1, 3, 1), dict(stride=3),
+     r"stride \[3, 3\], .* gives an output of size 0x2; it must be"),
+    # Geometry that would overflow int64 in the index arithmetic.
+    (torch.randn(1, 1, 4, 4), torch.randn(1, 1, 5, 5), dict(stride=2, dilation=2**62),
+     "dilation must be at most 2147483647"),
+    (torch.randn(1, 1, 4, 4), torch.randn(1, 1, 1, 3), dict(padding=(0, 2**53), dilation=(1, 2**53)),
+     "padding must be at most 2147483647"),
+    (torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3), dict(stride=2**31), "stride must be at most 2147483647"),
+    (torch.randn(1, 1, 1, 1).expand(1, 1, 1, 2**40), torch.randn(1, 1, 1, 1), {},
+     r"input has spatial sizes \[1, 1099511627776\]; each must be in \[0, 2147483647\]"),
 ]
 
 
@@ -247,3 +261,104 @@ def test_bad_grad_shape_raises():
     with pytest.raises(RuntimeError, match=r"grad must have the output's shape \[2, 3, 8, 8\]"):
         torch.ops.fastdnas._depthwise_conv2d_input_grad(torch.randn(2, 3, 7, 8), torch.randn(3, 1, 3, 3),
                                                         [2, 3, 8, 8], [1, 1], [1, 1], [1, 1])
+
+
+def test_kernel_longer_than_the_padded_input_raises_like_conv2d():
+    x, w = torch.randn(1, 1, 2, 2), torch.randn(1, 1, 3, 3)
+    with pytest.raises(RuntimeError):
+        F.conv2d(x, w, stride=2)
+    compiled = torch.compile(lambda x, w: ops.depthwise_conv2d(x, w, stride=2), fullgraph=True)
+    with pytest.raises(Exception, match="gives an output of size 0x0"):
+        compiled(x, w)
+    grad = torch.randn(1, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="depthwise_conv2d \\(input gradient\\): .* output of size 0x0"):
+        torch.ops.fastdnas._depthwise_conv2d_input_grad(grad, w, [1, 1, 2, 2], [2, 2], [0, 0], [1, 1])
+    with pytest.raises(RuntimeError, match="depthwise_conv2d \\(weight gradient\\): .* output of size 0x0"):
+        torch.ops.fastdnas._depthwise_conv2d_weight_grad(grad, x, [1, 1, 3, 3], [2, 2], [0, 0], [1, 1])
+
+
+def test_gradient_ops_bound_the_geometry():
+    # The stacked-planes buffer of this call once wrapped int64 (and was written out of bounds).
+    grad, x = torch.ones(1, 1, 1023, 4), torch.randn(1, 1, 1023, 4)
+    with pytest.raises(RuntimeError, match="weight gradient\\): padding must be at most 2147483647"):
+        torch.ops.fastdnas._depthwise_conv2d_weight_grad(grad, x, [1, 1, 1, 3], [1, 1], [0, 2**53], [1, 2**53])
+    with pytest.raises(RuntimeError, match="input gradient\\): input has spatial sizes"):
+        torch.ops.fastdnas._depthwise_conv2d_input_grad(grad, torch.randn(1, 1, 1, 1), [1, 1, -1023, 4], [1, 1],
+                                                        [0, 0], [1, 1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padding_far_wider_than_the_planes(device):
+    # Padding and dilation 2**30 around 3x4 planes: only the centre tap reads the input, so this is
+    # the 1x1 convolution by the centre weights (never a padded plane of 2**62 elements).
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    grad = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device)
+    out, grad_x, grad_w = forward_backward(ops.depthwise_conv2d, x, w, dict(stride=1, padding=2**30, dilation=2**30),
+                                           grad)
+    centre = w[:, :, 1:2, 1:2]
+    want_out, want_grad_x, want_grad_centre = forward_backward(reference, x, centre, dict(stride=1, padding=0,
+                                                                                          dilation=1), grad)
+    want_grad_w = torch.zeros_like(w)
+    want_grad_w[:, :, 1, 1] = want_grad_centre[:, :, 0, 0]
+    for g, r in ((out, want_out), (grad_x, want_grad_x), (grad_w, want_grad_w)):
+        assert rel_err(g, r) <= 1e-12
+
+
+# --- non-finite values: F.conv2d multiplies the zero padding too (w * 0 is NaN for w = inf) ------
+
+def assert_same_values(got, want):
+    # NaN where the float64 reference has NaN, infinities of the same sign, equal finite values.
+    assert torch.equal(got.isnan(), want.isnan())
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-12, atol=1e-12)
+
+
+NON_FINITE = [float("inf"), float("-inf"), float("nan")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("case", CASES)
+def test_non_finite_weight_reaches_the_border_as_in_conv2d(case, value, device):
+    x, w, args = make_case(case, torch.float64, device)
+    with torch.no_grad():
+        w[-1, 0, 0, 0] = value  # reads padding in every case with padding
+        w[0, 0, -1, -1] = value
+    grad = torch.randn(reference(x, w, **args).shape, dtype=torch.float64, device=device)
+    got = forward_backward(ops.depthwise_conv2d, x, w, args, grad)
+    want = forward_backward(reference, x.cpu(), w.cpu(), args, grad.cpu())  # float64 F.conv2d on CPU: im2col
+    for g, r in zip(got, want):
+        assert_same_values(g.cpu(), r)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("case", CASES)
+def test_non_finite_gradient_reaches_the_weight_gradient_as_in_conv2d(case, value, device):
+    x, w, args = make_case(case, torch.float64, device)
+    grad = torch.randn(reference(x, w, **args).shape, dtype=torch.float64, device=device)
+    grad[0, 0, 0, 0] = value  # the corner output: its taps read padding wherever there is padding
+    grad[-1, -1, -1, -1] = value
+    got = forward_backward(ops.depthwise_conv2d, x, w, args, grad)
+    want = forward_backward(reference, x.cpu(), w.cpu(), args, grad.cpu())
+    for g, r in zip(got, want):
+        assert_same_values(g.cpu(), r)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_input_reaches_only_what_reads_it(device):
+    x, w, args = make_case((2, 3, 9, 8, 3, 1, 1, 1), torch.float64, device)
+    with torch.no_grad():
+        x[0, 1, 4, 4] = float("inf")
+        x[1, 2, 8, 7] = float("nan")
+    grad = torch.randn(reference(x, w, **args).shape, dtype=torch.float64, device=device)
+    got = forward_backward(ops.depthwise_conv2d, x, w, args, grad)
+    want = forward_backward(reference, x.cpu(), w.cpu(), args, grad.cpu())
+    for g, r in zip(got, want):
+        assert_same_values(g.cpu(), r)
+
+
+def test_references_run_without_tf32():
+    # tests/conftest.py turns TF32 off around every test: cuDNN's float32 F.conv2d references (CUDA
+    # tests) are full float32, not 10-bit mantissas.
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32

@@ -321,3 +321,54 @@ def test_bad_backward_grad_raises():
         torch.ops.fastdnas._mixed_node_backward(torch.ones(2, 3, 5, 5), *args[:7], mean, var, 1e-5, True)
     with pytest.raises(RuntimeError, match=r"mean must be a floating-point tensor \[13, 3\]"):
         torch.ops.fastdnas._mixed_node_backward(out, *args[:7], mean[1:], var, 1e-5, True)
+    with pytest.raises(RuntimeError, match=r"mixed_node \(backward\): conv_items must have one entry"):
+        torch.ops.fastdnas._mixed_node_backward(out, *args[:6], [], mean, var, 1e-5, True)
+
+
+def test_statistics_of_the_wrong_dtype_name_the_dtype():
+    node = bad(running_mean=torch.zeros(13, 3, dtype=torch.int64), running_var=torch.ones(13, 3))
+    with pytest.raises(RuntimeError, match=r"running_mean must be a floating-point tensor \[13, 3\] .* got shape "
+                                           r"\[13, 3\] and dtype (Long|torch.int64)"):
+        ops.mixed_node(*as_args(node))
+
+
+@pytest.mark.parametrize("eps", [-1e-5, float("nan")])
+def test_backward_rejects_the_eps_the_forward_rejects(eps):
+    node = bad()
+    args = as_args(node)
+    with pytest.raises(RuntimeError, match="mixed_node: eps must be >= 0"):
+        ops.mixed_node(*args[:-1], eps)
+    out, mean, var = ops.mixed_node(*args)
+    with pytest.raises(RuntimeError, match=r"mixed_node \(backward\): eps must be >= 0"):
+        torch.ops.fastdnas._mixed_node_backward(out, *args[:7], mean, var, eps, True)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    fake = [[mode.from_tensor(t) for t in a] if isinstance(a, list) and a and torch.is_tensor(a[0])
+            else mode.from_tensor(a) if torch.is_tensor(a) else a for a in (out, *args[:7], mean, var)]
+    with pytest.raises(RuntimeError, match=r"mixed_node \(backward\): eps must be >= 0"):
+        with mode:
+            torch.ops.fastdnas._mixed_node_backward(*fake, eps, True)
+
+
+def test_backward_checks_grad_device():
+    node = bad()
+    args = as_args(node)
+    out, mean, var = ops.mixed_node(*args)
+    with pytest.raises(RuntimeError, match=r"mixed_node \(backward\): grad must have shape \[2, 3, 5, 6\], dtype"):
+        torch.ops.fastdnas._mixed_node_backward(torch.empty(2, 3, 5, 6, device="meta"), *args[:7], mean, var, 1e-5,
+                                                True)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(edge_inputs=None), "edge_inputs must be a list or tuple of tensors, got None"),
+    (dict(conv_outputs=torch.ones(2)), "conv_outputs must be a list or tuple of tensors, got torch.Tensor"),
+    (dict(strides=None), "strides must be a list or tuple of ints, got None"),
+    (dict(strides=2), "strides must be a list or tuple of ints, got int"),
+    (dict(free_items=None), "free_items must be a list or tuple of ints, got None"),
+    (dict(free_kinds=[0, 1.0, 0, 1, 2]), r"free_kinds\[1\] must be an int, got float"),
+    (dict(conv_items=(i for i in [3])), "conv_items must be a list or tuple of ints, got generator"),
+])
+def test_arguments_of_the_wrong_type_raise_type_error(changes, message):
+    with pytest.raises(TypeError, match="mixed_node: " + message):
+        ops.mixed_node(*as_args(bad(**changes)))

@@ -214,3 +214,36 @@ def test_device_mismatch_raises():
         ops.mixed_sum([x(2, 3), x(2, 3, device=device)], torch.ones(2))
     with pytest.raises(RuntimeError, match="weights is on"):
         ops.mixed_sum([x(2, 3, device=device)], torch.ones(1))
+
+
+def test_backward_checks_grad():
+    # A grad on another device once passed (the fake kernel served the mixed call: uninitialised results).
+    inputs = [x(2, 3), x(2, 3)]
+    for grad, what in ((torch.empty(2, 3, device="meta"), "device"), (x(2, 3, dtype=torch.float64), "dtype"),
+                       (x(3, 2), "shape")):
+        with pytest.raises(RuntimeError, match=r"mixed_sum \(backward\): grad must match inputs\[0\]"):
+            torch.ops.fastdnas._mixed_sum_backward(grad, inputs, torch.ones(2))
+
+
+def test_backward_errors_name_the_forward_op():
+    with pytest.raises(RuntimeError, match=r"mixed_sum \(backward\): weights must have shape \[2\]"):
+        torch.ops.fastdnas._mixed_sum_backward(x(2, 3), [x(2, 3), x(2, 3)], torch.ones(3))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    with pytest.raises(RuntimeError, match=r"mixed_sum \(backward\): inputs\[1\] has shape"):
+        with mode:
+            torch.ops.fastdnas._mixed_sum_backward(mode.from_tensor(x(2, 3)), [mode.from_tensor(x(2, 3)),
+                                                   mode.from_tensor(x(3, 2))], mode.from_tensor(torch.ones(2)))
+
+
+@pytest.mark.parametrize("inputs,message", [
+    (None, "inputs must be a list or tuple of tensors, got None"),
+    (3.0, "inputs must be a list or tuple of tensors, got float"),
+    (torch.ones(2, 3), r"got torch.Tensor \(pass list\(t.unbind\(0\)\)"),
+    (__import__("numpy").ones((2, 3)), "inputs must be a list or tuple of tensors, got numpy.ndarray"),
+    ([torch.ones(3), __import__("numpy").ones(3)], r"inputs\[1\] must be a tensor, got numpy.ndarray"),
+])
+def test_inputs_of_the_wrong_type_raise_type_error(inputs, message):
+    with pytest.raises(TypeError, match=message):
+        ops.mixed_sum(inputs, torch.ones(2))

@@ -2,6 +2,7 @@
 import math
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import fastdnas
 from fastdnas.data import load_synthetic
 from fastdnas.search import (
     Architect,
+    CheckpointError,
     Metrics,
     Search,
     SearchConfig,
@@ -241,6 +243,75 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def damaged_copies(data):
+    """What a checkpoint file may become: name -> (bytes, expected message)."""
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01
+    return {
+        "empty": (b"", "empty file"),
+        "truncated": (data[: len(data) // 2], "damaged or not a checkpoint"),
+        "garbage": (bytes(range(256)) * 8, "damaged or not a checkpoint"),
+        "flipped": (bytes(flipped), "does not match its checksum"),
+    }
+
+
+def test_damaged_checkpoint_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"value": torch.arange(1000)}, path)
+    data = path.read_bytes()
+    assert torch.equal(load_checkpoint(path)["value"], torch.arange(1000))
+    for name, (content, message) in damaged_copies(data).items():
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=message) as error:
+            load_checkpoint(path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value), name
+    save_checkpoint([1, 2], path)
+    with pytest.raises(CheckpointError, match="holds a list, not a dict"):
+        load_checkpoint(path)
+    save_checkpoint({"epoch": 1}, path)
+    with pytest.raises(CheckpointError, match="lacks model, history"):
+        load_checkpoint(path, keys=("epoch", "model", "history"))
+
+
+def test_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+    # Written by torch.save alone, as fastdnas did before checkpoints carried a checksum.
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"value": torch.tensor(3)}, path)
+    with pytest.warns(UserWarning, match="has no checksum"):
+        assert load_checkpoint(path)["value"].item() == 3
+    save_checkpoint({"value": torch.tensor(3)}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_checkpoint(path)["value"].item() == 3
+    assert torch.load(path, weights_only=True)["value"].item() == 3  # still a plain torch.save archive
+
+
+def test_killed_checkpoint_writes_are_cleaned_up(tmp_path):
+    # A write killed before its rename leaves its temporary file: the next save or resume removes it.
+    for name in (".checkpoint-a1b2c3.tmp", ".checkpoint-zz.tmp"):
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    (tmp_path / "other.tmp").write_bytes(b"not a checkpoint write")
+    save_checkpoint({"value": torch.tensor(1)}, tmp_path / "checkpoint.pt")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "other.tmp"]
+
+    run = tmp_path / "run"
+    synthetic_search(run, epochs=1).run()
+    (run / ".checkpoint-killed.tmp").write_bytes(b"")
+    synthetic_search(run, epochs=1).resume()
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "log.jsonl"]
+
+
+def test_resume_refuses_a_damaged_checkpoint(tmp_path):
+    search = synthetic_search(tmp_path, epochs=1)
+    search.run()
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    del state["arch_optimizer"]
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError, match="lacks arch_optimizer"):
+        synthetic_search(tmp_path, epochs=1).resume()
 
 
 def test_rng_state_round_trip():

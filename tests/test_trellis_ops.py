@@ -346,6 +346,8 @@ TRELLIS_OP_ERRORS = [
     ([[x(1, 2, 3, 3)]], torch.ones(1, dtype=torch.int64), "betas must be a floating-point tensor"),
     ([[x(1, 2, 3, 3)]], torch.ones(1, device=OTHER_DEVICE), "betas is on"),
     ([[x(1, 2, 3, 3)] * 33], torch.ones(1), "at most 32"),
+    # B * C wraps int64 to 0: the output was once an empty [0, 0, 1, 1] tensor.
+    ([[torch.empty(0, 2**62, 1, 1)] * 4], torch.ones(1), r"the output's 4 \* 4611686018427387904 channels .* overflow"),
 ]
 
 
@@ -434,3 +436,77 @@ def test_resize_sum_bad_inputs_raise_under_fake_tensors(inputs, weights, message
     with pytest.raises(RuntimeError, match=message):
         with mode:
             ops.resize_sum([mode.from_tensor(t) for t in inputs], (4, 4), fake_weights)
+
+
+def test_trellis_backward_checks_grad_and_names_the_forward_op():
+    cells, betas = make_cells(2, 3, (1, 2, 3, 3), torch.float32, "cpu", requires_grad=False)
+    for grad in (torch.empty(1, 6, 3, 3, device="meta"), x(1, 6, 3, 3, dtype=torch.float64), x(1, 6, 3, 4)):
+        with pytest.raises(RuntimeError, match=r"trellis_aggregate \(backward\): grad must have shape \[1, 6, 3, 3\]"):
+            torch.ops.fastdnas._trellis_aggregate_backward(grad, flat(cells), 2, betas)
+    with pytest.raises(RuntimeError, match=r"trellis_aggregate \(backward\): betas must have shape \[2\]"):
+        torch.ops.fastdnas._trellis_aggregate_backward(x(1, 6, 3, 3), flat(cells), 2, torch.ones(3))
+
+
+def test_resize_sum_backward_checks_grad_and_names_the_forward_op():
+    inputs = [x(1, 2, 3, 3), x(1, 2, 5, 4)]
+    for grad in (torch.empty(1, 2, 4, 4, device="meta"), x(1, 2, 4, 4, dtype=torch.float64), x(1, 3, 4, 4)):
+        with pytest.raises(RuntimeError, match=r"resize_sum \(backward\): grad must have N=1, C=2"):
+            torch.ops.fastdnas._resize_sum_backward(grad, inputs, None)
+    with pytest.raises(RuntimeError, match=r"resize_sum \(backward\): weights must have shape \[2\]"):
+        torch.ops.fastdnas._resize_sum_backward(x(1, 2, 4, 4), inputs, torch.ones(3))
+
+
+@pytest.mark.parametrize("cells,message", [
+    (None, "cells must be a list of cell evaluations .* got None"),
+    (x(1, 2, 3, 3), "cells must be a list of cell evaluations .* got torch.Tensor"),
+    ([None], r"cells\[0\] must be a list or tuple of tensors, got None"),
+    ([[x(1, 2, 3, 3)], x(1, 2, 3, 3)], r"cells\[1\] must be a list or tuple of tensors, got torch.Tensor"),
+    ([[__import__("numpy").ones((1, 2, 3, 3))]], r"cells\[0\]\[0\] must be a tensor, got numpy.ndarray"),
+])
+def test_trellis_arguments_of_the_wrong_type_raise_type_error(cells, message):
+    with pytest.raises(TypeError, match="trellis_aggregate: " + message):
+        ops.trellis_aggregate(cells, torch.ones(1))
+
+
+@pytest.mark.parametrize("inputs,message", [
+    (None, "inputs must be a list or tuple of tensors, got None"),
+    (__import__("numpy").ones((1, 2, 3, 3)), "inputs must be a list or tuple of tensors, got numpy.ndarray"),
+    ([x(1, 2, 3, 3), 1.0], r"inputs\[1\] must be a tensor, got float"),
+])
+def test_resize_sum_arguments_of_the_wrong_type_raise_type_error(inputs, message):
+    with pytest.raises(TypeError, match="resize_sum: " + message):
+        ops.resize_sum(inputs, (4, 4))
+
+
+# --- resize_sum with non-finite values: what README says it shares with F.interpolate and where it differs
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize("size", [(2, 2), (2, 3)])
+def test_resize_sum_reads_pixels_of_weight_zero_as_interpolate_does(size):
+    # Row 0 keeps its size: each output reads row 1 with weight 0 too, and 0 * inf is NaN in both.
+    x = torch.tensor([[1.0, INF], [2.0, 3.0]], dtype=torch.float64).view(1, 1, 2, 2)
+    got = ops.resize_sum([x], size)
+    want = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    assert got[0, 0, 0].isnan().any()
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-12, atol=0)
+
+
+def test_resize_sum_weight_exactly_zero_next_to_an_infinite_pixel():
+    # Width 1 -> 5: source positions -0.4, -0.2 and 0 (rounded without FMA) give the second tap a
+    # weight of exactly 0 (NaN with the infinite row mean); 0.2 and 0.4 give +inf.
+    x = torch.tensor([1.0, INF, 2.0, 3.0], dtype=torch.float64).view(1, 1, 4, 1)
+    got = ops.resize_sum([x], (1, 5))
+    assert got[0, 0, 0, :3].isnan().all() and (got[0, 0, 0, 3:] == INF).all()
+
+
+def test_resize_sum_non_finite_weight_spreads_over_its_whole_input_gradient():
+    # Width 3 -> 1: the output reads columns 1 (weight 1) and 2 (weight 0); no output reads column 0.
+    inputs = [torch.randn(1, 1, 1, 3, dtype=torch.float64, requires_grad=True)]
+    weights = torch.tensor([float("nan")], dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(1, 1, 1, 1, dtype=torch.float64)
+    (got,) = torch.autograd.grad(ops.resize_sum(inputs, (1, 1), weights), inputs, grad)
+    (want,) = torch.autograd.grad(reference.resize_sum(inputs, (1, 1), weights), inputs, grad)
+    assert got.isnan().all()
+    assert want[0, 0, 0, 0] == 0 and want[0, 0, 0, 1:].isnan().all()

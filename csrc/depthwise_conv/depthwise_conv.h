@@ -42,11 +42,17 @@ FASTDNAS_HOST_DEVICE void depthwise_valid_outputs(int64_t k, int64_t in_size, in
   *end = hi > lo ? hi : lo;
 }
 
-// Output size of one spatial dimension, as PyTorch's convolution computes it.
+// Output size of one spatial dimension, as PyTorch's convolution computes it: the division
+// floors, so a dilated kernel longer than the padded input gives a size <= 0 (then rejected).
 FASTDNAS_HOST_DEVICE int64_t depthwise_output_size(int64_t in_size, int64_t kernel, int64_t stride, int64_t padding,
                                                    int64_t dilation) {
-  return (in_size + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
+  const int64_t span = in_size + 2 * padding - dilation * (kernel - 1) - 1;
+  return (span >= 0 ? span / stride : -((-span + stride - 1) / stride)) + 1;
 }
+
+// Every size, stride, padding and dilation is at most this (checked before any arithmetic), so
+// padded sizes, dilated kernel extents and every index computed from them fit in int64.
+constexpr int64_t kMaxDepthwiseGeometry = (int64_t{1} << 31) - 1;
 
 // Stride, padding and dilation of both spatial dimensions, and the derived sizes.
 struct DepthwiseShape {
@@ -59,7 +65,15 @@ inline std::array<int64_t, 2> pair_argument(const char* op, const char* what, at
               values.size());
   const std::array<int64_t, 2> pair{values[0], values[values.size() - 1]};
   TORCH_CHECK(pair[0] >= min && pair[1] >= min, op, ": ", what, " must be >= ", min, ", got ", values);
+  TORCH_CHECK(pair[0] <= kMaxDepthwiseGeometry && pair[1] <= kMaxDepthwiseGeometry, op, ": ", what,
+              " must be at most ", kMaxDepthwiseGeometry, ", got ", values);
   return pair;
+}
+
+inline void check_geometry_size(const char* op, const char* what, at::IntArrayRef sizes) {
+  for (size_t d = 2; d < 4; ++d)
+    TORCH_CHECK(sizes[d] >= 0 && sizes[d] <= kMaxDepthwiseGeometry, op, ": ", what, " has spatial sizes ",
+                sizes.slice(2), "; each must be in [0, ", kMaxDepthwiseGeometry, "]");
 }
 
 // Validates the arguments of every depthwise_conv2d op: x_sizes [N, C, H, W] of the input and
@@ -70,6 +84,9 @@ inline DepthwiseShape depthwise_shape(const char* op, at::IntArrayRef x_sizes, a
   TORCH_CHECK(w_sizes.size() == 4 && w_sizes[0] == x_sizes[1] && w_sizes[1] == 1 && w_sizes[2] > 0 && w_sizes[3] > 0,
               op, ": weight must have shape [C, 1, KH, KW] with C = ", x_sizes[1],
               " (one filter per input channel), got ", w_sizes);
+  TORCH_CHECK(x_sizes[0] >= 0 && x_sizes[1] >= 0, op, ": input must have N, C >= 0, got shape ", x_sizes);
+  check_geometry_size(op, "input", x_sizes);
+  check_geometry_size(op, "weight", w_sizes);
   DepthwiseShape s;
   s.N = x_sizes[0];
   s.C = x_sizes[1];
@@ -83,7 +100,7 @@ inline DepthwiseShape depthwise_shape(const char* op, at::IntArrayRef x_sizes, a
   s.OH = depthwise_output_size(s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0]);
   s.OW = depthwise_output_size(s.W, s.KW, s.stride[1], s.padding[1], s.dilation[1]);
   TORCH_CHECK(s.H > 0 && s.W > 0 && s.OH > 0 && s.OW > 0, op, ": input of spatial size ", s.H, "x", s.W,
-              " with kernel ", s.KH, "x", s.KW, ", padding ", padding, " and dilation ", dilation,
+              " with kernel ", s.KH, "x", s.KW, ", stride ", stride, ", padding ", padding, " and dilation ", dilation,
               " gives an output of size ", s.OH, "x", s.OW, "; it must be at least 1x1");
   return s;
 }
@@ -116,7 +133,7 @@ inline DepthwiseShape check_depthwise_forward_args(const at::Tensor& x, const at
 inline DepthwiseShape check_depthwise_input_grad_args(const at::Tensor& grad, const at::Tensor& weight,
                                                       at::IntArrayRef input_size, at::IntArrayRef stride,
                                                       at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const char* op = "_depthwise_conv2d_input_grad";
+  const char* op = "depthwise_conv2d (input gradient)";
   check_depthwise_tensor(op, "grad", grad, grad);
   check_depthwise_tensor(op, "weight", weight, grad);
   const DepthwiseShape s = depthwise_shape(op, input_size, weight.sizes(), stride, padding, dilation);
@@ -127,7 +144,7 @@ inline DepthwiseShape check_depthwise_input_grad_args(const at::Tensor& grad, co
 inline DepthwiseShape check_depthwise_weight_grad_args(const at::Tensor& grad, const at::Tensor& x,
                                                        at::IntArrayRef weight_size, at::IntArrayRef stride,
                                                        at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const char* op = "_depthwise_conv2d_weight_grad";
+  const char* op = "depthwise_conv2d (weight gradient)";
   check_depthwise_tensor(op, "grad", grad, x);
   check_depthwise_tensor(op, "input", x, x);
   const DepthwiseShape s = depthwise_shape(op, x.sizes(), weight_size, stride, padding, dilation);

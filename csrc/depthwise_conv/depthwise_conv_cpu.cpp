@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "depthwise_conv.h"
@@ -279,7 +280,115 @@ void weight_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scala
   });
 }
 
-bool unit_stride(const DepthwiseShape& s) { return s.stride[0] == 1 && s.stride[1] == 1; }
+// --- path choice, zero padding and non-finite values ----------------------------------------------
+// The kernels leave out products with padding zeros (the row path and skipped taps) or add
+// products with zeros that F.conv2d does not form (the flat path's dropped rows and columns).
+// With finite values neither changes a sum; with an infinite or NaN value, x * 0 is NaN. So the
+// flat path runs only where the values it multiplies by zeros are finite (checked per call), and
+// padding_nan_* put back the NaN of F.conv2d's w * 0 (forward) and grad * 0 (weight gradient)
+// where a non-finite value meets padding.
+
+// Stride 1, and padding that does not dwarf the planes (a padded plane much larger than the
+// input and output planes is mostly never read; its buffers would be too).
+bool flat_path(const DepthwiseShape& s) {
+  if (s.stride[0] != 1 || s.stride[1] != 1) return false;
+  const double padded = static_cast<double>(s.H + 2 * s.padding[0]) * static_cast<double>(s.W + 2 * s.padding[1]);
+  const double planes = static_cast<double>(s.H) * s.W + static_cast<double>(s.OH) * s.OW;
+  return padded <= 32768.0 + 4.0 * planes;
+}
+
+template <typename scalar_t>
+bool all_finite(const scalar_t* v, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  bool finite = true;
+  for (int64_t k = 0; k < n; ++k) {
+    const acc_t a = static_cast<acc_t>(v[k]);
+    finite &= (a - a == acc_t(0));  // false for inf and NaN; vectorises
+  }
+  return finite;
+}
+
+// Whether output (oh, ow) reads padding through tap (i, j).
+bool reads_padding(const DepthwiseShape& s, int64_t oh, int64_t ow, int64_t i, int64_t j) {
+  const int64_t ih = depthwise_input_index(oh, i, s.stride[0], s.padding[0], s.dilation[0]);
+  const int64_t iw = depthwise_input_index(ow, j, s.stride[1], s.padding[1], s.dilation[1]);
+  return ih < 0 || ih >= s.H || iw < 0 || iw >= s.W;
+}
+
+// Forward: every output that reads padding through a non-finite weight is NaN.
+template <typename scalar_t>
+void padding_nan_forward(const DepthwiseShape& s, const scalar_t* weight, scalar_t* out) {
+  const int64_t taps = s.KH * s.KW, plane = s.OH * s.OW;
+  at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      const scalar_t* filter = weight + c * taps;
+      if (all_finite(filter, taps)) continue;
+      std::vector<char> nan_at(plane, 0);
+      for (int64_t t = 0; t < taps; ++t) {
+        if (all_finite(filter + t, 1)) continue;
+        for (int64_t oh = 0; oh < s.OH; ++oh)
+          for (int64_t ow = 0; ow < s.OW; ++ow) nan_at[oh * s.OW + ow] |= reads_padding(s, oh, ow, t / s.KW, t % s.KW);
+      }
+      for (int64_t n = 0; n < s.N; ++n) {
+        scalar_t* y = out + (n * s.C + c) * plane;
+        for (int64_t q = 0; q < plane; ++q)
+          if (nan_at[q]) y[q] = std::numeric_limits<scalar_t>::quiet_NaN();
+      }
+    }
+  });
+}
+
+// Weight gradient of channel c: tap (i, j) is NaN where a non-finite output gradient reads padding through it.
+template <typename scalar_t, typename acc_t>
+void padding_nan_weight_grad(const DepthwiseShape& s, const scalar_t* grad, int64_t c, acc_t* sums) {
+  const int64_t plane = s.OH * s.OW;
+  std::vector<char> bad(plane, 0);
+  for (int64_t n = 0; n < s.N; ++n) {
+    const scalar_t* g = grad + (n * s.C + c) * plane;
+    if (all_finite(g, plane)) continue;
+    for (int64_t q = 0; q < plane; ++q) bad[q] |= !all_finite(g + q, 1);
+  }
+  for (int64_t t = 0; t < s.KH * s.KW; ++t)
+    for (int64_t q = 0; q < plane; ++q)
+      if (bad[q] && reads_padding(s, q / s.OW, q % s.OW, t / s.KW, t % s.KW)) {
+        sums[c * s.KH * s.KW + t] = std::numeric_limits<acc_t>::quiet_NaN();
+        break;
+      }
+}
+
+// The weight gradient of channel c row by row into sums (partial: taps * OW scratch), with the
+// NaN of padding products.
+template <typename scalar_t, typename acc_t>
+void weight_grad_rows(const DepthwiseShape& s, const ColumnTaps& columns, const scalar_t* gd, const scalar_t* xd,
+                      int64_t c, std::vector<acc_t>& partial, acc_t* sd) {
+  const int64_t sw = s.stride[1], taps = s.KH * s.KW;
+  // Each tap keeps a row of per-column partial sums (vectorises), added up at the end.
+  partial.assign(taps * s.OW, acc_t(0));
+  for (int64_t n = 0; n < s.N; ++n) {
+    const int64_t p = n * s.C + c;
+    const scalar_t* xp = xd + p * s.H * s.W;
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      const scalar_t* g = gd + (p * s.OH + oh) * s.OW;
+      for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
+        acc_t* sum = partial.data() + (i * s.KW + j) * s.OW + ow;
+        const scalar_t* in = xp + ih * s.W + iw;
+        const scalar_t* g_row = g + ow;
+        if (sw == 1) {
+          for (int64_t k = 0; k < count; ++k) sum[k] = accumulate_product(sum[k], static_cast<acc_t>(g_row[k]), in[k]);
+        } else {
+          for (int64_t k = 0; k < count; ++k)
+            sum[k] = accumulate_product(sum[k], static_cast<acc_t>(g_row[k]), in[k * sw]);
+        }
+      });
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    acc_t total = 0;
+    for (int64_t ow = 0; ow < s.OW; ++ow) total += partial[t * s.OW + ow];
+    sd[c * taps + t] = total;
+  }
+  padding_nan_weight_grad(s, gd, c, sd);
+}
 
 // --- any stride: row by row ----------------------------------------------------------------------
 
@@ -296,7 +405,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& x_arg, const at::Tensor& weigh
     const scalar_t* xd = x.const_data_ptr<scalar_t>();
     const scalar_t* wd = weight.const_data_ptr<scalar_t>();
     scalar_t* yd = out.mutable_data_ptr<scalar_t>();
-    if (unit_stride(s)) return forward_flat<scalar_t, acc_t>(s, xd, wd, yd);
+    if (flat_path(s) && all_finite(wd, s.C * s.KH * s.KW)) return forward_flat<scalar_t, acc_t>(s, xd, wd, yd);
     const int64_t sw = s.stride[1];
     const ColumnTaps columns(s);
     at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
@@ -321,6 +430,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& x_arg, const at::Tensor& weigh
         }
       }
     });
+    padding_nan_forward(s, wd, yd);
   });
   return out;
 }
@@ -341,7 +451,7 @@ at::Tensor depthwise_conv2d_input_grad_cpu(const at::Tensor& grad_arg, const at:
     const scalar_t* gd = grad.const_data_ptr<scalar_t>();
     const scalar_t* wd = weight.const_data_ptr<scalar_t>();
     scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>();
-    if (unit_stride(s)) return input_grad_flat<scalar_t, acc_t>(s, gd, wd, gxd);
+    if (flat_path(s) && all_finite(wd, s.C * s.KH * s.KW)) return input_grad_flat<scalar_t, acc_t>(s, gd, wd, gxd);
     const int64_t sw = s.stride[1];
     const ColumnTaps columns(s);
     at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
@@ -388,43 +498,28 @@ at::Tensor depthwise_conv2d_weight_grad_cpu(const at::Tensor& grad_arg, const at
     const scalar_t* gd = grad.const_data_ptr<scalar_t>();
     const scalar_t* xd = x.const_data_ptr<scalar_t>();
     grad_w = sums;  // cast below, once filled
-    if (unit_stride(s)) {
+    if (s.N == 0) return;
+    const ColumnTaps columns(s);
+    const int64_t taps = s.KH * s.KW;
+    if (flat_path(s)) {
       weight_grad_flat<scalar_t, acc_t>(s, gd, xd, sd);
+      // Redone row by row where a non-finite value took part (the flat sums multiply the
+      // dropped outputs' zeros too).
+      at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
+        std::vector<acc_t> partial;
+        for (int64_t c = first; c < last; ++c) {
+          bool finite = all_finite(sd + c * taps, taps);
+          for (int64_t n = 0; n < s.N && finite; ++n)
+            finite = all_finite(gd + (n * s.C + c) * s.OH * s.OW, s.OH * s.OW);
+          if (!finite) weight_grad_rows(s, columns, gd, xd, c, partial, sd);
+        }
+      });
       return;
     }
-    const int64_t sw = s.stride[1], taps = s.KH * s.KW;
-    const ColumnTaps columns(s);
-    // One channel per task, as weight_grad_flat. Each tap keeps a row of per-column partial sums
-    // (vectorises), added up at the end.
+    // One channel per task, as weight_grad_flat.
     at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
-      std::vector<acc_t> partial(taps * s.OW);
-      for (int64_t c = first; c < last; ++c) {
-        std::fill(partial.begin(), partial.end(), acc_t(0));
-        for (int64_t n = 0; n < s.N; ++n) {
-          const int64_t p = n * s.C + c;
-          const scalar_t* xp = xd + p * s.H * s.W;
-          for (int64_t oh = 0; oh < s.OH; ++oh) {
-            const scalar_t* g = gd + (p * s.OH + oh) * s.OW;
-            for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
-              acc_t* sum = partial.data() + (i * s.KW + j) * s.OW + ow;
-              const scalar_t* in = xp + ih * s.W + iw;
-              const scalar_t* g_row = g + ow;
-              if (sw == 1) {
-                for (int64_t k = 0; k < count; ++k)
-                  sum[k] = accumulate_product(sum[k], static_cast<acc_t>(g_row[k]), in[k]);
-              } else {
-                for (int64_t k = 0; k < count; ++k)
-                  sum[k] = accumulate_product(sum[k], static_cast<acc_t>(g_row[k]), in[k * sw]);
-              }
-            });
-          }
-        }
-        for (int64_t t = 0; t < taps; ++t) {
-          acc_t total = 0;
-          for (int64_t ow = 0; ow < s.OW; ++ow) total += partial[t * s.OW + ow];
-          sd[c * taps + t] = total;
-        }
-      }
+      std::vector<acc_t> partial;
+      for (int64_t c = first; c < last; ++c) weight_grad_rows(s, columns, gd, xd, c, partial, sd);
     });
   });
   return grad_w.to(grad.scalar_type());

@@ -1,7 +1,7 @@
 // CUDA kernels of depthwise_conv2d on the current stream: forward (a thread per output), input
 // gradient (a thread per input element, gathering from the outputs that read it) and weight
 // gradient (a block per filter tap, a deterministic block reduction). Every element adds its
-// taps in the order of the CPU kernels.
+// taps in the order of the CPU kernels; taps that read padding add a product with zero.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../common/launch.cuh"
 #include "../common/reduce_cuda.cuh"
 #include "depthwise_conv.h"
 
@@ -42,11 +43,12 @@ __global__ void depthwise_forward_kernel(const scalar_t* __restrict__ x, const s
     acc_t acc = 0;
     for (int64_t i = 0; i < g.KH; ++i) {
       const int64_t ih = depthwise_input_index(oh, i, g.sh, g.ph, g.dh);
-      if (ih < 0 || ih >= g.H) continue;
+      const bool row_inside = ih >= 0 && ih < g.H;
       for (int64_t j = 0; j < g.KW; ++j) {
         const int64_t iw = depthwise_input_index(ow, j, g.sw, g.pw, g.dw);
-        if (iw < 0 || iw >= g.W) continue;
-        acc = accumulate_product(acc, static_cast<acc_t>(filter[i * g.KW + j]), plane[ih * g.W + iw]);
+        // A padding tap adds w * 0, as F.conv2d does: NaN for a non-finite weight.
+        const scalar_t v = row_inside && iw >= 0 && iw < g.W ? plane[ih * g.W + iw] : scalar_t(0);
+        acc = accumulate_product(acc, static_cast<acc_t>(filter[i * g.KW + j]), v);
       }
     }
     out[index] = static_cast<scalar_t>(acc);
@@ -92,10 +94,10 @@ __global__ void depthwise_weight_grad_kernel(const scalar_t* __restrict__ grad, 
     const int64_t oh = (t % per_plane) / g.OW, ow = t % g.OW;
     const int64_t ih = depthwise_input_index(oh, i, g.sh, g.ph, g.dh);
     const int64_t iw = depthwise_input_index(ow, j, g.sw, g.pw, g.dw);
-    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
     const int64_t p = n * g.C + c;
-    acc[0] = accumulate_product(acc[0], static_cast<acc_t>(grad[p * per_plane + oh * g.OW + ow]),
-                                x[(p * g.H + ih) * g.W + iw]);
+    // A padding tap adds grad * 0, as F.conv2d does: NaN for a non-finite gradient.
+    const scalar_t v = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? x[(p * g.H + ih) * g.W + iw] : scalar_t(0);
+    acc[0] = accumulate_product(acc[0], static_cast<acc_t>(grad[p * per_plane + oh * g.OW + ow]), v);
   }
   block_sums(acc, 1, sums + blockIdx.x, 1);
 }
@@ -112,7 +114,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& x_arg, const at::Tensor& weig
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv2d_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    depthwise_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((depthwise_forward_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
         x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), geometry(s), n,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -135,7 +137,7 @@ at::Tensor depthwise_conv2d_input_grad_cuda(const at::Tensor& grad_arg, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_input_grad_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    depthwise_input_grad_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((depthwise_input_grad_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
         grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), geometry(s), n,
         grad_x.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -158,7 +160,7 @@ at::Tensor depthwise_conv2d_weight_grad_cuda(const at::Tensor& grad_arg, const a
     at::Tensor sums = at::zeros({s.C, 1, s.KH, s.KW}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     const int64_t blocks = s.C * s.KH * s.KW;
     if (blocks > 0 && s.N > 0) {
-      depthwise_weight_grad_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+      FASTDNAS_LAUNCH((depthwise_weight_grad_kernel<scalar_t, acc_t>), blocks, kThreads, 0, stream)(
           grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), geometry(s), sums.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -169,7 +171,7 @@ at::Tensor depthwise_conv2d_weight_grad_cuda(const at::Tensor& grad_arg, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdnas, CUDA, m) {
+FASTDNAS_CUDA_LIBRARY_IMPL(m) {
   m.impl("depthwise_conv2d", &depthwise_conv2d_cuda);
   m.impl("_depthwise_conv2d_input_grad", &depthwise_conv2d_input_grad_cuda);
   m.impl("_depthwise_conv2d_weight_grad", &depthwise_conv2d_weight_grad_cuda);

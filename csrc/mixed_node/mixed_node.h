@@ -140,11 +140,11 @@ inline NodeLayout make_node_layout(const char* op, at::TensorList edge_inputs, a
 
 inline void check_statistics(const char* op, const NodeLayout& L, const at::Tensor& t, const at::Device& device,
                              const char* what) {
-  TORCH_CHECK(t.defined() && t.is_floating_point() && t.dim() == 2 && t.size(0) == L.num_bn_rows &&
-                  t.size(1) == L.C,
-              op, ": ", what, " must be a floating-point tensor [", L.num_bn_rows, ", ", L.C,
-              "] (one row per BatchNorm: the pooled free items, then the conv outputs), got ",
-              t.defined() ? t.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(t.defined(), op, ": ", what, " is undefined");
+  TORCH_CHECK(t.is_floating_point() && t.dim() == 2 && t.size(0) == L.num_bn_rows && t.size(1) == L.C, op, ": ",
+              what, " must be a floating-point tensor [", L.num_bn_rows, ", ", L.C,
+              "] (one row per BatchNorm: the pooled free items, then the conv outputs), got shape ", t.sizes(),
+              " and dtype ", t.scalar_type());
   TORCH_CHECK(t.device() == device, op, ": ", what, " is on ", t.device(), " but the edge inputs are on ", device);
 }
 
@@ -161,19 +161,23 @@ inline void check_running_statistics(const char* op, const NodeLayout& L, const 
   }
 }
 
+// The BatchNorm epsilon: >= 0 (NaN fails the test too).
+inline void check_eps(const char* op, double eps) { TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps); }
+
 // The argument checks of _mixed_node_backward (CPU and CUDA): the node, the statistics the
-// forward used, and the output gradient; returns the node's layout.
+// forward used, eps and the output gradient; returns the node's layout. Errors name the forward op.
 inline NodeLayout check_mixed_node_backward_args(const at::Tensor& grad, at::TensorList edge_inputs,
                                                  at::IntArrayRef strides, at::TensorList conv_outputs,
                                                  const at::Tensor& weights, at::IntArrayRef free_items,
                                                  at::IntArrayRef free_kinds, at::IntArrayRef conv_items,
-                                                 const at::Tensor& mean, const at::Tensor& var) {
-  const char* op = "_mixed_node_backward";
+                                                 const at::Tensor& mean, const at::Tensor& var, double eps) {
+  const char* op = "mixed_node (backward)";
   NodeLayout L = make_node_layout(op, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds,
                                   conv_items);
   const at::Tensor& first = edge_inputs[0];
   check_statistics(op, L, mean, first.device(), "mean");
   check_statistics(op, L, var, first.device(), "var");
+  check_eps(op, eps);
   TORCH_CHECK(grad.defined() && grad.dim() == 4 && grad.size(0) == L.N && grad.size(1) == L.C &&
                   grad.size(2) == L.Ho && grad.size(3) == L.Wo && grad.scalar_type() == first.scalar_type() &&
                   grad.device() == first.device(),

@@ -274,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
                                         free_kinds, conv_items);
   const auto device = edge_inputs_arg[0].device();
   check_running_statistics(op, L, running_mean, running_var, device);
-  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  check_eps(op, eps);
   const bool batch_stats = !(running_mean.has_value() && running_mean->defined());
   const auto edges = contiguous_all(edge_inputs_arg);
   const auto convs = contiguous_all(conv_outputs_arg);
@@ -363,7 +363,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     double eps, bool batch_stats) {
   const NodeLayout L = check_mixed_node_backward_args(grad_arg, edge_inputs_arg, strides, conv_outputs_arg,
                                                       weights_arg, free_items, free_kinds, conv_items, mean_arg,
-                                                      var_arg);
+                                                      var_arg, eps);
   const auto edges = contiguous_all(edge_inputs_arg);
   const auto convs = contiguous_all(conv_outputs_arg);
   const at::Tensor grad = grad_arg.contiguous();

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../common/launch.cuh"
 #include "../common/reduce_cuda.cuh"
 #include "../common/tensor_lists.h"
 #include "mixed_node.h"
@@ -302,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
                                         free_kinds, conv_items);
   const auto device = edge_inputs_arg[0].device();
   check_running_statistics(op, L, running_mean, running_var, device);
-  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  check_eps(op, eps);
   const c10::cuda::CUDAGuard device_guard(device);
   const bool batch_stats = !(running_mean.has_value() && running_mean->defined());
   const auto edges = contiguous_all(edge_inputs_arg);
@@ -318,8 +319,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
     if (batch_stats) {
       mean = at::zeros({L.num_bn_rows, L.C}, acc_options);
       var = at::zeros({L.num_bn_rows, L.C}, acc_options);
-      if (L.count() > 0 && L.num_bn_rows > 0) {
-        statistics_kernel<scalar_t, acc_t><<<L.num_bn_rows * L.C, kThreads, 0, stream>>>(
+      // No channels: nothing to reduce (and a grid of zero blocks is an invalid launch).
+      if (L.count() > 0 && L.num_bn_rows > 0 && L.C > 0) {
+        FASTDNAS_LAUNCH((statistics_kernel<scalar_t, acc_t>), L.num_bn_rows * L.C, kThreads, 0, stream)(
             table, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
@@ -329,7 +331,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
     }
     if (L.count() == 0) return;
     const at::Tensor weights = weights_arg.to(acc_options).contiguous();
-    forward_kernel<scalar_t, acc_t><<<forward_grid_for(out.numel()), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((forward_kernel<scalar_t, acc_t>), forward_grid_for(out.numel()), kThreads, 0, stream)(
         table, weights.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(), eps,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -344,7 +346,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     double eps, bool batch_stats) {
   const NodeLayout L = check_mixed_node_backward_args(grad_arg, edge_inputs_arg, strides, conv_outputs_arg,
                                                       weights_arg, free_items, free_kinds, conv_items, mean_arg,
-                                                      var_arg);
+                                                      var_arg, eps);
   const c10::cuda::CUDAGuard device_guard(edge_inputs_arg[0].device());
   const auto edges = contiguous_all(edge_inputs_arg);
   const auto convs = contiguous_all(conv_outputs_arg);
@@ -363,7 +365,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     const at::Tensor mean = mean_arg.to(acc_options).contiguous();
     const at::Tensor var = var_arg.to(acc_options).contiguous();
     at::Tensor grad_w = at::zeros({weights.numel()}, acc_options);
-    if (M > 0) {
+    if (M > 0 && L.C > 0) {  // without channels every gradient is empty (and the grids would be too)
       const auto table = node_table<scalar_t>(L, edges, convs);
       GradTable<scalar_t> outputs{};
       for (int64_t e = 0; e < L.edges(); ++e) outputs.edge[e] = grad_edges[e].mutable_data_ptr<scalar_t>();
@@ -374,18 +376,18 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
       at::Tensor partials = at::empty({F + K + 1, L.C}, acc_options);
-      backward_sums_kernel<scalar_t, acc_t><<<(F + K + 1) * L.C, kThreads, 0, stream>>>(
+      FASTDNAS_LAUNCH((backward_sums_kernel<scalar_t, acc_t>), (F + K + 1) * L.C, kThreads, 0, stream)(
           table, g, mu, v, eps, partials.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const acc_t* partial = partials.const_data_ptr<acc_t>();
-      weight_gradient_kernel<scalar_t, acc_t><<<1, kThreads, 0, stream>>>(table, partial,
+      FASTDNAS_LAUNCH((weight_gradient_kernel<scalar_t, acc_t>), 1, kThreads, 0, stream)(table, partial,
                                                                            grad_w.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
 
       const acc_t inv_count = batch_stats ? acc_t(1) / static_cast<acc_t>(M) : acc_t(0);
       const int64_t per_output = L.N * L.C * L.plane();
       if (K > 0) {
-        conv_gradient_kernel<scalar_t, acc_t><<<forward_grid_for(per_output * K), kThreads, 0, stream>>>(
+        FASTDNAS_LAUNCH((conv_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * K), kThreads, 0, stream)(
             table, outputs, g, w, mu, v, eps, partial, inv_count);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
@@ -394,13 +396,13 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       at::Tensor pool_grad = at::empty({std::max<int64_t>(pools, 1), per_output}, acc_options);
       at::Tensor argmax_offset = at::empty({std::max<int64_t>(pools, 1), per_output}, grad.options().dtype(at::kByte));
       if (pools > 0) {
-        pool_gradient_kernel<scalar_t, acc_t><<<forward_grid_for(per_output * pools), kThreads, 0, stream>>>(
+        FASTDNAS_LAUNCH((pool_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * pools), kThreads, 0, stream)(
             table, g, w, mu, v, eps, partial, inv_count, pool_grad.mutable_data_ptr<acc_t>(),
             argmax_offset.mutable_data_ptr<uint8_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       for (int64_t e = 0; e < L.edges(); ++e) {
-        edge_gradient_kernel<scalar_t, acc_t><<<forward_grid_for(grad_edges[e].numel()), kThreads, 0, stream>>>(
+        FASTDNAS_LAUNCH((edge_gradient_kernel<scalar_t, acc_t>), forward_grid_for(grad_edges[e].numel()), kThreads, 0, stream)(
             table, static_cast<int>(e), g, w, pool_grad.const_data_ptr<acc_t>(),
             argmax_offset.const_data_ptr<uint8_t>(), outputs.edge[e]);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -413,7 +415,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdnas, CUDA, m) {
+FASTDNAS_CUDA_LIBRARY_IMPL(m) {
   m.impl("mixed_node", &mixed_node_cuda);
   m.impl("_mixed_node_backward", &mixed_node_backward_cuda);
 }

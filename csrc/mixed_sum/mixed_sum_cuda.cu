@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common/element_math.h"
+#include "../common/launch.cuh"
 #include "../common/reduce_cuda.cuh"
 #include "../common/tensor_lists.h"
 #include "mixed_sum.h"
@@ -90,7 +91,7 @@ at::Tensor mixed_sum_cuda(at::TensorList inputs_arg, const at::Tensor& weights_a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "mixed_sum_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor weights = weights_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    mixed_sum_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((mixed_sum_forward_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
         pointer_table<const scalar_t*>(inputs), weights.const_data_ptr<acc_t>(), K, n,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -118,12 +119,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(const at
     if (n > 0) {
       const int64_t blocks = grid_for(n, kMaxBackwardBlocks);
       at::Tensor partials = at::empty({blocks, K}, weights.options());
-      mixed_sum_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+      FASTDNAS_LAUNCH((mixed_sum_backward_kernel<scalar_t, acc_t>), blocks, kThreads, 0, stream)(
           grad.const_data_ptr<scalar_t>(), pointer_table<const scalar_t*>(inputs),
           pointer_table<scalar_t*>(grad_inputs), weights.const_data_ptr<acc_t>(), K, n,
           partials.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      sum_partials_kernel<acc_t><<<K, kThreads, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks, K,
+      FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), K, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), blocks, K,
                                                             sums.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -134,7 +135,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(const at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdnas, CUDA, m) {
+FASTDNAS_CUDA_LIBRARY_IMPL(m) {
   m.impl("mixed_sum", &mixed_sum_cuda);
   m.impl("_mixed_sum_backward", &mixed_sum_backward_cuda);
 }

@@ -15,9 +15,9 @@ namespace fastdnas {
 // Kernels take the input table by value.
 constexpr int64_t kMaxResizeSumInputs = 32;
 
+// `op` names the op in messages: the backward op's errors name the forward op.
 inline void check_resize_sum_args(at::TensorList inputs, at::IntArrayRef size,
-                                  const std::optional<at::Tensor>& weights) {
-  const char* op = "resize_sum";
+                                  const std::optional<at::Tensor>& weights, const char* op = "resize_sum") {
   TORCH_CHECK(!inputs.empty(), op, ": inputs must hold at least one tensor, got an empty list");
   TORCH_CHECK(static_cast<int64_t>(inputs.size()) <= kMaxResizeSumInputs, op, ": inputs holds ", inputs.size(),
               " tensors; at most ", kMaxResizeSumInputs, " are supported");
@@ -46,11 +46,12 @@ inline void check_resize_sum_args(at::TensorList inputs, at::IntArrayRef size,
 
 inline void check_resize_sum_backward_args(const at::Tensor& grad, at::TensorList inputs,
                                            const std::optional<at::Tensor>& weights) {
-  TORCH_CHECK(grad.defined() && grad.dim() == 4, "_resize_sum_backward: grad must be 4-D [N, C, H, W]");
-  check_resize_sum_args(inputs, grad.sizes().slice(2), weights);
+  const char* op = "resize_sum (backward)";
+  TORCH_CHECK(grad.defined() && grad.dim() == 4, op, ": grad must be 4-D [N, C, H, W]");
+  check_resize_sum_args(inputs, grad.sizes().slice(2), weights, op);
   TORCH_CHECK(grad.size(0) == inputs[0].size(0) && grad.size(1) == inputs[0].size(1) &&
                   grad.scalar_type() == inputs[0].scalar_type() && grad.device() == inputs[0].device(),
-              "_resize_sum_backward: grad must have N=", inputs[0].size(0), ", C=", inputs[0].size(1), ", dtype ",
+              op, ": grad must have N=", inputs[0].size(0), ", C=", inputs[0].size(1), ", dtype ",
               inputs[0].scalar_type(), " and device ", inputs[0].device());
 }
 

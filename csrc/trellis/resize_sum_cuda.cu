@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common/element_math.h"
+#include "../common/launch.cuh"
 #include "../common/reduce_cuda.cuh"
 #include "../common/tensor_lists.h"
 #include "bilinear.h"
@@ -96,7 +97,7 @@ at::Tensor resize_sum_cuda(at::TensorList inputs_arg, at::IntArrayRef size,
       table.rows[k] = resize_axis<acc_t>(inputs[k].size(2), out_h);
       table.cols[k] = resize_axis<acc_t>(inputs[k].size(3), out_w);
     }
-    resize_sum_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((resize_sum_forward_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
         table, weights.const_data_ptr<acc_t>(), K, out_h, out_w, n, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -126,13 +127,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> resize_sum_backward_cuda(const a
       if (n == 0) continue;
       const int64_t grid = grid_for(n, kMaxBackwardBlocks);
       at::Tensor partials = at::empty({grid}, weights.options());
-      resize_sum_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+      FASTDNAS_LAUNCH((resize_sum_backward_kernel<scalar_t, acc_t>), grid, kThreads, 0, stream)(
           grad.const_data_ptr<scalar_t>(), inputs[k].const_data_ptr<scalar_t>(),
           grad_inputs[k].mutable_data_ptr<scalar_t>(), weights.const_data_ptr<acc_t>() + k,
           resize_axis<acc_t>(inputs[k].size(2), out_h), resize_axis<acc_t>(inputs[k].size(3), out_w), n,
           partials.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      sum_partials_kernel<acc_t><<<1, kThreads, 0, stream>>>(partials.const_data_ptr<acc_t>(), grid, 1,
+      FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), 1, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), grid, 1,
                                                             sums.mutable_data_ptr<acc_t>() + k);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -143,7 +144,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> resize_sum_backward_cuda(const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdnas, CUDA, m) {
+FASTDNAS_CUDA_LIBRARY_IMPL(m) {
   m.impl("resize_sum", &resize_sum_cuda);
   m.impl("_resize_sum_backward", &resize_sum_backward_cuda);
 }

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -18,9 +19,10 @@ constexpr int64_t kMaxTrellisCells = 3;
 // Kernels take the block pointers by value; this keeps both tables of the backward kernel small.
 constexpr int64_t kMaxTrellisBlocksPerCell = 32;
 
-// Checks the arguments and returns the number of blocks per cell. Errors name cells[t][b].
-inline int64_t check_trellis_aggregate_args(at::TensorList blocks, int64_t num_cells, const at::Tensor& betas) {
-  const char* op = "trellis_aggregate";
+// Checks the arguments and returns the number of blocks per cell. Errors name cells[t][b] and
+// the op `op` (the backward op's errors name the forward op).
+inline int64_t check_trellis_aggregate_args(at::TensorList blocks, int64_t num_cells, const at::Tensor& betas,
+                                            const char* op = "trellis_aggregate") {
   TORCH_CHECK(num_cells >= 1 && num_cells <= kMaxTrellisCells, op, ": cells must hold 1 to ", kMaxTrellisCells,
               " cell evaluations (one per incoming transition), got ", num_cells);
   const int64_t count = static_cast<int64_t>(blocks.size());
@@ -35,6 +37,8 @@ inline int64_t check_trellis_aggregate_args(at::TensorList blocks, int64_t num_c
   TORCH_CHECK(is_supported_float(first.scalar_type()), op,
               ": cells must be float64, float32, float16 or bfloat16, got ", first.scalar_type());
   TORCH_CHECK(first.dim() == 4, op, ": cells[0][0] must be 4-D [N, C, H, W], got shape ", first.sizes());
+  TORCH_CHECK(first.size(1) <= std::numeric_limits<int64_t>::max() / B, op, ": the output's ", B, " * ",
+              first.size(1), " channels (blocks per cell * C) overflow int64");
   for (int64_t i = 1; i < count; ++i) {
     const at::Tensor& t = blocks[i];
     const int64_t cell = i / B, block = i % B;
@@ -57,11 +61,12 @@ inline std::vector<int64_t> trellis_output_shape(const at::Tensor& block, int64_
 
 inline int64_t check_trellis_aggregate_backward_args(const at::Tensor& grad, at::TensorList blocks, int64_t num_cells,
                                                      const at::Tensor& betas) {
-  const int64_t B = check_trellis_aggregate_args(blocks, num_cells, betas);
+  const char* op = "trellis_aggregate (backward)";
+  const int64_t B = check_trellis_aggregate_args(blocks, num_cells, betas, op);
   const auto shape = trellis_output_shape(blocks[0], B);
   TORCH_CHECK(grad.defined() && grad.sizes() == at::IntArrayRef(shape) &&
                   grad.scalar_type() == blocks[0].scalar_type() && grad.device() == blocks[0].device(),
-              "_trellis_aggregate_backward: grad must have shape ", at::IntArrayRef(shape), ", dtype ",
+              op, ": grad must have shape ", at::IntArrayRef(shape), ", dtype ",
               blocks[0].scalar_type(), " and device ", blocks[0].device());
   return B;
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common/element_math.h"
+#include "../common/launch.cuh"
 #include "../common/reduce_cuda.cuh"
 #include "../common/tensor_lists.h"
 #include "trellis_aggregate.h"
@@ -107,7 +108,7 @@ at::Tensor trellis_aggregate_cuda(at::TensorList blocks_arg, int64_t num_cells, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "trellis_aggregate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor betas = betas_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    trellis_aggregate_forward_kernel<scalar_t, acc_t><<<forward_grid_for(n), kThreads, 0, stream>>>(
+    FASTDNAS_LAUNCH((trellis_aggregate_forward_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
         block_table<const scalar_t*>(blocks), betas.const_data_ptr<acc_t>(), static_cast<int>(num_cells),
         static_cast<int>(B), inner, n, out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -137,12 +138,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cuda(
       const int64_t inner = blocks[0].numel() / blocks[0].size(0);
       const int64_t grid = grid_for(n, kMaxBackwardBlocks);
       at::Tensor partials = at::empty({grid, T}, betas.options());
-      trellis_aggregate_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+      FASTDNAS_LAUNCH((trellis_aggregate_backward_kernel<scalar_t, acc_t>), grid, kThreads, 0, stream)(
           grad.const_data_ptr<scalar_t>(), block_table<const scalar_t*>(blocks),
           block_table<scalar_t*>(grad_blocks), betas.const_data_ptr<acc_t>(), T, static_cast<int>(B), inner, n,
           partials.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      sum_partials_kernel<acc_t><<<T, kThreads, 0, stream>>>(partials.const_data_ptr<acc_t>(), grid, T,
+      FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), T, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), grid, T,
                                                             sums.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -153,7 +154,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdnas, CUDA, m) {
+FASTDNAS_CUDA_LIBRARY_IMPL(m) {
   m.impl("trellis_aggregate", &trellis_aggregate_cuda);
   m.impl("_trellis_aggregate_backward", &trellis_aggregate_backward_cuda);
 }

@@ -2,12 +2,13 @@
 the step replayed from CUDA graphs."""
 from .architect import Architect, cross_entropy_loss
 from .graphed import GraphedSearchStep
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .loop import Metrics, Search, SearchConfig
 from .schedule import cosine_lr, set_lr
 
 __all__ = [
     "Architect",
+    "CheckpointError",
     "GraphedSearchStep",
     "Metrics",
     "Search",

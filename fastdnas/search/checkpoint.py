@@ -1,7 +1,11 @@
-"""Atomic checkpoints and the RNG states a run needs to resume exactly."""
+"""Atomic, checksummed checkpoints and the RNG states a run needs to resume exactly."""
+import glob
+import hashlib
+import io
 import os
 import random
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -48,14 +52,63 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(cuda_state)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (damaged, or not a checkpoint); the message is one line naming it."""
+
+
+# torch.save writes a zip archive, which ends with an end-of-central-directory record whose last
+# two bytes give the length of an archive comment (none). The SHA-256 of that archive is stored
+# as the comment: torch.load still reads the file, and flipped bytes anywhere are detected.
+_END_RECORD = b"PK\x05\x06"
+_END_RECORD_SIZE = 22
+_CHECKSUM_TAG = b"fastdnas-sha256:"
+_COMMENT_SIZE = len(_CHECKSUM_TAG) + 64
+_TEMPORARY_PATTERN = ".checkpoint-*.tmp"
+
+
+def _with_checksum(archive):
+    end = archive[-_END_RECORD_SIZE:]
+    if not (end.startswith(_END_RECORD) and end.endswith(b"\0\0")):
+        raise RuntimeError("torch.save did not end its archive with a comment-less end record")
+    comment = _CHECKSUM_TAG + hashlib.sha256(archive).hexdigest().encode()
+    return archive[:-2] + len(comment).to_bytes(2, "little") + comment
+
+
+def _split_checksum(data):
+    """(the archive as torch.save wrote it, its recorded SHA-256 or None when there is none)."""
+    comment = data[-_COMMENT_SIZE:]
+    end = data[-_COMMENT_SIZE - _END_RECORD_SIZE:-_COMMENT_SIZE]
+    if (comment.startswith(_CHECKSUM_TAG) and end.startswith(_END_RECORD)
+            and end[-2:] == _COMMENT_SIZE.to_bytes(2, "little")):
+        return data[:-_COMMENT_SIZE - 2] + b"\0\0", comment[len(_CHECKSUM_TAG):].decode("ascii", "replace")
+    return data, None
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary files of checkpoint writes that were killed before their rename."""
+    for path in glob.glob(os.path.join(glob.escape(os.fspath(folder)), _TEMPORARY_PATTERN)):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
 def save_checkpoint(state, path):
-    """torch.save ``state`` to ``path`` atomically: a crash leaves the old checkpoint or the new one, never half."""
+    """torch.save ``state`` to ``path`` atomically: a crash leaves the old checkpoint or the new one, never half.
+
+    The file carries the SHA-256 of its content (load_checkpoint verifies it); leftovers of killed
+    writes in the folder are removed first.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = _with_checksum(buffer.getvalue())
     fd, tmp_path = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -80,7 +133,40 @@ def fsync_folder(folder):
         os.close(fd)
 
 
-def load_checkpoint(path, map_location="cpu"):
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def load_checkpoint(path, map_location="cpu", keys=()):
+    """The state saved by save_checkpoint at ``path``, which must hold every name in ``keys``.
+
+    Raises FileNotFoundError when there is no file, CheckpointError (one line naming the file)
+    when it is empty, truncated, not a checkpoint, fails its checksum or lacks a key. A file
+    without a checksum (written by an older fastdnas) loads with a warning.
+    """
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r} (nothing to resume)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise CheckpointError(f"checkpoint {path!r} is damaged (an empty file)")
+    archive, checksum = _split_checksum(data)
+    if checksum is not None and hashlib.sha256(archive).hexdigest() != checksum:
+        raise CheckpointError(f"checkpoint {path!r} is damaged (its content does not match its checksum)")
+    try:
+        state = torch.load(io.BytesIO(archive), map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path!r} is damaged or not a checkpoint ({_first_line(error)})") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path!r} is not a checkpoint (it holds a {type(state).__name__}, "
+                              "not a dict)")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} is damaged or not a checkpoint of this kind (it lacks "
+                              f"{', '.join(missing)})")
+    if checksum is None:
+        warnings.warn(f"checkpoint {path!r} has no checksum (written by an older fastdnas): its content "
+                      "could not be verified", stacklevel=2)
+    return state

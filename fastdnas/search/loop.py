@@ -17,7 +17,7 @@ from ..data.base import epoch_generator, iterate_batches
 from ..precision import AMP_MODES, MixedPrecision
 from ..data.prefetch import DevicePrefetcher
 from .architect import Architect, cross_entropy_loss, split_loss
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
 from .distributed import SINGLE, average_, broadcast_, data_parallel, sum_meter_, sync_batch_norm
 from .schedule import cosine_lr, set_lr
 
@@ -319,8 +319,15 @@ class Search:
 
     def resume(self, path=None):
         """Load ``path`` (default: out_dir/checkpoint.pt); ``run()`` then continues where it stopped."""
-        self.load_state_dict(load_checkpoint(path or self.checkpoint_path))
+        path = path or self.checkpoint_path
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+        self.load_state_dict(load_checkpoint(path, keys=CHECKPOINT_KEYS))
         return self
+
+
+# What a checkpoint must hold for load_state_dict ("grad_scaler" is optional: older checkpoints lack it).
+CHECKPOINT_KEYS = ("epoch", "model", "arch_parameters", "weight_optimizer", "arch_optimizer", "rng", "history",
+                   "config", "extra")
 
 
 def optimizer_kind(fused):

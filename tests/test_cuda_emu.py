@@ -1,0 +1,391 @@
+"""The CUDA kernels and their host code, run on the CPU by the emulator of tests/cuda_emu: each
+op's forward and backward ops (torch.ops.fastdnas_emu) against the CPU kernels and the reference
+in several schedules, bitwise determinism across schedules and multiprocessor counts, the
+emulator's own checks, and a reduced AddressSanitizer run.
+
+The emulated tensors stay small: every thread switch costs about 100-150 ns."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import test_depthwise_conv
+import test_mixed_node
+import test_mixed_sum
+import test_trellis_ops
+from conftest import rel_err
+from cuda_emu import build
+from fastdnas import reference
+
+# The reduced run under AddressSanitizer: this module, in a subprocess that preloads the runtime.
+ASAN = os.environ.get("FASTDNAS_EMU_ASAN") == "1"
+MODES = ["forward", "reverse", "greedy-shuffle"]
+ALL_MODES = ["forward", "reverse", "shuffle", "greedy-forward", "greedy-reverse", "greedy-shuffle"]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def emu():
+    module = build.load(asan=ASAN)
+    yield module
+    module.set_schedule("forward")
+    module.set_multiprocessor_count(132)
+
+
+@pytest.fixture(params=MODES[:1] if ASAN else MODES)
+def mode(request, emu):
+    emu.set_schedule(request.param, SEED)
+    yield request.param
+    emu.set_schedule("forward")
+
+
+def strided(t):
+    """A non-contiguous view with t's values."""
+    return torch.stack([t, torch.zeros_like(t)], -1)[..., 0]
+
+
+def leaves(tensors):
+    return [t.detach().requires_grad_() for t in tensors]
+
+
+class Problem:
+    """One op on fixed inputs: ``run(ns)`` gives the forward output(s) and every gradient from the
+    op library ``ns`` (fastdnas_emu or fastdnas), ``reference()`` the same from the reference
+    (None where it cannot take the inputs), compared with tolerance ``tol``; ``weight_tol`` bounds the
+    weight gradients (accumulated in float32)."""
+
+    def __init__(self, run, reference, tol, weight_tol=None):
+        self.run, self.reference, self.tol = run, reference, tol
+        self.weight_tol = max(tol, 1e-5) if weight_tol is None else weight_tol
+
+
+def mixed_sum_problem(K, shape, dtype, non_contiguous=False):
+    inputs = [torch.randn(shape).to(dtype) for _ in range(K)]
+    if non_contiguous:
+        inputs = [strided(x) for x in inputs]
+    weights = test_trellis_ops.weight_vector(K, dtype, "cpu", requires_grad=False)
+    grad = torch.randn(shape).to(dtype)
+
+    def run(ns):
+        grad_inputs, grad_weights = ns._mixed_sum_backward(grad, inputs, weights)
+        return [ns.mixed_sum(inputs, weights), *grad_inputs, grad_weights]
+
+    def ref():
+        xs = leaves([*inputs, weights])
+        out = reference.mixed_sum(xs[:-1], xs[-1])
+        return [out, *torch.autograd.grad(out, xs, grad)]
+
+    return Problem(run, ref, test_mixed_sum.TOLERANCE[dtype])
+
+
+def trellis_problem(T, B, shape, dtype, non_contiguous=False):
+    cells, betas = test_trellis_ops.make_cells(T, B, shape, dtype, "cpu", requires_grad=False)
+    blocks = [strided(x) if non_contiguous else x for x in test_trellis_ops.flat(cells)]
+    out_shape = torch.ops.fastdnas.trellis_aggregate(blocks, T, betas).shape
+    grad = torch.randn(out_shape).to(dtype)
+
+    def run(ns):
+        grad_blocks, grad_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas)
+        return [ns.trellis_aggregate(blocks, T, betas), *grad_blocks, grad_betas]
+
+    def ref():
+        xs = leaves([*blocks, betas])
+        out = reference.trellis_aggregate([xs[t * B:(t + 1) * B] for t in range(T)], xs[-1])
+        return [out, *torch.autograd.grad(out, xs, grad)]
+
+    return Problem(run, ref, test_trellis_ops.TOLERANCE[dtype])
+
+
+def resize_problem(sizes, size, dtype, N=2, C=3, with_weights=True, non_contiguous=False):
+    inputs, weights = test_trellis_ops.make_resize_inputs(sizes, dtype, "cpu", N=N, C=C, with_weights=with_weights,
+                                                          requires_grad=False)
+    if non_contiguous:
+        inputs = [strided(x) for x in inputs]
+    grad = torch.randn(N, C, *size).to(dtype)
+
+    def run(ns):
+        grad_inputs, grad_weights = ns._resize_sum_backward(grad, inputs, weights)
+        return [ns.resize_sum(inputs, size, weights), *grad_inputs] + ([grad_weights] if with_weights else [])
+
+    def ref():
+        xs = leaves(inputs + ([weights] if with_weights else []))
+        out = reference.resize_sum(xs[:len(inputs)], size, xs[-1] if with_weights else None)
+        return [out, *torch.autograd.grad(out, xs, grad)]
+
+    # The reference (F.interpolate) rejects planes without channels.
+    return Problem(run, ref if C > 0 else None, test_trellis_ops.TOLERANCE[dtype],
+                   None if with_weights else test_trellis_ops.TOLERANCE[dtype])
+
+
+def mixed_node_problem(strides, dtype, non_contiguous=False, **node_args):
+    node = test_mixed_node.make_node(strides, dtype=dtype, requires_grad=False, **node_args)
+    if non_contiguous:
+        node["edge_inputs"] = [strided(x) for x in node["edge_inputs"]]
+        node["conv_outputs"] = [strided(y) for y in node["conv_outputs"]]
+    args = test_mixed_node.as_args(node)
+    batch_stats = node["running_mean"] is None
+    grad = torch.randn(torch.ops.fastdnas.mixed_node(*args)[0].shape, dtype=torch.float64).to(dtype)
+
+    def run(ns):
+        out, mean, var = ns.mixed_node(*args)
+        grad_edges, grad_convs, grad_weights = ns._mixed_node_backward(grad, *args[:7], mean, var, args[-1],
+                                                                       batch_stats)
+        return [out, mean, var, *grad_edges, *grad_convs, grad_weights]
+
+    def ref():
+        differentiable = leaves(test_mixed_node.differentiable(node))
+        E, K = len(node["edge_inputs"]), len(node["conv_outputs"])
+        with_grad = dict(node, edge_inputs=differentiable[:E], conv_outputs=differentiable[E:E + K],
+                         weights=differentiable[-1])
+        out, mean, var, grads = test_mixed_node.forward_backward(reference.mixed_node, with_grad, grad)
+        return [out, mean, var, *grads]
+
+    tol = test_mixed_node.TOLERANCE[dtype]
+    # The reference (F.max_pool2d) rejects planes without channels.
+    return Problem(run, ref if node_args.get("C", 4) > 0 else None, tol, tol)
+
+
+def depthwise_problem(case, dtype, non_contiguous=False):
+    x, w, geometry = test_depthwise_conv.make_case(case, dtype, "cpu", requires_grad=False)
+    if non_contiguous:
+        x, w = strided(x), strided(w)
+    stride, padding, dilation = geometry["stride"], geometry["padding"], geometry["dilation"]
+    grad = torch.randn(test_depthwise_conv.reference(x, w, **geometry).shape).to(dtype)
+
+    def run(ns):
+        return [ns.depthwise_conv2d(x, w, stride, padding, dilation),
+                ns._depthwise_conv2d_input_grad(grad, w, list(x.shape), stride, padding, dilation),
+                ns._depthwise_conv2d_weight_grad(grad, x, list(w.shape), stride, padding, dilation)]
+
+    def ref():
+        return list(test_depthwise_conv.forward_backward(test_depthwise_conv.reference, *leaves([x, w]), geometry,
+                                                         grad))
+
+    tol = test_depthwise_conv.TOLERANCE[dtype]
+    return Problem(run, ref, tol, tol)
+
+
+def named(op, cases):
+    """(op, id, builder) triples; ``cases`` maps ids to builders."""
+    return [pytest.param(op, build_problem, id=f"{op}-{name}") for name, build_problem in cases]
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+# Small sizes that still cover what the CPU tests cover: odd sizes, one-element and one-pixel
+# planes, strides 1 and 2, empty tensors, non-contiguous inputs, every dtype, the largest counts.
+MIXED_SUM = named("mixed_sum", [
+    *[(f"K{K}-{'x'.join(map(str, shape))}-{dtype_name(dt)}",
+       lambda K=K, shape=shape, dt=dt: mixed_sum_problem(K, shape, dt))
+      for dt in DTYPES for K in (1, 8, 40) for shape in ((3, 5, 7), (1,), (4, 3, 8, 8))],
+    *[(f"K{K}-{'x'.join(map(str, shape))}", lambda K=K, shape=shape: mixed_sum_problem(K, shape, torch.float32))
+      for K, shape in ((128, (2, 3, 5)), (40, (2, 7, 33, 31)), (3, (0,)), (2, (2, 0, 4)))],
+    ("non_contiguous", lambda: mixed_sum_problem(5, (4, 3, 7), torch.float64, non_contiguous=True)),
+])
+
+TRELLIS = named("trellis_aggregate", [
+    *[(f"T{T}-B{B}-{dtype_name(dt)}", lambda T=T, B=B, dt=dt: trellis_problem(T, B, (2, 3, 7, 9), dt))
+      for dt in DTYPES for T, B in ((1, 1), (1, 5), (3, 1), (3, 5), (2, 3))],
+    ("largest-T3-B32", lambda: trellis_problem(3, 32, (2, 3, 5, 5), torch.float32)),
+    *[(f"empty-{'x'.join(map(str, shape))}", lambda shape=shape: trellis_problem(2, 3, shape, torch.float32))
+      for shape in ((0, 3, 4, 4), (2, 0, 4, 4), (2, 3, 0, 5))],
+    ("non_contiguous", lambda: trellis_problem(3, 2, (2, 3, 5, 4), torch.float64, non_contiguous=True)),
+])
+
+RESIZE = named("resize_sum", [
+    *[(f"case{i}-{dtype_name(dt)}", lambda sizes=sizes, size=size, dt=dt: resize_problem(sizes, size, dt))
+      for dt in DTYPES for i, (sizes, size) in enumerate(test_trellis_ops.RESIZE_CASES)],
+    ("no_weights", lambda: resize_problem([(7, 9), (3, 4)], (5, 6), torch.float64, with_weights=False)),
+    ("largest-32-inputs", lambda: resize_problem([(1 + k % 5, 2 + k % 3) for k in range(32)], (3, 4), torch.float32,
+                                                 N=1, C=2)),
+    ("empty-batch", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, N=0)),
+    ("empty-channels", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, C=0)),
+    ("non_contiguous", lambda: resize_problem([(5, 4), (3, 7)], (6, 5), torch.float64, non_contiguous=True)),
+])
+
+MIXED_NODE = named("mixed_node", [
+    *[(f"{'-'.join(map(str, strides))}-{stats}-{dtype_name(dt)}",
+       lambda strides=strides, dt=dt, running=running: mixed_node_problem(strides, dt, N=2, C=3, running=running))
+      for dt in DTYPES for strides in ((1,), (2, 2, 1)) for running, stats in ((False, "batch"), (True, "running"))],
+    *[(f"out{h}x{w}-odd{int(odd)}", lambda h=h, w=w, odd=odd: mixed_node_problem(
+        (2, 1), torch.float64, N=2, C=3, out_size=(h, w), odd_inputs=odd))
+      for (h, w), odd in (((1, 7), False), ((7, 3), True), ((3, 1), True), ((13, 11), True))],
+    ("free_only", lambda: mixed_node_problem((1, 2), torch.float64, N=2, C=2, convs=False)),
+    ("convs_only", lambda: mixed_node_problem((1, 2), torch.float64, N=2, C=2, free=False)),
+    ("largest-16-edges", lambda: mixed_node_problem((1,) * 8 + (2,) * 8, torch.float32, N=1, C=2, out_size=(3, 2))),
+    ("empty-batch", lambda: mixed_node_problem((2, 1), torch.float32, N=0, C=3)),
+    ("empty-channels", lambda: mixed_node_problem((2, 1), torch.float32, N=2, C=0)),
+    ("non_contiguous", lambda: mixed_node_problem((2, 1), torch.float64, N=2, C=3, non_contiguous=True)),
+])
+
+DEPTHWISE = named("depthwise_conv2d", [
+    *[(f"case{i}-{dtype_name(dt)}", lambda case=case, dt=dt: depthwise_problem(case, dt))
+      for dt in DTYPES for i, case in enumerate(test_depthwise_conv.CASES)],
+    ("empty-batch", lambda: depthwise_problem((0, 4, 8, 8, 3, 1, 1, 1), torch.float32)),
+    ("non_contiguous", lambda: depthwise_problem((2, 3, 9, 8, 3, 2, 1, 1), torch.float64, non_contiguous=True)),
+])
+
+ALL_CASES = MIXED_SUM + TRELLIS + RESIZE + MIXED_NODE + DEPTHWISE
+# Under AddressSanitizer: the float32 and float64 cases, the largest counts and the edge cases.
+ASAN_CASES = [c for c in ALL_CASES if not any(s in c.id for s in ("float16", "bfloat16"))]
+
+
+def assert_close(got, want, tol, what):
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape, got.dtype, want.dtype)
+    err = rel_err(got, want)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("op,build_problem", ASAN_CASES if ASAN else ALL_CASES)
+def test_matches_cpu_kernels_and_reference(emu, mode, op, build_problem):
+    problem = build_problem()
+    got = problem.run(torch.ops.fastdnas_emu)
+    cpu = problem.run(torch.ops.fastdnas)
+    want = problem.reference() if problem.reference else cpu
+    assert len(got) == len(cpu) == len(want)
+    last = len(got) - 1
+    for i, (g, c, w) in enumerate(zip(got, cpu, want)):
+        tol = problem.weight_tol if i == last else problem.tol
+        assert_close(g, c, tol, f"{op} output {i} against the CPU kernel")
+        assert_close(g, w.to(g.dtype), tol, f"{op} output {i} against the reference")
+
+
+# One case per op with several blocks and reductions: bitwise the same in every schedule and for
+# 1 and 132 multiprocessors (the grids of the element-wise kernels follow the count).
+DETERMINISM_CASES = [
+    pytest.param(lambda: mixed_sum_problem(11, (3, 7, 131), torch.float32), id="mixed_sum"),
+    pytest.param(lambda: trellis_problem(3, 4, (2, 3, 11, 13), torch.float32), id="trellis_aggregate"),
+    pytest.param(lambda: resize_problem([(7, 9), (13, 5), (3, 4)], (13, 11), torch.float32, N=3, C=5),
+                 id="resize_sum"),
+    pytest.param(lambda: mixed_node_problem((2, 1), torch.float32, N=3, C=4, out_size=(9, 7)), id="mixed_node"),
+    pytest.param(lambda: depthwise_problem((3, 5, 13, 11, 3, 2, 1, 1), torch.float32), id="depthwise_conv2d"),
+]
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+@pytest.mark.parametrize("build_problem", DETERMINISM_CASES)
+def test_bitwise_identical_in_every_schedule_and_multiprocessor_count(emu, build_problem):
+    problem = build_problem()
+    results = []
+    try:
+        for sms in (1, 132):
+            emu.set_multiprocessor_count(sms)
+            for mode in ALL_MODES:
+                emu.set_schedule(mode, SEED)
+                results.append((mode, sms, problem.run(torch.ops.fastdnas_emu)))
+    finally:
+        emu.set_schedule("forward")
+        emu.set_multiprocessor_count(132)
+    first = results[0][2]
+    for mode, sms, result in results[1:]:
+        for i, (a, b) in enumerate(zip(first, result)):
+            assert torch.equal(a, b), f"output {i} differs in schedule {mode} with {sms} multiprocessors"
+
+
+# ---- the emulator's own checks --------------------------------------------------------------
+
+CHECK_FAILURES = [
+    ("different_barriers", "threads wait at different barriers"),
+    ("exit_before_barrier", r"exited while thread .* waits at __syncthreads|waits at __syncthreads .* has exited"),
+    ("shuffle_with_exited_lane", r"which has exited|exited while .* waits for it at __shfl_down_sync"),
+    ("shuffle_with_missing_lanes", r"names lanes that do not exist \(warp 1 has 16 lanes\)"),
+    ("shuffle_reads_outside_mask", r"reads lane 1\d in __shfl_down_sync .* not in the mask"),
+    ("shuffle_mask_without_own_lane", "leaves out its own lane"),
+    ("deadlock", r"deadlock: no thread can go on; .* waits at (__syncthreads|__shfl_sync)"),
+    ("raises", "raised: an error raised in device code"),
+    ("empty_grid", r"invalid configuration argument .* empty grid \(0, 1, 1\)"),
+    ("too_many_threads", r"invalid configuration argument .* 1056 threads; at most 1024"),
+    ("too_much_shared_memory", r"invalid configuration argument .* 65536 bytes of dynamic shared memory"),
+]
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+@pytest.mark.parametrize("mode", ALL_MODES)
+@pytest.mark.parametrize("kernel,message", CHECK_FAILURES)
+def test_broken_kernels_fail_with_a_clear_message(emu, kernel, message, mode):
+    emu.set_schedule(mode, SEED)
+    try:
+        with pytest.raises(RuntimeError, match=message):
+            emu.run_check_kernel(kernel)
+        # The emulator is usable again after a failed launch.
+        assert emu.run_check_kernel("atomics") == [300.0, 300.0]
+    finally:
+        emu.set_schedule("forward")
+
+
+def test_an_unchecked_launch_error_shows_at_the_next_launch(emu):
+    emu.run_check_kernel("empty_grid", check_launch=False)
+    with pytest.raises(RuntimeError, match="after a failed launch that was never checked"):
+        emu.run_check_kernel("atomics")
+    assert emu.run_check_kernel("atomics") == [300.0, 300.0]
+
+
+def test_shared_memory_holds_garbage_at_each_block_start(emu):
+    out = torch.tensor(emu.run_check_kernel("read_before_write"))
+    assert torch.all(out[:32] == 1) and torch.all(out[32:].isnan())
+
+
+def test_shuffles_follow_cuda_semantics(emu):
+    out = torch.tensor(emu.run_check_kernel("shuffles")).view(32, 5)
+    lane = torch.arange(32)
+    want = torch.stack([torch.full((32,), 3), (lane - 1).clamp_min(0), torch.where(lane + 2 < 32, lane + 2, lane),
+                        lane ^ 5, torch.where(lane % 8 < 7, lane + 1, lane)], 1).float()
+    want[0, 1] = 0
+    assert torch.equal(out, want)
+
+
+def test_atomics_add_over_the_grid(emu):
+    assert emu.run_check_kernel("atomics") == [300.0, 300.0]  # 3 blocks of 100; block indices 0 + 1 + 2
+
+
+def test_schedules_order_threads_as_named(emu):
+    orders = {}
+    try:
+        for mode in ALL_MODES:
+            emu.set_schedule(mode, SEED)
+            orders[mode] = emu.run_check_kernel("first_run_order")
+    finally:
+        emu.set_schedule("forward")
+    assert orders["forward"] == list(range(96)) and orders["reverse"] == list(range(95, -1, -1))
+    assert sorted(orders["shuffle"]) == list(range(96))
+    assert orders["shuffle"] not in (orders["forward"], orders["reverse"])
+    # Greedy: the last warp through the warp operation finishes it first, one warp after another.
+    assert orders["greedy-forward"] == list(range(64, 96)) + list(range(32)) + list(range(32, 64))
+    assert [int(t) // 32 for t in orders["greedy-shuffle"][:32]] == [orders["greedy-shuffle"][0] // 32] * 32
+    with pytest.raises(RuntimeError, match="unknown schedule"):
+        emu.set_schedule("sideways")
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+def test_portable_ucontext_switch_runs_the_check_kernels(emu):
+    portable = build.load(ucontext=True)
+    assert portable.run_check_kernel("shuffles") == emu.run_check_kernel("shuffles")
+    for mode in ALL_MODES:
+        portable.set_schedule(mode, SEED)
+        emu.set_schedule(mode, SEED)
+        assert portable.run_check_kernel("first_run_order") == emu.run_check_kernel("first_run_order")
+    emu.set_schedule("forward")
+    with pytest.raises(RuntimeError, match="deadlock"):
+        portable.run_check_kernel("deadlock")
+
+
+@pytest.mark.skipif(ASAN, reason="this is the test that starts the AddressSanitizer run")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the AddressSanitizer run needs Linux and g++")
+def test_reduced_set_under_address_sanitizer():
+    """This module's reduced set (float32/float64 cases, forward schedule) with the kernels built
+    (in the subprocess) under AddressSanitizer: an out-of-bounds access fails it, with the kernel,
+    block and thread."""
+    env = dict(os.environ, FASTDNAS_EMU_ASAN="1", LD_PRELOAD=build.asan_runtime(),
+               ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0:"
+                            "detect_stack_use_after_return=0:abort_on_error=0")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_matches_cpu_kernels_and_reference"],
+                          cwd=os.path.dirname(tests), env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert " passed" in proc.stdout and "AddressSanitizer" not in proc.stderr
