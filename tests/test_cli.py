@@ -1,5 +1,6 @@
 """The command line end to end on a tiny synthetic search and retraining."""
 import json
+import os
 
 import pytest
 import torch
@@ -154,24 +155,24 @@ def test_ctrl_c_says_how_to_resume_and_leaves_a_valid_checkpoint(tmp_path, capsy
 
     for plot in ("plot_genotype", "plot_alpha_history"):
         monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
-    saves = []
-    original_save = torch.save
+    renames = []
+    original_replace = os.replace
 
-    def interrupted_save(state, f, *args, **kwargs):  # Ctrl-C in the middle of the second epoch's checkpoint
-        saves.append(1)
-        if len(saves) == 2:
-            f.write(b"half a checkpoint")
-            raise KeyboardInterrupt
-        return original_save(state, f, *args, **kwargs)
+    def interrupted_replace(source, target):  # Ctrl-C as the second epoch's checkpoint is put in place
+        if str(target).endswith("checkpoint.pt"):
+            renames.append(target)
+            if len(renames) == 2:
+                raise KeyboardInterrupt
+        return original_replace(source, target)
 
-    monkeypatch.setattr(torch, "save", interrupted_save)
+    monkeypatch.setattr(os, "replace", interrupted_replace)
     out = tmp_path / "run"
     assert search(out, "--epochs", "3") == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # the last complete epoch, still loadable
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
-    monkeypatch.setattr(torch, "save", original_save)
+    monkeypatch.setattr(os, "replace", original_replace)
     assert search(out, "--epochs", "3", "--resume") == 0
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
 
