@@ -24,8 +24,8 @@ if [ -z "$library" ] || [ -n "$(find csrc setup.py -newer "$library" -print -qui
          "MAX_JOBS=$MAX_JOBS): about 20 minutes on 2 CPU cores; FASTDNAS_CUDA=0 skips the CUDA units," \
          "TORCH_CUDA_ARCH_LIST=9.0 (say) compiles them for one architecture"
   else
-    echo "building fastdnas: $cpu_units CPU units, MAX_JOBS=$MAX_JOBS (minutes: 27 measured on a 2-core VM busy with" \
-         "other jobs); no GPU visible, so no CUDA kernels (FASTDNAS_CUDA=1 adds them, about 20 minutes more)"
+    echo "building fastdnas: $cpu_units CPU units, MAX_JOBS=$MAX_JOBS (about 2 minutes on an idle 2-core VM," \
+         "much more on a busy one); no GPU visible, so no CUDA kernels (FASTDNAS_CUDA=1 adds them, about 20 minutes more)"
   fi
   # The compiler's output goes to a log; the terminal gets one line per finished unit (ninja's [k/n]).
   mkdir -p build
