@@ -33,24 +33,39 @@ case "$cuda" in
           "found torch.version.cuda=${cuda:-none}" >&2; exit 1 ;;
 esac
 
-# The compile flags of torch's extension builder, for this torch and this Python.
-flags=$("$VENV/bin/python" - <<'EOF'
-import os, sysconfig
+out=build/sm60_sm70
+mkdir -p "$out"
+# The compile flags of torch's extension builder for this torch and this Python, the C++ standard
+# its headers require, and (as setup.py does) links to the CUDA library headers torch's headers
+# include that the toolkit lacks, taken from torch's nvidia packages.
+flags=$("$VENV/bin/python" - "$(dirname "$(dirname "$nvcc")")" "$out/headers" <<'EOF'
+import glob, os, sys, sysconfig
 import torch
 from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+toolkit, links = sys.argv[1], sys.argv[2]
 include = os.path.join(os.path.dirname(torch.__file__), "include")
 dirs = [include, os.path.join(include, "torch", "csrc", "api", "include"), sysconfig.get_paths()["include"]]
+try:
+    import nvidia
+    os.makedirs(links, exist_ok=True)
+    for header in (h for d in nvidia.__path__ for h in glob.glob(os.path.join(d, "*", "include", "*.h"))):
+        name = os.path.basename(header)
+        if not os.path.exists(os.path.join(toolkit, "include", name)) and not os.path.lexists(os.path.join(links, name)):
+            os.symlink(header, os.path.join(links, name))
+    dirs.append(links)
+except ImportError:
+    pass
+with open(os.path.join(include, "ATen", "ATen.h")) as f:
+    std = "c++20" if "C++20 or later" in f.read() else "c++17"
 print(" ".join(["-I" + d for d in dirs] + COMMON_NVCC_FLAGS
-               + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]))
+               + [f"-std={std}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]))
 EOF
 )
 echo "$("$nvcc" --version | tail -n 1); torch $("$VENV/bin/python" -c "import torch; print(torch.__version__)")"
-out=build/sm60_sm70
-mkdir -p "$out"
 # One nvcc per file with both architectures (the nvcc flags of setup.py); MAX_JOBS files at a
 # time; every failure is shown.
 find csrc -name '*.cu' | sort | xargs -P "${MAX_JOBS:-2}" -I{} sh -c '
-  if "$1" -c "{}" -o "$0/$(basename "{}" .cu).o" $2 -std=c++17 -O3 -lineinfo --fmad=false -Xcompiler -fPIC \
+  if "$1" -c "{}" -o "$0/$(basename "{}" .cu).o" $2 -O3 -lineinfo --fmad=false -Xcompiler -fPIC \
        -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C \
        -gencode arch=compute_60,code=sm_60 -gencode arch=compute_70,code=sm_70; then
     echo "ok      {} (sm_60, sm_70)"
