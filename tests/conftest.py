@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -29,6 +31,14 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def package_files(paths):
+    """The paths among `paths` inside the fastdnas package, relative to it, wherever the clone
+    lives (a virtual environment inside a folder named fastdnas holds torch under
+    .../fastdnas/.venv/: those files are not the package's)."""
+    package = os.path.dirname(os.path.abspath(fastdnas.__file__)) + os.sep
+    return [os.path.relpath(p, package) for p in paths if os.path.abspath(p).startswith(package)]
 
 
 def saved_bytes(fn):
