@@ -502,6 +502,7 @@ def _mixed_node_setup_context(ctx, inputs, output):
     edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items, running_mean, _, eps = inputs
     _, mean, var = output
     ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)  # no zero gradients made for the statistics (two ops per node)
     ctx.num_edges = len(edge_inputs)
     ctx.items = (list(strides), list(free_items), list(free_kinds), list(conv_items))
     ctx.eps = eps
