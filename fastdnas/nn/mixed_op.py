@@ -5,8 +5,9 @@ Backends (one model, the same parameters; switch any time):
 
 - ``"fused"`` (default): the whole node is one ``mixed_node`` kernel call. Skip, max_pool_3x3,
   avg_pool_3x3 and every candidate's final BatchNorm are computed inside it, never stored; the
-  convolution candidates of an edge share one ReLU of its input. BatchNorm running statistics
-  are updated as ``nn.BatchNorm2d`` would. Least memory.
+  convolution candidates of all the node's edges of one stride run as stacked tensors (see
+  ``_StrideGroup``), with the weights stacked once per cell (``FusedCell``). BatchNorm running
+  statistics are updated as ``nn.BatchNorm2d`` would. Least memory, fewest ops.
 - ``"fused_sum"``: every candidate runs eagerly (as in the reference), only the node's weighted
   sum is one ``mixed_sum`` kernel call ('none' skipped).
 - ``"reference"``: the original eager expression, 'none' included.
