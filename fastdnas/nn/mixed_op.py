@@ -361,7 +361,10 @@ class _StrideGroup:
                     rows = (None, None)
                     if inner_running is not None:
                         rows = [r[s * E : (s + 1) * E].reshape(-1) for r in inner_running]
-                    y = F.batch_norm(y, *rows, training=batch_stats, eps=eps)
+                    # In float32 under autocast, as nn.BatchNorm2d computes a half-precision input
+                    # with its float32 buffers: without them the half kernel loses precision.
+                    low = y.dtype in (torch.float16, torch.bfloat16)
+                    y = F.batch_norm(y.float() if low else y, *rows, training=batch_stats, eps=eps).to(y.dtype)
                     last.append(_depthwise(F.relu(y), kind[0][5], next(pieces)))
             last += [_depthwise(x, kind[0][1], next(pieces)) for kind in layers[S:]]
             last = _stacked_pointwise(torch.stack(last), next(pieces), K)
