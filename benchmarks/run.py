@@ -7,7 +7,8 @@ and CUDA rows where a GPU is present), prints one table and writes JSON.
 Sections: kernels (fused ops vs their references, bandwidth vs a copy), steps (DARTS and
 Auto-DeepLab search steps in every variant), memory (saved-for-backward bytes, peak memory and
 step time of a DARTS search step per backend), methods (DARTS, PC-DARTS and GDAS search steps,
-reference and fused, timed interleaved). ``--quick`` runs small cases with short timing (a
+reference and fused, timed interleaved), launches (compute ops dispatched per forward+backward and
+per search step, per backend: counted once, it is the same on every device). ``--quick`` runs small cases with short timing (a
 few minutes on a 2-core CPU). The torch.compile variants run on CUDA; on the CPU only with
 ``--compile-on-cpu`` (inductor needs more than ten minutes for even a tiny supernet there).
 """
@@ -16,7 +17,7 @@ import os
 
 import torch
 
-from . import kernels, memory, methods, search_step
+from . import kernels, launches, memory, methods, search_step
 from .common import machine, print_table, write_json
 
 # name -> run(device, quick=..., min_run_time=..., skip_compile=...) returning table rows. A new
@@ -26,11 +27,12 @@ SECTIONS = {
     "steps": search_step.run,
     "memory": memory.run,
     "methods": methods.run,
+    "launches": launches.run,
 }
 # The columns of the one table, in order; a row leaves out what does not apply to it. Columns a
 # section adds that are not listed here are printed after these.
-COLUMNS = ["bench", "case", "device", "variant", "ms", "speedup", "vs_darts", "GBps", "copy_fraction", "peak_MB", "saved_MB",
-           "mem_ratio", "search_50ep_min", "note"]
+COLUMNS = ["bench", "case", "device", "variant", "ms", "speedup", "vs_darts", "GBps", "copy_fraction", "peak_MB",
+           "saved_MB", "mem_ratio", "search_50ep_min", "ops_fwd_bwd", "ops_step", "ops_ratio", "note"]
 
 
 def table_columns(rows):
@@ -63,6 +65,8 @@ def main(argv=None):
     results = {section: [] for section in sections}
     for device in devices:
         for section in sections:
+            if section == "launches" and device != devices[0]:
+                continue  # the count does not depend on the device
             print(f"running {section} on {device} ...", flush=True)
             results[section] += SECTIONS[section](device, quick=args.quick, min_run_time=min_run_time,
                                                   skip_compile=args.skip_compile or (device == "cpu" and not

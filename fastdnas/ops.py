@@ -546,6 +546,7 @@ def _mixed_node_setup_context(ctx, inputs, output):
     edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items, running_mean, _, eps = inputs
     _, mean, var = output
     ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)  # no zero gradients made for the statistics (two ops per node)
     ctx.num_edges = len(edge_inputs)
     ctx.items = (list(strides), list(free_items), list(free_kinds), list(conv_items))
     ctx.eps = eps
@@ -554,17 +555,20 @@ def _mixed_node_setup_context(ctx, inputs, output):
 
 
 def _mixed_node_backward(ctx, grad, _grad_mean, _grad_var):
+    strides, free_items, free_kinds, conv_items = ctx.items
+    # No gradient for the int lists; an empty list must come back as an empty list.
+    free_items_grad, free_kinds_grad, conv_items_grad = ([] if not items else None
+                                                         for items in (free_items, free_kinds, conv_items))
+    if grad is None:  # the sum's gradient is undefined (grads are not materialised): so are the inputs'
+        return ([None] * ctx.num_edges, None, [None] * len(conv_items), None, free_items_grad, free_kinds_grad,
+                conv_items_grad, None, None, None)
     saved = ctx.saved_tensors
     E = ctx.num_edges
     edge_inputs, conv_outputs = list(saved[:E]), list(saved[E:-3])
     weights, mean, var = saved[-3:]
-    strides, free_items, free_kinds, conv_items = ctx.items
     grad_edges, grad_convs, grad_weights = torch.ops.fastdnas._mixed_node_backward(
         grad, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items, mean, var, ctx.eps,
         ctx.batch_stats)
-    # No gradient for the int lists; an empty list must come back as an empty list.
-    free_items_grad, free_kinds_grad, conv_items_grad = ([] if not items else None
-                                                         for items in (free_items, free_kinds, conv_items))
     return (list(grad_edges), None, list(grad_convs), grad_weights, free_items_grad, free_kinds_grad,
             conv_items_grad, None, None, None)
 

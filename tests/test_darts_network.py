@@ -289,9 +289,10 @@ def test_final_network_rejects_bad_genotypes():
         FinalNetwork(4, 10, 3, DARTS_V2._replace(normal_concat=[2, 3, 4, 6]))
 
 
-def test_fused_backend_saves_at_most_0_6_of_the_reference_for_backward():
+def test_fused_backend_saves_at_most_0_55_of_the_reference_for_backward():
     # The memory goal of the fused backend, counted (not timed): pools, skip and BN outputs are
-    # never saved, and the convolution candidates of an edge share one ReLU.
+    # never saved, the convolution candidates of an edge share one ReLU, and stacking the
+    # candidates saves nothing more (0.53 measured; the stacked 1x1 weights are not saved per sample).
     torch.manual_seed(0)
     net = SearchNetwork(C=8, num_classes=10, layers=5)
     x = torch.randn(4, 3, 16, 16)
@@ -299,7 +300,7 @@ def test_fused_backend_saves_at_most_0_6_of_the_reference_for_backward():
     for backend in ("reference", "fused_sum", "fused"):
         net.backend = backend
         saved[backend] = saved_bytes(lambda: net(x).sum())
-    assert saved["fused"] <= 0.6 * saved["reference"]
+    assert saved["fused"] <= 0.55 * saved["reference"]
     assert saved["fused_sum"] <= saved["reference"]
 
 

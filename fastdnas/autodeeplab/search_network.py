@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import ops, reference
 from ..decode import NUM_LEVELS, num_edges, parse_cell, reachable_levels, transition_mask, viterbi
-from ..nn.mixed_op import MixedOp, check_backend, node_sum
+from ..nn.mixed_op import MixedOp, cell_nodes, check_backend
 from ..nn.operations import PRIMITIVES, ReLUConvBN
 from .aspp import aspp_for_level
 
@@ -110,13 +110,8 @@ class TrellisCell(nn.Module):
         if list(weights.shape) != expected:
             raise ValueError(f"weights must have shape {expected} (edges x primitives), got {list(weights.shape)}")
         states = [s0, s1]
-        offset = 0
-        for _ in range(self.blocks):
-            edges = self.edges[offset : offset + len(states)]
-            # Fused backends: the whole block in one kernel call.
-            block = node_sum(edges, states, weights[offset : offset + len(states)], self.backend)
-            offset += len(states)
-            states.append(block)
+        # Fused backends: each node one kernel call.
+        states = cell_nodes(self.edges, states, weights, self.blocks, self.backend)
         return states[2:]
 
 

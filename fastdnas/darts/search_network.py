@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..decode import num_edges, parse_cell
-from ..nn.mixed_op import MixedOp, check_backend, node_sum
+from ..nn.mixed_op import MixedOp, cell_nodes, check_backend
 from ..nn.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN
 from .genotype import Genotype
 
@@ -63,13 +63,8 @@ class SearchCell(nn.Module):
         if list(weights.shape) != expected:
             raise ValueError(f"weights must have shape {expected} (edges x primitives), got {list(weights.shape)}")
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self.steps):
-            edges = self._ops[offset : offset + len(states)]
-            # Fused backends: the whole node in one kernel call.
-            node = node_sum(edges, states, weights[offset : offset + len(states)], self.backend)
-            offset += len(states)
-            states.append(node)
+        # Fused backends: each node one kernel call.
+        states = cell_nodes(self._ops, states, weights, self.steps, self.backend)
         return torch.cat(states[-self.multiplier :], dim=1)
 
 

@@ -5,17 +5,20 @@ Backends (one model, the same parameters; switch any time):
 
 - ``"fused"`` (default): the whole node is one ``mixed_node`` kernel call. Skip, max_pool_3x3,
   avg_pool_3x3 and every candidate's final BatchNorm are computed inside it, never stored; the
-  convolution candidates of an edge share one ReLU of its input. BatchNorm running statistics
-  are updated as ``nn.BatchNorm2d`` would. Least memory.
+  convolution candidates of all the node's edges of one stride run as stacked tensors (see
+  ``_StrideGroup``), with the weights stacked once per cell (``FusedCell``). BatchNorm running
+  statistics are updated as ``nn.BatchNorm2d`` would. Least memory, fewest ops.
 - ``"fused_sum"``: every candidate runs eagerly (as in the reference), only the node's weighted
   sum is one ``mixed_sum`` kernel call ('none' skipped).
 - ``"reference"``: the original eager expression, 'none' included.
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .operations import OPS, PRIMITIVES
+from .operations import OPS, PRIMITIVES, DilConv, SepConv, _is_plain_conv
 
 BACKENDS = ("fused", "fused_sum", "reference")
 
@@ -89,11 +92,13 @@ class MixedOp(nn.Module):
         return node_sum([self], [x], weights.unsqueeze(0), self.backend)
 
 
-def node_sum(mixed_ops, states, weights, backend):
+def node_sum(mixed_ops, states, weights, backend, cell=None):
     """``sum_e mixed_ops[e](states[e], weights[e])``: a search node over its incoming edges.
 
     ``weights`` is [E, len(primitives)], the node's rows of softmax(alpha); every mixed op has the
-    same primitives.
+    same primitives. ``cell``: the ``FusedCell`` of the cell evaluation the node belongs to
+    ("fused" backend: the weights stacked once per cell, the running statistics updated once
+    per cell, when it finishes); None: the node on its own.
     """
     if backend == "reference":
         return sum(op(h, w) for op, h, w in zip(mixed_ops, states, weights))
@@ -109,11 +114,30 @@ def node_sum(mixed_ops, states, weights, backend):
     check_backend(backend)
     limit = ops.MAX_NODE_EDGES
     if len(states) <= limit:
-        return _mixed_node(mixed_ops, states, weights, edge_bns)
+        return _mixed_node(mixed_ops, states, weights, edge_bns, cell)
     # Wider than one kernel call takes (only with many steps): add up groups of edges.
     return sum(_mixed_node(mixed_ops[i : i + limit], states[i : i + limit], weights[i : i + limit],
-                           edge_bns[i : i + limit])
+                           edge_bns[i : i + limit], cell)
                for i in range(0, len(states), limit))
+
+
+def cell_nodes(edges, states, weights, num_nodes, backend):
+    """The nodes of a search cell: node i is the node_sum of the mixed ops ``edges`` (flattened
+    node by node: 2, 3, 4, ... edges) over the 2 + i states before it; returns ``states`` with
+    the num_nodes nodes appended. ``weights``: [len(edges), primitives]."""
+    nodes, offset = [], 0  # the incoming edges of every node
+    for i in range(num_nodes):
+        nodes.append(edges[offset : offset + 2 + i])
+        offset += 2 + i
+    # Fused: the weights of all nodes stacked at once, their running statistics updated at the end.
+    cell = FusedCell(nodes) if backend == "fused" else None
+    states = list(states)
+    # One split (not a slice per node): its backward is one op.
+    for node_edges, node_weights in zip(nodes, weights.split([len(n) for n in nodes])):
+        states.append(node_sum(node_edges, states, node_weights, backend, cell))
+    if cell is not None:
+        cell.finish()
+    return states
 
 
 def mixed_sum_chunked(inputs, weights):
@@ -136,78 +160,374 @@ def _edge_batch_norms(op):
     return pools, convs
 
 
-def _mixed_node(mixed_ops, states, weights, edge_bns):
+class FusedCell:
+    """One cell evaluation of the "fused" backend: ``FusedCell(nodes)`` (each node the list of
+    its incoming MixedOps) stacks the weights every node's stacked convolutions take in one
+    ``torch.stack`` per weight shape, split into the nodes' pieces (views); the nodes pass it to
+    ``node_sum`` and append their running-statistics updates to it; ``finish()`` applies them
+    all in one stacked update."""
+
+    def __init__(self, nodes):
+        from .. import ops
+
+        self.running_updates = []
+        self._pieces = {}
+        requests = []  # (node key, group index, parameters)
+        for mixed_ops in nodes:
+            if len(mixed_ops) > ops.MAX_NODE_EDGES:
+                continue  # split into several mixed_node calls: their groups stack their own weights
+            plan = _node_plan(mixed_ops, [_edge_batch_norms(op) for op in mixed_ops])
+            key = tuple(map(id, mixed_ops))
+            for g, group in enumerate(plan[0] if plan else []):
+                requests += [(key, g, params) for params in group.weight_requests(mixed_ops)]
+        by_shape = {}
+        for r, (_, _, params) in enumerate(requests):
+            by_shape.setdefault(tuple(params[0].shape), []).append(r)
+        pieces = [None] * len(requests)
+        for rows in by_shape.values():
+            stacked = _stack_params([p for r in rows for p in requests[r][2]])
+            for r, piece in zip(rows, stacked.split([len(requests[r][2]) for r in rows])):
+                pieces[r] = piece
+        for (key, g, _), piece in zip(requests, pieces):
+            self._pieces.setdefault(key, {}).setdefault(g, []).append(piece)
+
+    def weight_pieces(self, mixed_ops):
+        """{group index: the stacked weights of its requests}, or {} if not prepared."""
+        return self._pieces.get(tuple(map(id, mixed_ops)), {})
+
+    def finish(self):
+        apply_running_updates(self.running_updates)
+        self.running_updates = []
+
+
+def _node_plan(mixed_ops, edge_bns):
+    """(stride groups, node BatchNorms, inner BatchNorms, mode) of a "fused" node, or None when
+    the node cannot run fused (a BatchNorm that is not a plain nn.BatchNorm2d). The convolution
+    candidates run stacked where every BatchNorm of the node, the inner ones included, is in one
+    mode; otherwise each candidate runs on its own, its inner BatchNorms as modules."""
+    if not all(type(bn) is nn.BatchNorm2d for pools, convs in edge_bns for bn in pools + convs):
+        return None
+    pool_bns = [bn for pools, _ in edge_bns for bn in pools]
+    groups = _StrideGroup.plan(mixed_ops, stack=True)
+    inner_bns = [bn for group in groups for bn in group.inner_bns]
+    mode = _batch_norm_mode(pool_bns + [bn for group in groups for bn in group.conv_bns] + inner_bns)
+    if mode is None:
+        groups, inner_bns = _StrideGroup.plan(mixed_ops, stack=False), []
+        mode = _batch_norm_mode(pool_bns + [bn for group in groups for bn in group.conv_bns])
+    if mode is None:
+        raise ValueError("the 'fused' backend needs every BatchNorm of a node in the same mode (training, "
+                         "track_running_stats, eps); use the 'fused_sum' or 'reference' backend otherwise")
+    return groups, pool_bns + [bn for group in groups for bn in group.conv_bns], inner_bns, mode
+
+
+def _mixed_node(mixed_ops, states, weights, edge_bns, cell=None):
     """One mixed_node call over the edges (mixed_ops[e] applied to states[e]); edge_bns[e] is
-    _edge_batch_norms(mixed_ops[e])."""
+    _edge_batch_norms(mixed_ops[e]); see _node_plan. With ``cell`` (a FusedCell) the weights
+    come stacked from it and the running-statistics update goes to it, else both happen here."""
     from .. import ops
 
     P = weights.shape[1]
-    strides, free_items, free_kinds, conv_items, conv_outputs = [], [], [], [], []
-    for e, (op, x) in enumerate(zip(mixed_ops, states)):
+    strides, free_items, free_kinds = [], [], []
+    for e, op in enumerate(mixed_ops):
         strides.append(op.stride)
         for i, kind in op.free_primitives:
             free_items.append(e * P + i)
             free_kinds.append(kind)
-        if op.conv_primitives:
-            x_relu = F.relu(x)  # one ReLU shared by the edge's convolution candidates
-            children = list(op._ops)
-            for i in op.conv_primitives:
-                conv_outputs.append(children[i].pre_bn(x_relu))
-                conv_items.append(e * P + i)
-    bns = [bn for pools, _ in edge_bns for bn in pools] + [bn for _, convs in edge_bns for bn in convs]
-    batch_stats, update, eps = _batch_norm_mode(bns)
-    running_mean = running_var = None
-    if not batch_stats:
-        running_mean = torch.stack([bn.running_mean for bn in bns])
-        running_var = torch.stack([bn.running_var for bn in bns])
+    groups, node_bns, inner_bns, mode = _node_plan(mixed_ops, edge_bns)
+    pieces = cell.weight_pieces(mixed_ops) if cell is not None else {}
+    batch_stats, update, eps, momentum = mode
     N, C = states[0].shape[:2]
     out_h = (states[0].shape[2] - 1) // strides[0] + 1
     out_w = (states[0].shape[3] - 1) // strides[0] + 1
     count = N * out_h * out_w
-    if batch_stats and bns and count == 1:
+    if batch_stats and node_bns and count == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got a node output of size "
                          f"{[N, C, out_h, out_w]}")
+    # Eval: every BatchNorm normalises with its running statistics, stacked (rows: the means,
+    # then the variances; the node's BatchNorms first, then the inner ones).
+    bns = node_bns + inner_bns
+    running = _stack_running(bns) if not batch_stats else None
+    A, row = len(bns), len(node_bns)
+    conv_items, conv_outputs, inner_means, inner_vars = [], [], [], []
+    for g, group in enumerate(groups):
+        rows = None
+        if running is not None and group.inner_sets:
+            n = len(group.inner_bns)
+            rows = (running[row : row + n], running[A + row : A + row + n])
+            row += n
+        outputs, stats = group.conv_outputs(mixed_ops, states, rows, batch_stats, update, eps, pieces.get(g))
+        conv_outputs += outputs
+        conv_items += [e * P + i for e, i in group.conv_items]
+        if stats is not None:
+            inner_means.append(stats[0])
+            inner_vars.append(stats[1])
+    running_mean = running_var = None
+    if running is not None:
+        running_mean, running_var = running[: len(node_bns)], running[A : A + len(node_bns)]
     out, mean, var = ops.mixed_node(states, strides, conv_outputs, weights, free_items, free_kinds, conv_items,
                                     running_mean, running_var, eps)
     if update:
-        _update_running_stats(bns, mean, var, count)
+        with torch.no_grad():
+            var = var * (count / (count - 1)) if count > 1 else var  # unbiased, as nn.BatchNorm2d records it
+        update = RunningUpdate(bns, [mean] + inner_means, [var] + inner_vars, momentum, count)
+        if cell is None:
+            apply_running_updates([update])
+        else:
+            cell.running_updates.append(update)
     return out
 
 
+class _StrideGroup:
+    """The edges of one stride of a node and how their convolution candidates run.
+
+    ``stacked``: primitives (SepConv first, then DilConv) whose candidates on all the group's
+    edges run as stacked tensors: one ReLU of the edges' inputs concatenated on channels; per
+    primitive one ``depthwise_conv2d`` with the edges' filters concatenated; all 1x1 convolutions
+    of a layer as one ``bmm``; the SepConvs' inner BatchNorms one ``F.batch_norm`` per primitive
+    (statistics are per channel, so stacking the edges changes nothing); then their second halves
+    likewise. ``single``: primitives that run edge by edge (FactorizedReduce, replaced modules).
+    Conv outputs come in the order: stacked primitives x edges, then edges x single primitives.
+    """
+
+    def __init__(self, edges, stride, stacked, single, sep_count):
+        self.edges, self.stride, self.stacked, self.single, self.sep_count = edges, stride, stacked, single, sep_count
+        self.conv_items = ([(e, i) for i in stacked for e in edges] + [(e, i) for e in edges for i in single])
+        self.conv_bns, self.inner_sets = [], []
+
+    @property
+    def inner_bns(self):
+        return [bn for bns in self.inner_sets for bn in bns]
+
+    @classmethod
+    def plan(cls, mixed_ops, stack):
+        by_stride = {}
+        for e, op in enumerate(mixed_ops):
+            by_stride.setdefault(op.stride, []).append(e)
+        groups = []
+        for stride, edges in by_stride.items():
+            children = [list(mixed_ops[e]._ops) for e in edges]
+            sep, dil, single = [], [], []
+            for i in mixed_ops[edges[0]].conv_primitives:
+                kind = _stack_kind([c[i] for c in children]) if stack else None
+                (sep if kind is SepConv else dil if kind is DilConv else single).append(i)
+            group = cls(edges, stride, sep + dil, single, len(sep))
+            group.conv_bns = [children[edges.index(e)][i].output_bn for e, i in group.conv_items]
+            group.inner_sets = [[c[i].op[3] for c in children] for i in sep]
+            groups.append(group)
+        return groups
+
+    def weight_requests(self, mixed_ops):
+        """The lists of weights conv_outputs stacks, in the order it takes them."""
+        if not self.stacked:
+            return []
+        S, layers = self.sep_count, self._layers(mixed_ops)
+        requests = [[seq[1].weight for seq in kind] for kind in layers[:S]]  # SepConv first depthwise
+        if S:
+            requests.append([seq[2].weight for kind in layers[:S] for seq in kind])  # their 1x1 convolutions
+        requests += [[seq[5].weight for seq in kind] for kind in layers[:S]]  # SepConv second depthwise
+        requests += [[seq[1].weight for seq in kind] for kind in layers[S:]]  # DilConv depthwise
+        requests.append([seq[6 if k < S else 2].weight for k, kind in enumerate(layers) for seq in kind])  # last 1x1
+        return requests
+
+    def _layers(self, mixed_ops):
+        return [[mixed_ops[e]._ops[i].op for e in self.edges] for i in self.stacked]
+
+    def conv_outputs(self, mixed_ops, states, inner_running, batch_stats, update, eps, pieces=None):
+        """(the group's conv outputs before their final BatchNorm, in conv_items order; the inner
+        BatchNorms' batch mean and unbiased variance [len(inner_bns), C] when ``update``, else
+        None). ``inner_running``: (means, variances) [len(inner_bns), C] to normalise with (eval),
+        or None (batch statistics). ``pieces``: the weight_requests already stacked, or None."""
+        xs = [states[e] for e in self.edges]
+        E = len(xs)
+        x = F.relu(torch.cat(xs, 1) if E > 1 else xs[0])  # one ReLU of every edge input
+        outputs, stats = [], None
+        if self.stacked:
+            S, K = self.sep_count, len(self.stacked)
+            layers = self._layers(mixed_ops)
+            if pieces is None:
+                pieces = [_stack_params(params) for params in self.weight_requests(mixed_ops)]
+            pieces = iter(pieces)
+            # SepConv first halves; their inner BatchNorms and ReLUs; then one bmm for the SepConv
+            # second halves' and the DilConvs' 1x1 convolutions, the outputs mixed_node takes.
+            last = []
+            if S:
+                first = torch.stack([_depthwise(x, kind[0][1], next(pieces)) for kind in layers[:S]])
+                first = _stacked_pointwise(first, next(pieces), S)
+                if update:  # the running statistics' update, applied by the caller
+                    with torch.no_grad():
+                        var, mean = torch.var_mean(first, dim=(1, 3, 4), unbiased=True)
+                    stats = (mean.view(S * E, -1), var.view(S * E, -1))
+                for s, (y, kind) in enumerate(zip(first.unbind(0), layers[:S])):
+                    rows = (None, None)
+                    if inner_running is not None:
+                        rows = [r[s * E : (s + 1) * E].reshape(-1) for r in inner_running]
+                    # In float32 under autocast, as nn.BatchNorm2d computes a half-precision input
+                    # with its float32 buffers: without them the half kernel loses precision.
+                    low = y.dtype in (torch.float16, torch.bfloat16)
+                    y = F.batch_norm(y.float() if low else y, *rows, training=batch_stats, eps=eps).to(y.dtype)
+                    last.append(_depthwise(F.relu(y), kind[0][5], next(pieces)))
+            last += [_depthwise(x, kind[0][1], next(pieces)) for kind in layers[S:]]
+            last = _stacked_pointwise(torch.stack(last), next(pieces), K)
+            # Slot-major [K, E, N, C, H, W]: every conv output one contiguous [N, C, H, W] tensor.
+            N, _, H, W = last.shape[1:]
+            C = xs[0].shape[1]
+            slots = last.view(K, N, E, C, H * W).transpose(1, 2).contiguous()
+            outputs += slots.view(K * E, N, C, H, W).unbind(0)
+        if self.single:
+            per_edge = x.split(xs[0].shape[1], 1) if E > 1 else [x]
+            for e, x_relu in zip(self.edges, per_edge):
+                children = list(mixed_ops[e]._ops)
+                outputs += [children[i].pre_bn(x_relu) for i in self.single]
+        return outputs, stats
+
+
+def _stack_kind(candidates):
+    """SepConv or DilConv if the candidates (one primitive on every edge of a group) can run
+    stacked: the plain search-mode layers, one geometry; else None."""
+    first = candidates[0]
+    kind = type(first)
+    if kind not in (SepConv, DilConv):
+        return None
+    dw_layers = (1, 5) if kind is SepConv else (1,)
+    pw_layers = (2, 6) if kind is SepConv else (2,)
+    for m in candidates:
+        if type(m) is not kind or len(m.op) != len(first.op):
+            return None
+        seq = m.op
+        for d, p in zip(dw_layers, pw_layers):
+            dw, pw = seq[d], seq[p]
+            if not (_is_plain_conv(dw) and dw.groups == dw.in_channels == dw.out_channels
+                    and _geometry(dw) == _geometry(first.op[d])):
+                return None
+            if not (_is_plain_conv(pw) and pw.groups == 1 and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
+                    and pw.padding == (0, 0) and pw.in_channels == pw.out_channels == dw.out_channels):
+                return None
+        if kind is SepConv and (type(seq[3]) is not nn.BatchNorm2d or seq[3].affine or type(seq[4]) is not nn.ReLU):
+            return None
+    return kind
+
+
+def _geometry(conv):
+    return conv.kernel_size, conv.stride, conv.padding, conv.dilation
+
+
+def _stack_params(params):
+    """[len(params), *shape]: one op, none for a single tensor."""
+    return torch.stack(params) if len(params) > 1 else params[0].unsqueeze(0)
+
+
+def _depthwise(x, conv, weights):
+    """The depthwise convolutions of the edges stacked on the channels of x, in one call:
+    ``weights`` [E, C, 1, KH, KW] their filters stacked, ``conv`` one of them (the geometry)."""
+    from .. import ops
+
+    return ops.depthwise_conv2d(x, weights.flatten(0, 1), conv.stride, conv.padding, conv.dilation)
+
+
+def _stacked_pointwise(x, weights, K):
+    """1x1 convolutions of stacked tensors in one bmm: x is [K, N, E*C, H, W] (K primitives, E
+    edges), ``weights`` [K * E, C, C, 1, 1] the weights of slots (k, e); returns [K, N, E*C, H, W]."""
+    return _StackedPointwise.apply(x, weights.view(K, -1, *weights.shape[1:3]))
+
+
+def _expand_over_samples(w, N):
+    """[K, E, C, C] -> [K * N * E, C, C]: the weight of every (slot, sample) pair, slot-major."""
+    K, E, C_out, C_in = w.shape
+    return w.unsqueeze(1).expand(K, N, E, C_out, C_in).reshape(K * N * E, C_out, C_in)
+
+
+class _StackedPointwise(torch.autograd.Function):
+    """out[k, n, e] = w[k, e] @ x[k, n, e] (planes as [C, H*W] matrices) as one bmm. Autograd
+    keeps only w, not its copy per sample (which bmm would save: as large as the activations
+    where C >= H*W); backward makes that copy again."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # what autocast does to bmm, explicit for backward
+            dtype = torch.get_autocast_dtype(device)
+            x, w = x.to(dtype), w.to(dtype)
+        ctx.save_for_backward(x, w)
+        K, N, EC, H, W = x.shape
+        with torch.autocast(device, enabled=False):
+            out = torch.bmm(_expand_over_samples(w, N), x.reshape(K * N * w.shape[1], w.shape[3], H * W))
+        return out.view(K, N, EC, H, W)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        K, N, EC, H, W = x.shape
+        E, C = w.shape[1], w.shape[3]
+        grad = grad.reshape(K * N * E, C, H * W).to(w.dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(_expand_over_samples(w.transpose(2, 3), N), grad).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grad, x.reshape(K * N * E, C, H * W).transpose(1, 2)).view(K, N, E, C, C).sum(1)
+        return grad_x, grad_w
+
+
 def _batch_norm_mode(bns):
-    """(batch statistics?, update running statistics?, eps) of the node's BatchNorms, as
-    nn.BatchNorm2d decides them; all BatchNorms of a node must agree."""
+    """(batch statistics?, update running statistics?, eps, momentum) of the node's BatchNorms,
+    as nn.BatchNorm2d decides them, momentum None unless all share one; None if the BatchNorms
+    are not all in one mode (training, track_running_stats, eps)."""
     if not bns:
-        return True, False, 1e-5
+        return True, False, 1e-5, None
     first = bns[0]
     key = (first.training, first.track_running_stats, first.eps)
+    momenta = set()
     for bn in bns:
         if (bn.training, bn.track_running_stats, bn.eps) != key:
-            raise ValueError("the 'fused' backend needs every BatchNorm of a node in the same mode (training, "
-                             "track_running_stats, eps); use the 'fused_sum' or 'reference' backend otherwise")
+            return None
+        momenta.add(bn.momentum)
     training, tracking, eps = key
-    return training or not tracking, training and tracking, eps
+    momentum = momenta.pop() if len(momenta) == 1 else None
+    return training or not tracking, training and tracking, eps, momentum
+
+
+def _stack_running(bns):
+    if not bns:
+        return None
+    return torch.stack([bn.running_mean for bn in bns] + [bn.running_var for bn in bns])
+
+
+class RunningUpdate(NamedTuple):
+    """A node's pending running-statistics update: its BatchNorms, their batch means and
+    unbiased variances (lists of [rows, C] tensors, rows in the order of ``bns``), the momentum
+    (None: each BatchNorm's own, e.g. the cumulative average) and the number of values per channel."""
+
+    bns: list
+    means: list
+    variances: list
+    momentum: float | None
+    count: int
 
 
 @torch.no_grad()
-def _update_running_stats(bns, mean, var, count):
+def apply_running_updates(updates):
     """running = (1 - momentum) * running + momentum * batch statistic (unbiased variance), and
-    num_batches_tracked += 1, exactly as nn.BatchNorm2d does in training."""
-    torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
-    if count == 0:  # nn.BatchNorm2d leaves the statistics of an empty batch alone
+    num_batches_tracked += 1, exactly as nn.BatchNorm2d does in training, for every RunningUpdate:
+    all those of one momentum in one stacked update (a handful of ops for a whole cell)."""
+    if not updates:
         return
-    dtype = bns[0].running_mean.dtype
-    stats = torch.cat([mean, var * (count / (count - 1))]).to(dtype)  # rows: the means, then the variances
-    momenta = {bn.momentum for bn in bns}
-    if len(momenta) == 1 and None not in momenta:
-        momentum = momenta.pop()
-        # All buffers in one stacked update, copied back: a few ops instead of one per buffer.
+    torch._foreach_add_([bn.num_batches_tracked for u in updates for bn in u.bns], 1)
+    by_momentum = {}
+    for u in updates:
+        if u.count == 0 or not u.bns:  # nn.BatchNorm2d leaves the statistics of an empty batch alone
+            continue
+        if u.momentum is None:  # momentum=None or BatchNorms of different momenta: one by one
+            stats = torch.cat(u.means + u.variances).to(u.bns[0].running_mean.dtype)
+            B = len(u.bns)
+            for bn, m, v in zip(u.bns, stats[:B], stats[B:]):
+                factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.mul_(1 - factor).add_(m, alpha=factor)
+                bn.running_var.mul_(1 - factor).add_(v, alpha=factor)
+            continue
+        by_momentum.setdefault(u.momentum, []).append(u)
+    for momentum, group in by_momentum.items():
+        bns = [bn for u in group for bn in u.bns]
         buffers = [bn.running_mean for bn in bns] + [bn.running_var for bn in bns]
-        updated = torch.stack(buffers).mul_(1 - momentum).add_(stats, alpha=momentum)
+        running = torch.stack(buffers)
+        stats = torch.cat([m for u in group for m in u.means] + [v for u in group for v in u.variances])
+        updated = torch.add(running * (1 - momentum), stats.to(running.dtype), alpha=momentum)
         torch._foreach_copy_(buffers, list(updated.unbind(0)))
-        return
-    for bn, m, v in zip(bns, stats[: len(bns)], stats[len(bns) :]):
-        # momentum=None: the cumulative average, as nn.BatchNorm2d.
-        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        bn.running_mean.mul_(1 - factor).add_(m, alpha=factor)
-        bn.running_var.mul_(1 - factor).add_(v, alpha=factor)
