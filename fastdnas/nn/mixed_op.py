@@ -150,6 +150,14 @@ def mixed_sum_chunked(inputs, weights):
     return sum(ops.mixed_sum(inputs[i : i + limit], weights[i : i + limit]) for i in range(0, len(inputs), limit))
 
 
+def _append(groups, key, item):
+    """groups[key].append(item), making the list first; dict.setdefault does not trace under
+    torch.compile on torch 2.4."""
+    if key not in groups:
+        groups[key] = []
+    groups[key].append(item)
+
+
 def _edge_batch_norms(op):
     """(pool BatchNorms, conv BatchNorms) of one edge: those mixed_node computes inside (it may
     only when all are plain nn.BatchNorm2d, not, say, a SyncBatchNorm put in their place). Looked
@@ -182,14 +190,16 @@ class FusedCell:
                 requests += [(key, g, params) for params in group.weight_requests(mixed_ops)]
         by_shape = {}
         for r, (_, _, params) in enumerate(requests):
-            by_shape.setdefault(tuple(params[0].shape), []).append(r)
+            _append(by_shape, tuple(params[0].shape), r)
         pieces = [None] * len(requests)
         for rows in by_shape.values():
             stacked = _stack_params([p for r in rows for p in requests[r][2]])
             for r, piece in zip(rows, stacked.split([len(requests[r][2]) for r in rows])):
                 pieces[r] = piece
         for (key, g, _), piece in zip(requests, pieces):
-            self._pieces.setdefault(key, {}).setdefault(g, []).append(piece)
+            if key not in self._pieces:
+                self._pieces[key] = {}
+            _append(self._pieces[key], g, piece)
 
     def weight_pieces(self, mixed_ops):
         """{group index: the stacked weights of its requests}, or {} if not prepared."""
@@ -302,7 +312,7 @@ class _StrideGroup:
     def plan(cls, mixed_ops, stack):
         by_stride = {}
         for e, op in enumerate(mixed_ops):
-            by_stride.setdefault(op.stride, []).append(e)
+            _append(by_stride, op.stride, e)
         groups = []
         for stride, edges in by_stride.items():
             children = [list(mixed_ops[e]._ops) for e in edges]
@@ -523,7 +533,7 @@ def apply_running_updates(updates):
                 bn.running_mean.mul_(1 - factor).add_(m, alpha=factor)
                 bn.running_var.mul_(1 - factor).add_(v, alpha=factor)
             continue
-        by_momentum.setdefault(u.momentum, []).append(u)
+        _append(by_momentum, u.momentum, u)
     for momentum, group in by_momentum.items():
         bns = [bn for u in group for bn in u.bns]
         buffers = [bn.running_mean for bn in bns] + [bn.running_var for bn in bns]
