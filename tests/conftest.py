@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -31,6 +32,21 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def count_host_reads(monkeypatch):
+    """The files of the callers of every tensor-to-host read (.item(), .tolist(), bool, float, int)
+    from now on, in order."""
+    callers = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original):
+            callers.append(sys._getframe(1).f_code.co_filename)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return callers
 
 
 def package_files(paths):

@@ -1,7 +1,6 @@
 """The bilevel search loop on a toy model: gradients, weight/alpha separation, schedule, checkpoints, resume."""
 import math
 import os
-import sys
 import warnings
 
 import pytest
@@ -23,7 +22,7 @@ from fastdnas.search import (
     set_rng_state,
 )
 
-from conftest import ToySearchModel, package_files
+from conftest import ToySearchModel, count_host_reads, package_files
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,15 +170,7 @@ def test_epoch_records_and_lr_schedule():
 def test_no_host_sync_inside_steps(monkeypatch):
     """Our code reads device values once per log interval (Adam's own .item() is on its CPU step counter)."""
     search = synthetic_search(epochs=1)
-    callers = []
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original):
-            callers.append(sys._getframe(1).f_code.co_filename)
-            return _original(self, *args)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
+    callers = count_host_reads(monkeypatch)
     search.train_epoch(0, 0.025)
     # The loss and accuracy sums, read once at the end of the epoch (Metrics.read).
     assert package_files(callers) == [os.path.join("search", "loop.py")]

@@ -4,7 +4,6 @@ decoder; GDAS's sampling and temperature; the search loop and the command line."
 import copy
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from fastdnas.darts.pc_darts import shuffle_cat
 from fastdnas.data import load_synthetic
 from fastdnas.decode import parse_cell
 from fastdnas.search import Search, SearchConfig, load_checkpoint
-from conftest import package_files, rel_err, saved_bytes
+from conftest import count_host_reads, package_files, rel_err, saved_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BACKENDS = ["fused", "fused_sum", "reference"]
@@ -242,19 +241,6 @@ def test_gdas_tau_schedule_and_search_loop():
                     log=lambda *a: None, describe=lambda m: {"tau": float(m.tau)})
     records = search.run()["epochs"]
     assert [r["tau"] for r in records] == pytest.approx([10.0, 0.1])
-
-
-def count_host_reads(monkeypatch):
-    callers = []
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original):
-            callers.append(sys._getframe(1).f_code.co_filename)
-            return _original(self, *args)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    return callers
 
 
 @pytest.mark.parametrize("method", ["pc-darts", "gdas-dense", "gdas"])
