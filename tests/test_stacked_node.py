@@ -68,16 +68,17 @@ def test_autodeeplab_search_steps_equal_the_reference():
 
 
 def test_a_node_runs_its_candidates_stacked(monkeypatch):
-    # A normal node of 3 edges: 6 depthwise calls (4 first layers, 2 SepConv second layers),
-    # each over all 3 edges' channels, and 2 bmm calls (all 1x1 convolutions).
+    # A normal node of 3 edges: 2 depthwise calls (the 4 first layers as segments over all 3
+    # edges' channels; the 2 SepConv second layers over their stacked inputs) and 2 grouped
+    # convolutions (all 1x1 convolutions), then mixed_node.
     calls = []
-    original = fastdnas.ops.depthwise_conv2d
+    original = fastdnas.ops.depthwise_conv2d_segments
 
-    def counting(x, weight, *args):
-        calls.append((x.shape[1], tuple(weight.shape)))
-        return original(x, weight, *args)
+    def counting(x, weights, stride, paddings, dilations, offsets):
+        calls.append((x.shape[1], [tuple(w.shape) for w in weights], list(offsets)))
+        return original(x, weights, stride, paddings, dilations, offsets)
 
-    monkeypatch.setattr(fastdnas.ops, "depthwise_conv2d", counting)
+    monkeypatch.setattr(fastdnas.ops, "depthwise_conv2d_segments", counting)
     C, E = 4, 3
     ops = [MixedOp(C, 1) for _ in range(E)]
     from fastdnas.nn.mixed_op import node_sum
@@ -87,8 +88,13 @@ def test_a_node_runs_its_candidates_stacked(monkeypatch):
     from benchmarks.launches import count
 
     total, by_op = count(lambda: node_sum(ops, states, weights, "fused"))
-    assert len(calls) == 6 and all(channels == E * C and w[0] == E * C for channels, w in calls)
-    assert by_op["aten::bmm"] == 2 and by_op["fastdnas::mixed_node"] == 1
+    EC = E * C
+    assert calls == [
+        (EC, [(EC, 1, 3, 3), (EC, 1, 5, 5), (EC, 1, 3, 3), (EC, 1, 5, 5)], [0, 0, 0, 0]),
+        (2 * EC, [(EC, 1, 3, 3), (EC, 1, 5, 5)], [0, EC]),
+    ]
+    assert by_op["aten::convolution"] == 2 and by_op["fastdnas::mixed_node"] == 1
+    assert "fastdnas::depthwise_conv2d" not in by_op and "aten::bmm" not in by_op
 
 
 @pytest.mark.parametrize("training", [True, False])

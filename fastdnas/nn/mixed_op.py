@@ -291,12 +291,14 @@ class _StrideGroup:
     """The edges of one stride of a node and how their convolution candidates run.
 
     ``stacked``: primitives (SepConv first, then DilConv) whose candidates on all the group's
-    edges run as stacked tensors: one ReLU of the edges' inputs concatenated on channels; per
-    primitive one ``depthwise_conv2d`` with the edges' filters concatenated; all 1x1 convolutions
-    of a layer as one ``bmm``; the SepConvs' inner BatchNorms one ``F.batch_norm`` per primitive
-    (statistics are per channel, so stacking the edges changes nothing); then their second halves
-    likewise. ``single``: primitives that run edge by edge (FactorizedReduce, replaced modules).
-    Conv outputs come in the order: stacked primitives x edges, then edges x single primitives.
+    edges run as stacked tensors, the edges' inputs concatenated on channels after one ReLU:
+    one ``depthwise_conv2d_segments`` call for every first depthwise convolution (the SepConvs'
+    and the DilConvs', each primitive a segment with its own geometry), one ``bmm`` for all their
+    1x1 convolutions, then for the SepConvs' second halves one ``F.batch_norm`` (their inner
+    BatchNorms: statistics are per channel, so stacking changes nothing), one ReLU, one
+    ``depthwise_conv2d_segments`` call and one ``bmm``. ``single``: primitives that run edge by
+    edge (FactorizedReduce, replaced modules). Conv outputs come in the order: stacked
+    primitives x edges, then edges x single primitives.
     """
 
     def __init__(self, edges, stride, stacked, single, sep_count):
@@ -327,16 +329,17 @@ class _StrideGroup:
         return groups
 
     def weight_requests(self, mixed_ops):
-        """The lists of weights conv_outputs stacks, in the order it takes them."""
+        """The lists of weights conv_outputs stacks, in the order it takes them: the first
+        depthwise filters per primitive, all first 1x1 weights, the SepConvs' second depthwise
+        filters per primitive, their second 1x1 weights."""
         if not self.stacked:
             return []
         S, layers = self.sep_count, self._layers(mixed_ops)
-        requests = [[seq[1].weight for seq in kind] for kind in layers[:S]]  # SepConv first depthwise
+        requests = [[seq[1].weight for seq in kind] for kind in layers]  # first depthwise (SepConv and DilConv)
+        requests.append([seq[2].weight for kind in layers for seq in kind])  # their 1x1 convolutions
         if S:
-            requests.append([seq[2].weight for kind in layers[:S] for seq in kind])  # their 1x1 convolutions
-        requests += [[seq[5].weight for seq in kind] for kind in layers[:S]]  # SepConv second depthwise
-        requests += [[seq[1].weight for seq in kind] for kind in layers[S:]]  # DilConv depthwise
-        requests.append([seq[6 if k < S else 2].weight for k, kind in enumerate(layers) for seq in kind])  # last 1x1
+            requests += [[seq[5].weight for seq in kind] for kind in layers[:S]]  # SepConv second depthwise
+            requests.append([seq[6].weight for kind in layers[:S] for seq in kind])  # and 1x1
         return requests
 
     def _layers(self, mixed_ops):
@@ -348,7 +351,7 @@ class _StrideGroup:
         None). ``inner_running``: (means, variances) [len(inner_bns), C] to normalise with (eval),
         or None (batch statistics). ``pieces``: the weight_requests already stacked, or None."""
         xs = [states[e] for e in self.edges]
-        E = len(xs)
+        E, C = len(xs), xs[0].shape[1]
         x = F.relu(torch.cat(xs, 1) if E > 1 else xs[0])  # one ReLU of every edge input
         outputs, stats = [], None
         if self.stacked:
@@ -357,34 +360,36 @@ class _StrideGroup:
             if pieces is None:
                 pieces = [_stack_params(params) for params in self.weight_requests(mixed_ops)]
             pieces = iter(pieces)
-            # SepConv first halves; their inner BatchNorms and ReLUs; then one bmm for the SepConv
-            # second halves' and the DilConvs' 1x1 convolutions, the outputs mixed_node takes.
-            last = []
+            # [N, K*E*C, H, W], channels (primitive, edge, channel): the first depthwise and 1x1
+            # convolutions of every primitive; the DilConvs' outputs are then done.
+            first = _depthwise_segments(x, [kind[0][1] for kind in layers], [next(pieces) for _ in layers], [0] * K)
+            first = _stacked_pointwise(first, next(pieces))
+            N, H, W = first.shape[0], first.shape[2], first.shape[3]
+            # One split (its backward is one op, two slices' would be three).
+            y, done = first.split([S * E * C, (K - S) * E * C], 1) if 0 < S < K else (first, first)
             if S:
-                first = torch.stack([_depthwise(x, kind[0][1], next(pieces)) for kind in layers[:S]])
-                first = _stacked_pointwise(first, next(pieces), S)
                 if update:  # the running statistics' update, applied by the caller
                     with torch.no_grad():
-                        var, mean = torch.var_mean(first, dim=(1, 3, 4), unbiased=True)
-                    stats = (mean.view(S * E, -1), var.view(S * E, -1))
-                for s, (y, kind) in enumerate(zip(first.unbind(0), layers[:S])):
-                    rows = (None, None)
-                    if inner_running is not None:
-                        rows = [r[s * E : (s + 1) * E].reshape(-1) for r in inner_running]
-                    # In float32 under autocast, as nn.BatchNorm2d computes a half-precision input
-                    # with its float32 buffers: without them the half kernel loses precision.
-                    low = y.dtype in (torch.float16, torch.bfloat16)
-                    y = F.batch_norm(y.float() if low else y, *rows, training=batch_stats, eps=eps).to(y.dtype)
-                    last.append(_depthwise(F.relu(y), kind[0][5], next(pieces)))
-            last += [_depthwise(x, kind[0][1], next(pieces)) for kind in layers[S:]]
-            last = _stacked_pointwise(torch.stack(last), next(pieces), K)
-            # Slot-major [K, E, N, C, H, W]: every conv output one contiguous [N, C, H, W] tensor.
-            N, _, H, W = last.shape[1:]
-            C = xs[0].shape[1]
-            slots = last.view(K, N, E, C, H * W).transpose(1, 2).contiguous()
+                        var, mean = torch.var_mean(y, dim=(0, 2, 3), unbiased=True)
+                    stats = (mean.view(S * E, C), var.view(S * E, C))
+                rows = (None, None)
+                if inner_running is not None:
+                    rows = [r.reshape(-1) for r in inner_running]
+                # In float32 under autocast, as nn.BatchNorm2d computes a half-precision input
+                # with its float32 buffers: without them the half kernel loses precision.
+                low = y.dtype in (torch.float16, torch.bfloat16)
+                y = F.relu(F.batch_norm(y.float() if low else y, *rows, training=batch_stats, eps=eps).to(y.dtype))
+                second = _depthwise_segments(y, [kind[0][5] for kind in layers[:S]],
+                                             [next(pieces) for _ in range(S)], [s * E * C for s in range(S)])
+                second = _stacked_pointwise(second, next(pieces))
+                parts = [second, done] if K > S else [second]
+            else:
+                parts = [first]
+            # Slot-major [K*E, N, C, H*W]: every conv output one contiguous [N, C, H, W] tensor.
+            slots = torch.cat([p.reshape(N, -1, C, H * W).transpose(0, 1) for p in parts])
             outputs += slots.view(K * E, N, C, H, W).unbind(0)
         if self.single:
-            per_edge = x.split(xs[0].shape[1], 1) if E > 1 else [x]
+            per_edge = x.split(C, 1) if E > 1 else [x]
             for e, x_relu in zip(self.edges, per_edge):
                 children = list(mixed_ops[e]._ops)
                 outputs += [children[i].pre_bn(x_relu) for i in self.single]
@@ -426,55 +431,28 @@ def _stack_params(params):
     return torch.stack(params) if len(params) > 1 else params[0].unsqueeze(0)
 
 
-def _depthwise(x, conv, weights):
-    """The depthwise convolutions of the edges stacked on the channels of x, in one call:
-    ``weights`` [E, C, 1, KH, KW] their filters stacked, ``conv`` one of them (the geometry)."""
+def _depthwise_segments(x, convs, weights, offsets):
+    """Depthwise convolutions of stacked channels in one call: segment g applies ``weights[g]``
+    ([E, C, 1, KH, KW], the edges' filters stacked) with the geometry of ``convs[g]`` to the
+    channels of x from ``offsets[g]`` on; returns [N, G*E*C, OH, OW]."""
     from .. import ops
 
-    return ops.depthwise_conv2d(x, weights.flatten(0, 1), conv.stride, conv.padding, conv.dilation)
+    geometry = [(conv.padding, conv.dilation) for conv in convs]
+    weights = [w.flatten(0, 1) for w in weights]
+    if not hasattr(ops, "depthwise_conv2d_segments"):  # stand-in until the op lands
+        C = weights[0].shape[0]
+        return torch.cat([ops.depthwise_conv2d(x[:, o : o + C], w, convs[0].stride, p, d)
+                          for w, o, (p, d) in zip(weights, offsets, geometry)], 1)
+    return ops.depthwise_conv2d_segments(x, weights, convs[0].stride, [p for p, _ in geometry],
+                                         [d for _, d in geometry], offsets)
 
 
-def _stacked_pointwise(x, weights, K):
-    """1x1 convolutions of stacked tensors in one bmm: x is [K, N, E*C, H, W] (K primitives, E
-    edges), ``weights`` [K * E, C, C, 1, 1] the weights of slots (k, e); returns [K, N, E*C, H, W]."""
-    return _StackedPointwise.apply(x, weights.view(K, -1, *weights.shape[1:3]))
-
-
-def _expand_over_samples(w, N):
-    """[K, E, C, C] -> [K * N * E, C, C]: the weight of every (slot, sample) pair, slot-major."""
-    K, E, C_out, C_in = w.shape
-    return w.unsqueeze(1).expand(K, N, E, C_out, C_in).reshape(K * N * E, C_out, C_in)
-
-
-class _StackedPointwise(torch.autograd.Function):
-    """out[k, n, e] = w[k, e] @ x[k, n, e] (planes as [C, H*W] matrices) as one bmm. Autograd
-    keeps only w, not its copy per sample (which bmm would save: as large as the activations
-    where C >= H*W); backward makes that copy again."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        device = x.device.type
-        if torch.is_autocast_enabled(device):  # what autocast does to bmm, explicit for backward
-            dtype = torch.get_autocast_dtype(device)
-            x, w = x.to(dtype), w.to(dtype)
-        ctx.save_for_backward(x, w)
-        K, N, EC, H, W = x.shape
-        with torch.autocast(device, enabled=False):
-            out = torch.bmm(_expand_over_samples(w, N), x.reshape(K * N * w.shape[1], w.shape[3], H * W))
-        return out.view(K, N, EC, H, W)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        K, N, EC, H, W = x.shape
-        E, C = w.shape[1], w.shape[3]
-        grad = grad.reshape(K * N * E, C, H * W).to(w.dtype)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(_expand_over_samples(w.transpose(2, 3), N), grad).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(grad, x.reshape(K * N * E, C, H * W).transpose(1, 2)).view(K, N, E, C, C).sum(1)
-        return grad_x, grad_w
+def _stacked_pointwise(x, weights):
+    """1x1 convolutions of stacked channels in one call: x is [N, J*C, H, W] (J slots of C
+    channels), ``weights`` [J, C, C, 1, 1] the weight of each slot; returns [N, J*C, H, W]. A
+    grouped convolution: one op forward and one backward (a bmm over (sample, slot) pairs needs
+    the weights copied per sample, forward and backward, and was several times slower on the CPU)."""
+    return F.conv2d(x, weights.flatten(0, 1), groups=weights.shape[0])
 
 
 def _batch_norm_mode(bns):
