@@ -365,8 +365,10 @@ class _StrideGroup:
             first = _depthwise_segments(x, [kind[0][1] for kind in layers], [next(pieces) for _ in layers], [0] * K)
             first = _stacked_pointwise(first, next(pieces))
             N, H, W = first.shape[0], first.shape[2], first.shape[3]
-            # One split (its backward is one op, two slices' would be three).
+            # One split (its backward is one op, two slices' would be three). The BatchNorm saves
+            # its input: a copy of the SepConvs' part, else it would keep all of `first` alive.
             y, done = first.split([S * E * C, (K - S) * E * C], 1) if 0 < S < K else (first, first)
+            y = y.contiguous()
             if S:
                 if update:  # the running statistics' update, applied by the caller
                     with torch.no_grad():
