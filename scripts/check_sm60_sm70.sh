@@ -93,7 +93,7 @@ print(" ".join(["-I" + d for d in dirs] + [f for f in COMMON_NVCC_FLAGS if f.sta
                + [f"-std={std}", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]))
 EOF
 ) || { cat "$out/flags.log" >&2; not_run "could not read torch's compile flags in $VENV"; }
-echo "$("$CLANG" --version | head -n 1); CUDA 12.3 wheels (ptxas $("$toolkit/bin/ptxas" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')); torch $("$VENV/bin/python" -c "import torch; print(torch.__version__)")"
+echo "$("$CLANG" --version | head -n 1); CUDA 12.3 wheels (ptxas $("$toolkit/bin/ptxas" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')); torch $("$VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null)"
 
 # The flags setup.py gives nvcc, in clang's words: -O3; -gline-tables-only for -lineinfo;
 # -ffp-contract=off for --fmad=false (no multiply-add contracted into an FMA). One compile per
