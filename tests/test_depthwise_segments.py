@@ -44,6 +44,20 @@ def make_case(case, dtype, device, requires_grad=True):
     return x, weights, args
 
 
+def _flat_pairs(values):
+    return [v for value in values for v in ((value, value) if isinstance(value, int) else value)]
+
+
+def op_arguments(args):
+    """The wrapper's arguments as the op takes them: (stride pair, flat paddings, flat dilations, offsets)."""
+    return (_flat_pairs([args["stride"]]), _flat_pairs(args["paddings"]), _flat_pairs(args["dilations"]),
+            list(args["input_offsets"]))
+
+
+def kernel_sizes(weights):
+    return [k for w in weights for k in w.shape[2:]]
+
+
 def reference(x, weights, stride, paddings, dilations, input_offsets):
     # In float64 (the CPU conv2d may lack half kernels), rounded to the input's dtype at the end.
     C = weights[0].shape[0]
@@ -177,15 +191,13 @@ def test_only_the_needed_gradient_is_computed(device):
 @pytest.mark.parametrize("case", [CASES[1], CASES[4]])
 def test_opcheck(case, dtype, device):
     x, weights, args = make_case(case, dtype, device, requires_grad=False)
-    geometry = ([args["stride"]] * 2, [p for p in args["paddings"] for _ in range(2)],
-                [d for d in args["dilations"] for _ in range(2)], args["input_offsets"])
+    geometry = op_arguments(args)
     torch.library.opcheck(torch.ops.fastdnas.depthwise_conv2d_segments, (x, weights, *geometry))
     grad = random_grad(x, weights, args)
     torch.library.opcheck(torch.ops.fastdnas._depthwise_conv2d_segments_input_grad,
                           (grad, weights, list(x.shape), *geometry))
-    kernel_sizes = [k for w in weights for k in w.shape[2:]]
     torch.library.opcheck(torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad,
-                          (grad, x, kernel_sizes, *geometry))
+                          (grad, x, kernel_sizes(weights), *geometry))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -225,14 +237,12 @@ def test_cuda_graph_capture():
     x, weights, args = make_case((16, 16, 32, 32, 1, [(*g, 0) for g in DARTS_FIRST]), torch.float32, "cuda",
                                  requires_grad=False)
     grad = random_grad(x, weights, args)
-    geometry = ([args["stride"]] * 2, [p for p in args["paddings"] for _ in range(2)],
-                [d for d in args["dilations"] for _ in range(2)], args["input_offsets"])
-    kernel_sizes = [k for w in weights for k in w.shape[2:]]
+    geometry = op_arguments(args)
 
     def run():
         return (torch.ops.fastdnas.depthwise_conv2d_segments(x, weights, *geometry),
                 torch.ops.fastdnas._depthwise_conv2d_segments_input_grad(grad, weights, list(x.shape), *geometry),
-                torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad, x, kernel_sizes, *geometry))
+                torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad, x, kernel_sizes(weights), *geometry))
 
     outputs = replay_in_cuda_graph(run, lambda: x.copy_(torch.randn_like(x)))
     leaves = [t.double().requires_grad_() for t in (x, *weights)]
@@ -303,11 +313,6 @@ BAD_INPUTS = [
     (X, [_w(4, 1, 9, 9)], 1, [0], [1], [0], r"\(segment 0\): input of spatial size 8x8 .* gives an output of size"),
     (X, [_w(4, 1, 3, 3)], 1, [1], [2**31], [0], r"\(segment 0\): dilation must be at most 2147483647"),
 ]
-
-
-def _raw_geometry(stride, paddings, dilations):
-    flat = lambda values: [v for value in values for v in ((value, value) if isinstance(value, int) else value)]
-    return [stride] * 2, flat(paddings), flat(dilations)
 
 
 @pytest.mark.parametrize("x,weights,stride,paddings,dilations,offsets,message", BAD_INPUTS)
