@@ -306,6 +306,8 @@ BAD_INPUTS = [
      "segment 1 gives an output of size 6x6 but segment 0 gives 8x8; every segment must give the same size"),
     (X, [_w(4, 1, 3, 3), _w(4, 1, 3, 3).double()], 1, [1, 1], [1, 1], [0, 0],
      r"weights\[1\] has dtype .* must match"),
+    (X, [_w(4, 1, 3, 3), torch.randn(4, 1, 3, 3, device="meta")], 1, [1, 1], [1, 1], [0, 0],
+     r"weights\[1\] has dtype torch.float32 on meta but must match the other tensors \(torch.float32 on cpu\)"),
     (torch.randint(0, 3, (2, 4, 8, 8)), [_w(4, 1, 3, 3)], 1, [1], [1], [0], "input must be float64, float32"),
     (X, [_w(4, 1, 3, 3)], 0, [1], [1], [0], "stride must be >= 1"),
     (X, [_w(4, 1, 3, 3), _w(4, 1, 3, 3)], 1, [1, -1], [1, 1], [0, 0], r"\(segment 1\): padding must be >= 0"),
