@@ -1,6 +1,7 @@
 // CPU kernels of depthwise_conv2d: forward, input gradient and weight gradient. Stride 1 works
 // on stacks of zero-padded planes as flat vectorised loops, other strides row by row; both add the
-// taps of every element in the order of the CUDA kernels.
+// taps of every element in the order of the CUDA kernels. They also run on channel slices of
+// larger tensors, for depthwise_conv2d_segments (depthwise_conv_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -400,7 +401,6 @@ void weight_grad_rows(const DepthwiseShape& s, const ColumnTaps& columns, const 
   }
   padding_nan_weight_grad(s, gd, c, sd);
 }
-
 
 // --- any stride: row by row ----------------------------------------------------------------------
 
