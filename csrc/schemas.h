@@ -26,6 +26,13 @@ inline void define_op_schemas(torch::Library& m) {
         "int[2] dilation) -> Tensor");
   m.def("_depthwise_conv2d_weight_grad(Tensor grad, Tensor input, SymInt[] weight_size, int[2] stride, "
         "int[2] padding, int[2] dilation) -> Tensor");
+  // paddings and dilations: an (h, w) pair per segment, flat; kernel_sizes likewise (KH, KW).
+  m.def("depthwise_conv2d_segments(Tensor input, Tensor[] weights, int[2] stride, int[] paddings, int[] dilations, "
+        "int[] input_offsets) -> Tensor");
+  m.def("_depthwise_conv2d_segments_input_grad(Tensor grad, Tensor[] weights, SymInt[] input_size, int[2] stride, "
+        "int[] paddings, int[] dilations, int[] input_offsets) -> Tensor");
+  m.def("_depthwise_conv2d_segments_weight_grad(Tensor grad, Tensor input, int[] kernel_sizes, int[2] stride, "
+        "int[] paddings, int[] dilations, int[] input_offsets) -> Tensor");
 }
 
 }  // namespace fastdnas

@@ -8,7 +8,7 @@
 #   library (10)          fastdnas._C loads and runs a CUDA op, else it is rebuilt (build, up to
 #                         300; 35 s with 16 jobs for one architecture), time taken from later phases
 #   versions (30)         GPU, driver, torch, nvcc; one-line compute-sanitizer probe
-#   kernel-tests (60)     CUDA cases of the four kernel test files (-k cuda)
+#   kernel-tests (60)     CUDA cases of the five kernel test files (-k cuda)
 #   memcheck (150)        compute-sanitizer memcheck on them, no caching allocator; graph-capture,
 #                         torch.compile and gradcheck cases deselected (gradcheck's hundreds of
 #                         calls of the same kernels are too slow under the sanitizer)
@@ -127,7 +127,7 @@ if [ "$has_gpu" != 1 ]; then
 fi
 sanitizer_works=$(grep -q "compute-sanitizer: works" "$dest/versions.txt" && echo 1 || echo 0)
 sanitizer=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")
-kernel_tests="$repo/tests/test_mixed_sum.py $repo/tests/test_trellis_ops.py $repo/tests/test_mixed_node.py $repo/tests/test_depthwise_conv.py"
+kernel_tests="$repo/tests/test_mixed_sum.py $repo/tests/test_trellis_ops.py $repo/tests/test_mixed_node.py $repo/tests/test_depthwise_conv.py $repo/tests/test_depthwise_segments.py"
 pytest=("$PYTHON" -m pytest -v -ra --tb=short -p no:cacheprovider --rootdir "$repo")
 "$PYTHON" -c "import pytest_timeout" 2>/dev/null && pytest+=(--timeout 60)
 
@@ -140,7 +140,7 @@ else
 fi
 run_phase graph-tests 90 "${pytest[@]}" "$repo/tests/test_graphed.py"
 others=$(ls "$repo"/tests/test_*.py | grep -v -e test_mixed_sum -e test_trellis_ops -e test_mixed_node \
-  -e test_depthwise_conv -e test_graphed)
+  -e test_depthwise_conv -e test_depthwise_segments -e test_graphed)
 run_phase other-cuda-tests 30 "${pytest[@]}" -k cuda $others
 run_phase bench-kernels 20 "$PYTHON" -m benchmarks.run --quick --skip-compile --device cuda --only kernels \
   --out "$dest/bench-kernels.json"

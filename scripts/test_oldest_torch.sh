@@ -6,12 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/copy_tree.sh
-TORCH_OLDEST=$(sed -n 's/.*"torch>=\([0-9.]*\),.*/\1/p' setup.py)
-PYTHON=${PYTHON:-python3}
-[ -x .venv-oldest/bin/python ] || "$PYTHON" -m venv .venv-oldest
+source scripts/oldest_venv.sh
+oldest_venv ninja pybind11 numpy pytest pytest-benchmark expecttest scikit-learn matplotlib tqdm
 venv=$(pwd)/.venv-oldest
-"$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  "torch==$TORCH_OLDEST" ninja pybind11 numpy pytest pytest-benchmark expecttest scikit-learn matplotlib tqdm
 tree=build/oldest-torch
 copy_tree "$tree"
 cd "$tree"

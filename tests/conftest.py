@@ -83,6 +83,23 @@ def over_thread_counts(fn, repeats=1):
     return results
 
 
+def replay_in_cuda_graph(run, before_replay):
+    """run()'s outputs computed by a CUDA graph: run once on a side stream (warm-up), captured,
+    then before_replay() (new input values) and one replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = run()
+    before_replay()
+    graph.replay()
+    torch.cuda.synchronize()
+    return outputs
+
+
 @pytest.fixture
 def one_thread():
     """Tiny networks: a second thread only adds synchronisation (and stalls badly on a busy machine)."""

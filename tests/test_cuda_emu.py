@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import test_depthwise_conv
+import test_depthwise_segments
 import test_mixed_node
 import test_mixed_sum
 import test_trellis_ops
@@ -168,6 +169,32 @@ def depthwise_problem(case, dtype, non_contiguous=False):
     return Problem(run, ref, tol, tol)
 
 
+def depthwise_segments_problem(case, dtype, non_contiguous=False):
+    x, weights, args = test_depthwise_segments.make_case(case, dtype, "cpu", requires_grad=False)
+    if non_contiguous:
+        x, weights = strided(x), [strided(w) for w in weights]
+    geometry = test_depthwise_segments.op_arguments(args)
+    kernel_sizes = test_depthwise_segments.kernel_sizes(weights)
+    C = weights[0].shape[0]
+    grad = torch.randn(x.shape[0], len(weights) * C, *torch.ops.fastdnas.depthwise_conv2d_segments(
+        x, weights, *geometry).shape[2:]).to(dtype)
+
+    def run(ns):
+        return [ns.depthwise_conv2d_segments(x, weights, *geometry),
+                ns._depthwise_conv2d_segments_input_grad(grad, weights, list(x.shape), *geometry),
+                ns._depthwise_conv2d_segments_weight_grad(grad, x, kernel_sizes, *geometry)]
+
+    def ref():
+        xs = leaves([x, *weights])
+        out, grad_x, *grad_weights = test_depthwise_segments.forward_backward(test_depthwise_segments.reference,
+                                                                              xs[0], xs[1:], args, grad)
+        return [out, grad_x, torch.cat([g.flatten() for g in grad_weights])]
+
+    tol = test_depthwise_conv.TOLERANCE[dtype]
+    # The reference (F.conv2d with groups = C) rejects segments without channels.
+    return Problem(run, ref if C > 0 else None, tol, tol)
+
+
 def named(op, cases):
     """(op, id, builder) triples; ``cases`` maps ids to builders."""
     return [pytest.param(op, build_problem, id=f"{op}-{name}") for name, build_problem in cases]
@@ -230,7 +257,18 @@ DEPTHWISE = named("depthwise_conv2d", [
     ("non_contiguous", lambda: depthwise_problem((2, 3, 9, 8, 3, 2, 1, 1), torch.float64, non_contiguous=True)),
 ])
 
-ALL_CASES = MIXED_SUM + TRELLIS + RESIZE + MIXED_NODE + DEPTHWISE
+DEPTHWISE_SEGMENTS = named("depthwise_conv2d_segments", [
+    *[(f"case{i}-{dtype_name(dt)}", lambda case=case, dt=dt: depthwise_segments_problem(case, dt))
+      for dt in DTYPES for i, case in enumerate(test_depthwise_segments.CASES)],
+    ("empty-batch", lambda: depthwise_segments_problem((0, 4, 8, 8, 1, test_depthwise_segments.CASES[0][5]),
+                                                       torch.float32)),
+    ("empty-channels", lambda: depthwise_segments_problem((2, 3, 5, 5, 1, [(3, 1, 1, 3), (5, 2, 1, 0)]),
+                                                          torch.float32)),
+    ("non_contiguous", lambda: depthwise_segments_problem(test_depthwise_segments.CASES[5], torch.float64,
+                                                          non_contiguous=True)),
+])
+
+ALL_CASES = MIXED_SUM + TRELLIS + RESIZE + MIXED_NODE + DEPTHWISE + DEPTHWISE_SEGMENTS
 # Under AddressSanitizer: the float32 and float64 cases, the largest counts and the edge cases.
 ASAN_CASES = [c for c in ALL_CASES if not any(s in c.id for s in ("float16", "bfloat16"))]
 
@@ -264,6 +302,8 @@ DETERMINISM_CASES = [
                  id="resize_sum"),
     pytest.param(lambda: mixed_node_problem((2, 1), torch.float32, N=3, C=4, out_size=(9, 7)), id="mixed_node"),
     pytest.param(lambda: depthwise_problem((3, 5, 13, 11, 3, 2, 1, 1), torch.float32), id="depthwise_conv2d"),
+    pytest.param(lambda: depthwise_segments_problem((3, 5, 13, 11, 2, test_depthwise_segments.CASES[0][5]),
+                                                    torch.float32), id="depthwise_conv2d_segments"),
 ]
 
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdnas import ops
-from conftest import CUDA, DEVICES, over_thread_counts, rel_err
+from conftest import CUDA, DEVICES, over_thread_counts, rel_err, replay_in_cuda_graph
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 # (N, C, H, W, kernel, stride, padding, dilation): the DARTS candidates at both strides, odd and
@@ -169,17 +169,7 @@ def test_cuda_graph_capture():
                 torch.ops.fastdnas._depthwise_conv2d_input_grad(grad, w, list(x.shape), *geometry),
                 torch.ops.fastdnas._depthwise_conv2d_weight_grad(grad, x, list(w.shape), *geometry))
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = run()
-    x.copy_(torch.randn_like(x))
-    graph.replay()
-    torch.cuda.synchronize()
+    outputs = replay_in_cuda_graph(run, lambda: x.copy_(torch.randn_like(x)))
     want = forward_backward(reference, x.double().requires_grad_(), w.double().requires_grad_(), args, grad.double())
     for g, r in zip(outputs, want):
         assert rel_err(g, r) <= 1e-5

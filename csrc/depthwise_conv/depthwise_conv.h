@@ -54,10 +54,14 @@ FASTDNAS_HOST_DEVICE int64_t depthwise_output_size(int64_t in_size, int64_t kern
 // padded sizes, dilated kernel extents and every index computed from them fit in int64.
 constexpr int64_t kMaxDepthwiseGeometry = (int64_t{1} << 31) - 1;
 
-// Stride, padding and dilation of both spatial dimensions, and the derived sizes.
+// Stride, padding and dilation of both spatial dimensions, and the derived sizes. x_channels
+// and y_channels: the channel counts of the tensors holding the input and output planes (C for
+// depthwise_conv2d; more where a segment of depthwise_conv2d_segments reads or writes a channel
+// slice of a larger tensor).
 struct DepthwiseShape {
   int64_t N, C, H, W, KH, KW, OH, OW;
   std::array<int64_t, 2> stride, padding, dilation;
+  int64_t x_channels, y_channels;
 };
 
 inline std::array<int64_t, 2> pair_argument(const char* op, const char* what, at::IntArrayRef values, int64_t min) {
@@ -94,6 +98,7 @@ inline DepthwiseShape depthwise_shape(const char* op, at::IntArrayRef x_sizes, a
   s.W = x_sizes[3];
   s.KH = w_sizes[2];
   s.KW = w_sizes[3];
+  s.x_channels = s.y_channels = s.C;
   s.stride = pair_argument(op, "stride", stride, 1);
   s.padding = pair_argument(op, "padding", padding, 0);
   s.dilation = pair_argument(op, "dilation", dilation, 1);

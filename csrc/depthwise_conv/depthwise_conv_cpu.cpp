@@ -1,6 +1,7 @@
 // CPU kernels of depthwise_conv2d: forward, input gradient and weight gradient. Stride 1 works
 // on stacks of zero-padded planes as flat vectorised loops, other strides row by row; both add the
-// taps of every element in the order of the CUDA kernels.
+// taps of every element in the order of the CUDA kernels. They also run on channel slices of
+// larger tensors, for depthwise_conv2d_segments (depthwise_conv_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,7 +13,7 @@
 #include <limits>
 #include <vector>
 
-#include "depthwise_conv.h"
+#include "depthwise_conv_cpu.h"
 
 namespace fastdnas {
 namespace {
@@ -100,7 +101,7 @@ void stack_input(const DepthwiseShape& s, const FlatStack& f, const scalar_t* x,
                  acc_t* padded) {
   std::fill(padded, padded + f.input_size(s, m), acc_t(0));
   for (int64_t n = 0; n < m; ++n) {
-    const scalar_t* plane = x + ((n0 + n) * s.C + c) * s.H * s.W;
+    const scalar_t* plane = x + ((n0 + n) * s.x_channels + c) * s.H * s.W;
     for (int64_t h = 0; h < s.H; ++h) {
       acc_t* row = padded + f.input_row(s, n, h) * f.pitch + s.padding[1];
       for (int64_t w = 0; w < s.W; ++w) row[w] = static_cast<acc_t>(plane[h * s.W + w]);
@@ -116,7 +117,7 @@ void stack_grad(const DepthwiseShape& s, const FlatStack& f, const scalar_t* gra
                 int64_t margin, acc_t* stacked) {
   std::fill(stacked, stacked + margin + f.input_size(s, m), acc_t(0));
   for (int64_t n = 0; n < m; ++n) {
-    const scalar_t* plane = grad + ((n0 + n) * s.C + c) * s.OH * s.OW;
+    const scalar_t* plane = grad + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       acc_t* row = stacked + margin + (n * f.block + oh) * f.pitch;
       for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(plane[oh * s.OW + ow]);
@@ -217,7 +218,7 @@ void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* we
     correlate(acc.data(), padded.data(), offsets.data(), weights.data(), static_cast<int64_t>(offsets.size()),
               f.outputs(s, m));
     for (int64_t n = 0; n < m; ++n) {
-      scalar_t* y = out + ((n0 + n) * s.C + c) * s.OH * s.OW;
+      scalar_t* y = out + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
       for (int64_t oh = 0; oh < s.OH; ++oh) {
         const acc_t* row = acc.data() + (n * f.block + oh) * f.pitch;
         for (int64_t ow = 0; ow < s.OW; ++ow) y[oh * s.OW + ow] = static_cast<scalar_t>(row[ow]);
@@ -226,10 +227,22 @@ void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* we
   });
 }
 
+// An input gradient: written (cast to the input's type), or with kAdd added to the
+// accumulation-type sum of the segments of depthwise_conv2d_segments before it that read the
+// same channel.
+template <bool kAdd, typename out_t, typename acc_t>
+inline void store_grad(out_t& dst, acc_t v) {
+  if constexpr (kAdd) {
+    dst += v;
+  } else {
+    dst = static_cast<out_t>(v);
+  }
+}
+
 // A gather: input position r of the stack takes weight (i, j) times the output gradient at
 // r - offset(i, j), rows descending, which is the CUDA kernel's order.
-template <typename scalar_t, typename acc_t>
-void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* weight, scalar_t* grad_x) {
+template <typename scalar_t, typename acc_t, typename out_t, bool kAdd>
+void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* weight, out_t* grad_x) {
   const FlatStack f(s);
   const int64_t margin = f.offset(s, s.KH - 1, s.KW - 1);
   for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
@@ -244,10 +257,10 @@ void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar
     correlate(acc.data() + first, stacked.data() + margin + first, offsets.data(), weights.data(),
               static_cast<int64_t>(offsets.size()), count);
     for (int64_t n = 0; n < m; ++n) {
-      scalar_t* gx = grad_x + ((n0 + n) * s.C + c) * s.H * s.W;
+      out_t* gx = grad_x + ((n0 + n) * s.x_channels + c) * s.H * s.W;
       for (int64_t h = 0; h < s.H; ++h) {
         const acc_t* row = acc.data() + f.input_row(s, n, h) * f.pitch + s.padding[1];
-        for (int64_t w = 0; w < s.W; ++w) gx[h * s.W + w] = static_cast<scalar_t>(row[w]);
+        for (int64_t w = 0; w < s.W; ++w) store_grad<kAdd>(gx[h * s.W + w], row[w]);
       }
     }
   });
@@ -330,7 +343,7 @@ void padding_nan_forward(const DepthwiseShape& s, const scalar_t* weight, scalar
           for (int64_t ow = 0; ow < s.OW; ++ow) nan_at[oh * s.OW + ow] |= reads_padding(s, oh, ow, t / s.KW, t % s.KW);
       }
       for (int64_t n = 0; n < s.N; ++n) {
-        scalar_t* y = out + (n * s.C + c) * plane;
+        scalar_t* y = out + (n * s.y_channels + c) * plane;
         for (int64_t q = 0; q < plane; ++q)
           if (nan_at[q]) y[q] = std::numeric_limits<scalar_t>::quiet_NaN();
       }
@@ -344,7 +357,7 @@ void padding_nan_weight_grad(const DepthwiseShape& s, const scalar_t* grad, int6
   const int64_t plane = s.OH * s.OW;
   std::vector<char> bad(plane, 0);
   for (int64_t n = 0; n < s.N; ++n) {
-    const scalar_t* g = grad + (n * s.C + c) * plane;
+    const scalar_t* g = grad + (n * s.y_channels + c) * plane;
     if (all_finite(g, plane)) continue;
     for (int64_t q = 0; q < plane; ++q) bad[q] |= !all_finite(g + q, 1);
   }
@@ -365,10 +378,9 @@ void weight_grad_rows(const DepthwiseShape& s, const ColumnTaps& columns, const 
   // Each tap keeps a row of per-column partial sums (vectorises), added up at the end.
   partial.assign(taps * s.OW, acc_t(0));
   for (int64_t n = 0; n < s.N; ++n) {
-    const int64_t p = n * s.C + c;
-    const scalar_t* xp = xd + p * s.H * s.W;
+    const scalar_t* xp = xd + (n * s.x_channels + c) * s.H * s.W;
     for (int64_t oh = 0; oh < s.OH; ++oh) {
-      const scalar_t* g = gd + (p * s.OH + oh) * s.OW;
+      const scalar_t* g = gd + ((n * s.y_channels + c) * s.OH + oh) * s.OW;
       for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
         acc_t* sum = partial.data() + (i * s.KW + j) * s.OW + ow;
         const scalar_t* in = xp + ih * s.W + iw;
@@ -392,46 +404,108 @@ void weight_grad_rows(const DepthwiseShape& s, const ColumnTaps& columns, const 
 
 // --- any stride: row by row ----------------------------------------------------------------------
 
+template <typename scalar_t, typename acc_t>
+void forward_rows(const DepthwiseShape& s, const scalar_t* xd, const scalar_t* wd, scalar_t* yd) {
+  const int64_t sw = s.stride[1];
+  const ColumnTaps columns(s);
+  at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
+    std::vector<acc_t> acc(s.OW);
+    for (int64_t p = first; p < last; ++p) {
+      const int64_t n = p / s.C, c = p % s.C;
+      const scalar_t* xp = xd + (n * s.x_channels + c) * s.H * s.W;
+      const scalar_t* wp = wd + c * s.KH * s.KW;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
+          const acc_t w = static_cast<acc_t>(wp[i * s.KW + j]);
+          const scalar_t* in = xp + ih * s.W + iw;
+          acc_t* out_row = acc.data() + ow;
+          if (sw == 1) {
+            for (int64_t k = 0; k < count; ++k) out_row[k] = accumulate_product(out_row[k], w, in[k]);
+          } else {
+            for (int64_t k = 0; k < count; ++k) out_row[k] = accumulate_product(out_row[k], w, in[k * sw]);
+          }
+        });
+        scalar_t* y = yd + ((n * s.y_channels + c) * s.OH + oh) * s.OW;
+        for (int64_t ow = 0; ow < s.OW; ++ow) y[ow] = static_cast<scalar_t>(acc[ow]);
+      }
+    }
+  });
+  padding_nan_forward(s, wd, yd);
+}
+
+template <typename scalar_t, typename acc_t, typename out_t, bool kAdd>
+void input_grad_rows(const DepthwiseShape& s, const scalar_t* gd, const scalar_t* wd, out_t* gxd) {
+  const int64_t sw = s.stride[1];
+  const ColumnTaps columns(s);
+  at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
+    std::vector<acc_t> acc(s.H * s.W);
+    for (int64_t p = first; p < last; ++p) {
+      const int64_t n = p / s.C, c = p % s.C;
+      const scalar_t* wp = wd + c * s.KH * s.KW;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      // Each output row sends its gradient back through every tap. An input element receives
+      // its terms in the order (oh ascending, j ascending), which the CUDA gather follows.
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const scalar_t* g = gd + ((n * s.y_channels + c) * s.OH + oh) * s.OW;
+        for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
+          const acc_t w = static_cast<acc_t>(wp[i * s.KW + j]);
+          acc_t* in = acc.data() + ih * s.W + iw;
+          const scalar_t* g_row = g + ow;
+          if (sw == 1) {
+            for (int64_t k = 0; k < count; ++k) in[k] = accumulate_product(in[k], w, g_row[k]);
+          } else {
+            for (int64_t k = 0; k < count; ++k) in[k * sw] = accumulate_product(in[k * sw], w, g_row[k]);
+          }
+        });
+      }
+      out_t* gx = gxd + (n * s.x_channels + c) * s.H * s.W;
+      for (int64_t k = 0; k < s.H * s.W; ++k) store_grad<kAdd>(gx[k], acc[k]);
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void weight_grad(const DepthwiseShape& s, const scalar_t* gd, const scalar_t* xd, acc_t* sd) {
+  if (s.N == 0) {
+    std::fill(sd, sd + s.C * s.KH * s.KW, acc_t(0));
+    return;
+  }
+  const ColumnTaps columns(s);
+  const int64_t taps = s.KH * s.KW;
+  if (flat_path(s)) {
+    weight_grad_flat<scalar_t, acc_t>(s, gd, xd, sd);
+    // Redone row by row where a non-finite value took part (the flat sums multiply the
+    // dropped outputs' zeros too).
+    at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
+      std::vector<acc_t> partial;
+      for (int64_t c = first; c < last; ++c) {
+        bool finite = all_finite(sd + c * taps, taps);
+        for (int64_t n = 0; n < s.N && finite; ++n)
+          finite = all_finite(gd + (n * s.y_channels + c) * s.OH * s.OW, s.OH * s.OW);
+        if (!finite) weight_grad_rows(s, columns, gd, xd, c, partial, sd);
+      }
+    });
+    return;
+  }
+  // One channel per task, as weight_grad_flat.
+  at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
+    std::vector<acc_t> partial;
+    for (int64_t c = first; c < last; ++c) weight_grad_rows(s, columns, gd, xd, c, partial, sd);
+  });
+}
+
+template <typename scalar_t>
+bool flat_weights(const DepthwiseShape& s, const scalar_t* wd) {
+  return flat_path(s) && all_finite(wd, s.C * s.KH * s.KW);
+}
+
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& x_arg, const at::Tensor& weight_arg, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DepthwiseShape s = check_depthwise_forward_args(x_arg, weight_arg, stride, padding, dilation);
   const at::Tensor x = x_arg.contiguous();
-  const at::Tensor weight = weight_arg.contiguous();
   at::Tensor out = at::empty({s.N, s.C, s.OH, s.OW}, x.options());
-  if (out.numel() == 0) return out;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv2d_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xd = x.const_data_ptr<scalar_t>();
-    const scalar_t* wd = weight.const_data_ptr<scalar_t>();
-    scalar_t* yd = out.mutable_data_ptr<scalar_t>();
-    if (flat_path(s) && all_finite(wd, s.C * s.KH * s.KW)) return forward_flat<scalar_t, acc_t>(s, xd, wd, yd);
-    const int64_t sw = s.stride[1];
-    const ColumnTaps columns(s);
-    at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
-      std::vector<acc_t> acc(s.OW);
-      for (int64_t p = first; p < last; ++p) {
-        const scalar_t* xp = xd + p * s.H * s.W;
-        const scalar_t* wp = wd + (p % s.C) * s.KH * s.KW;
-        for (int64_t oh = 0; oh < s.OH; ++oh) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
-            const acc_t w = static_cast<acc_t>(wp[i * s.KW + j]);
-            const scalar_t* in = xp + ih * s.W + iw;
-            acc_t* out_row = acc.data() + ow;
-            if (sw == 1) {
-              for (int64_t k = 0; k < count; ++k) out_row[k] = accumulate_product(out_row[k], w, in[k]);
-            } else {
-              for (int64_t k = 0; k < count; ++k) out_row[k] = accumulate_product(out_row[k], w, in[k * sw]);
-            }
-          });
-          scalar_t* y = yd + (p * s.OH + oh) * s.OW;
-          for (int64_t ow = 0; ow < s.OW; ++ow) y[ow] = static_cast<scalar_t>(acc[ow]);
-        }
-      }
-    });
-    padding_nan_forward(s, wd, yd);
-  });
+  depthwise_forward_cpu(s, x, 0, weight_arg.contiguous(), out, 0);
   return out;
 }
 
@@ -441,44 +515,8 @@ at::Tensor depthwise_conv2d_input_grad_cpu(const at::Tensor& grad_arg, const at:
   const DepthwiseShape s =
       check_depthwise_input_grad_args(grad_arg, weight_arg, input_size, stride, padding, dilation);
   const at::Tensor grad = grad_arg.contiguous();
-  const at::Tensor weight = weight_arg.contiguous();
   at::Tensor grad_x = at::empty({s.N, s.C, s.H, s.W}, grad.options());
-  if (grad_x.numel() == 0) return grad_x;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_input_grad_cpu",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* gd = grad.const_data_ptr<scalar_t>();
-    const scalar_t* wd = weight.const_data_ptr<scalar_t>();
-    scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>();
-    if (flat_path(s) && all_finite(wd, s.C * s.KH * s.KW)) return input_grad_flat<scalar_t, acc_t>(s, gd, wd, gxd);
-    const int64_t sw = s.stride[1];
-    const ColumnTaps columns(s);
-    at::parallel_for(0, s.N * s.C, plane_grain(s), [&](int64_t first, int64_t last) {
-      std::vector<acc_t> acc(s.H * s.W);
-      for (int64_t p = first; p < last; ++p) {
-        const scalar_t* wp = wd + (p % s.C) * s.KH * s.KW;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        // Each output row sends its gradient back through every tap. An input element receives
-        // its terms in the order (oh ascending, j ascending), which the CUDA gather follows.
-        for (int64_t oh = 0; oh < s.OH; ++oh) {
-          const scalar_t* g = gd + (p * s.OH + oh) * s.OW;
-          for_each_tap(s, columns, oh, [&](int64_t i, int64_t j, int64_t ih, int64_t iw, int64_t ow, int64_t count) {
-            const acc_t w = static_cast<acc_t>(wp[i * s.KW + j]);
-            acc_t* in = acc.data() + ih * s.W + iw;
-            const scalar_t* g_row = g + ow;
-            if (sw == 1) {
-              for (int64_t k = 0; k < count; ++k) in[k] = accumulate_product(in[k], w, g_row[k]);
-            } else {
-              for (int64_t k = 0; k < count; ++k) in[k * sw] = accumulate_product(in[k * sw], w, g_row[k]);
-            }
-          });
-        }
-        scalar_t* gx = gxd + p * s.H * s.W;
-        for (int64_t k = 0; k < s.H * s.W; ++k) gx[k] = static_cast<scalar_t>(acc[k]);
-      }
-    });
-  });
+  depthwise_input_grad_cpu(s, grad, 0, weight_arg.contiguous(), grad_x, 0, false);
   return grad_x;
 }
 
@@ -487,45 +525,56 @@ at::Tensor depthwise_conv2d_weight_grad_cpu(const at::Tensor& grad_arg, const at
                                             at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DepthwiseShape s = check_depthwise_weight_grad_args(grad_arg, x_arg, weight_size, stride, padding, dilation);
   const at::Tensor grad = grad_arg.contiguous();
-  const at::Tensor x = x_arg.contiguous();
-  at::Tensor grad_w;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_weight_grad_cpu",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor sums = at::zeros({s.C, 1, s.KH, s.KW}, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    acc_t* sd = sums.mutable_data_ptr<acc_t>();
-    const scalar_t* gd = grad.const_data_ptr<scalar_t>();
-    const scalar_t* xd = x.const_data_ptr<scalar_t>();
-    grad_w = sums;  // cast below, once filled
-    if (s.N == 0) return;
-    const ColumnTaps columns(s);
-    const int64_t taps = s.KH * s.KW;
-    if (flat_path(s)) {
-      weight_grad_flat<scalar_t, acc_t>(s, gd, xd, sd);
-      // Redone row by row where a non-finite value took part (the flat sums multiply the
-      // dropped outputs' zeros too).
-      at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
-        std::vector<acc_t> partial;
-        for (int64_t c = first; c < last; ++c) {
-          bool finite = all_finite(sd + c * taps, taps);
-          for (int64_t n = 0; n < s.N && finite; ++n)
-            finite = all_finite(gd + (n * s.C + c) * s.OH * s.OW, s.OH * s.OW);
-          if (!finite) weight_grad_rows(s, columns, gd, xd, c, partial, sd);
-        }
-      });
-      return;
-    }
-    // One channel per task, as weight_grad_flat.
-    at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
-      std::vector<acc_t> partial;
-      for (int64_t c = first; c < last; ++c) weight_grad_rows(s, columns, gd, xd, c, partial, sd);
-    });
-  });
-  return grad_w.to(grad.scalar_type());
+  at::Tensor sums = at::empty({s.C, 1, s.KH, s.KW}, grad.options().dtype(at::toOpMathType(grad.scalar_type())));
+  depthwise_weight_grad_cpu(s, grad, 0, x_arg.contiguous(), 0, sums, 0);
+  return sums.to(grad.scalar_type());
 }
 
 }  // namespace
+
+void depthwise_forward_cpu(const DepthwiseShape& s, const at::Tensor& x, int64_t x_channel0, const at::Tensor& weight,
+                           at::Tensor& out, int64_t y_channel0) {
+  if (s.N * s.C == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv2d_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xd = x.const_data_ptr<scalar_t>() + x_channel0 * s.H * s.W;
+    const scalar_t* wd = weight.const_data_ptr<scalar_t>();
+    scalar_t* yd = out.mutable_data_ptr<scalar_t>() + y_channel0 * s.OH * s.OW;
+    if (flat_weights(s, wd)) return forward_flat<scalar_t, acc_t>(s, xd, wd, yd);
+    forward_rows<scalar_t, acc_t>(s, xd, wd, yd);
+  });
+}
+
+void depthwise_input_grad_cpu(const DepthwiseShape& s, const at::Tensor& grad, int64_t y_channel0,
+                              const at::Tensor& weight, at::Tensor& grad_x, int64_t x_channel0, bool add) {
+  if (s.N * s.C == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_input_grad_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gd = grad.const_data_ptr<scalar_t>() + y_channel0 * s.OH * s.OW;
+    const scalar_t* wd = weight.const_data_ptr<scalar_t>();
+    const bool flat = flat_weights(s, wd);
+    if (add) {
+      acc_t* gxd = grad_x.mutable_data_ptr<acc_t>() + x_channel0 * s.H * s.W;
+      if (flat) return input_grad_flat<scalar_t, acc_t, acc_t, true>(s, gd, wd, gxd);
+      return input_grad_rows<scalar_t, acc_t, acc_t, true>(s, gd, wd, gxd);
+    }
+    scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>() + x_channel0 * s.H * s.W;
+    if (flat) return input_grad_flat<scalar_t, acc_t, scalar_t, false>(s, gd, wd, gxd);
+    input_grad_rows<scalar_t, acc_t, scalar_t, false>(s, gd, wd, gxd);
+  });
+}
+
+void depthwise_weight_grad_cpu(const DepthwiseShape& s, const at::Tensor& grad, int64_t y_channel0,
+                               const at::Tensor& x, int64_t x_channel0, at::Tensor& sums, int64_t sums_offset) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "depthwise_conv2d_weight_grad_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    weight_grad<scalar_t, acc_t>(s, grad.const_data_ptr<scalar_t>() + y_channel0 * s.OH * s.OW,
+                                 x.const_data_ptr<scalar_t>() + x_channel0 * s.H * s.W,
+                                 sums.mutable_data_ptr<acc_t>() + sums_offset);
+  });
+}
 
 TORCH_LIBRARY_IMPL(fastdnas, CPU, m) {
   m.impl("depthwise_conv2d", &depthwise_conv2d_cpu);

@@ -38,7 +38,9 @@ def load(asan=False, ucontext=False):
     build_dir = os.path.join(ROOT, "build", name)
     os.makedirs(build_dir, exist_ok=True)
     sources = [os.path.join(HERE, "runtime.cpp"), os.path.join(HERE, "module.cpp")]
-    cflags = ["-DFASTDNAS_CUDA_EMU", "-Wno-unknown-pragmas"]
+    # C++20 (std::source_location, std::atomic_ref) whatever standard this torch's extension
+    # builder picks (torch 2.11's picks C++17); the last -std wins.
+    cflags = ["-std=c++20", "-DFASTDNAS_CUDA_EMU", "-Wno-unknown-pragmas"]
     if ucontext:
         cflags += ["-DCUDA_EMU_UCONTEXT", "-DCUDA_EMU_CHECK_KERNELS_ONLY"]
     else:
