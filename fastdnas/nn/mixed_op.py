@@ -439,14 +439,8 @@ def _depthwise_segments(x, convs, weights, offsets):
     channels of x from ``offsets[g]`` on; returns [N, G*E*C, OH, OW]."""
     from .. import ops
 
-    geometry = [(conv.padding, conv.dilation) for conv in convs]
-    weights = [w.flatten(0, 1) for w in weights]
-    if not hasattr(ops, "depthwise_conv2d_segments"):  # stand-in until the op lands
-        C = weights[0].shape[0]
-        return torch.cat([ops.depthwise_conv2d(x[:, o : o + C], w, convs[0].stride, p, d)
-                          for w, o, (p, d) in zip(weights, offsets, geometry)], 1)
-    return ops.depthwise_conv2d_segments(x, weights, convs[0].stride, [p for p, _ in geometry],
-                                         [d for _, d in geometry], offsets)
+    return ops.depthwise_conv2d_segments(x, [w.flatten(0, 1) for w in weights], convs[0].stride,
+                                         [conv.padding for conv in convs], [conv.dilation for conv in convs], offsets)
 
 
 def _stacked_pointwise(x, weights):
