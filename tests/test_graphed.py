@@ -243,8 +243,10 @@ def test_unrolled_step_takes_a_learning_rate_tensor():
             for group in search.weight_optimizer.param_groups:
                 group["lr"] = torch.tensor(group["lr"], dtype=torch.float32)
         results.append(search.architect.unrolled_grads(*batch_))
+    # float32 rounding differs (lr * grad in float32 or from a double), and the unrolled gradient's
+    # finite-difference Hessian term divides such differences by its small step: 4e-5 relative seen.
     for float_lr, tensor_lr in zip(*results):
-        torch.testing.assert_close(tensor_lr, float_lr, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(tensor_lr, float_lr, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", DEVICES)

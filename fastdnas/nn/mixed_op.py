@@ -293,10 +293,10 @@ class _StrideGroup:
     ``stacked``: primitives (SepConv first, then DilConv) whose candidates on all the group's
     edges run as stacked tensors, the edges' inputs concatenated on channels after one ReLU:
     one ``depthwise_conv2d_segments`` call for every first depthwise convolution (the SepConvs'
-    and the DilConvs', each primitive a segment with its own geometry), one ``bmm`` for all their
-    1x1 convolutions, then for the SepConvs' second halves one ``F.batch_norm`` (their inner
+    and the DilConvs', each primitive a segment with its own geometry), one grouped convolution
+    for all their 1x1 convolutions, then for the SepConvs' second halves one ``F.batch_norm`` (their inner
     BatchNorms: statistics are per channel, so stacking changes nothing), one ReLU, one
-    ``depthwise_conv2d_segments`` call and one ``bmm``. ``single``: primitives that run edge by
+    ``depthwise_conv2d_segments`` call and one grouped convolution. ``single``: primitives that run edge by
     edge (FactorizedReduce, replaced modules). Conv outputs come in the order: stacked
     primitives x edges, then edges x single primitives.
     """
