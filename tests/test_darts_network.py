@@ -90,9 +90,6 @@ def test_fused_backend_float32_agrees_with_reference(device):
         assert stat_err(fused_buffers[name], ref_buffers[name]) <= 1e-4, name
 
 
-@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5),
-                    reason="torch 2.4's dynamo breaks the graph in the stacked fused backend (an abc isinstance "
-                           "check), so fullgraph compile is not supported there")
 def test_fused_backend_under_torch_compile_equals_eager():
     torch.manual_seed(4)
     net = small_network(steps=2, multiplier=2)

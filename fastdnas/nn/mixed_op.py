@@ -125,6 +125,7 @@ def cell_nodes(edges, states, weights, num_nodes, backend):
     """The nodes of a search cell: node i is the node_sum of the mixed ops ``edges`` (flattened
     node by node: 2, 3, 4, ... edges) over the 2 + i states before it; returns ``states`` with
     the num_nodes nodes appended. ``weights``: [len(edges), primitives]."""
+    edges = list(edges)  # slicing a ModuleList builds a ModuleList, which torch 2.4's dynamo cannot trace
     nodes, offset = [], 0  # the incoming edges of every node
     for i in range(num_nodes):
         nodes.append(edges[offset : offset + 2 + i])
