@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.mixed_op import mixed_sum_chunked
+from ..nn.mixed_op import mixed_sum_chunked, node_edge_slices
 from ..nn.operations import PRIMITIVES
 from .search_network import SearchCell, SearchNetwork
 
@@ -77,12 +77,10 @@ class SampledSearchCell(SearchCell):
             raise ValueError(f"hardwts must have shape {expected} and index {expected[0]} entries, got "
                              f"{list(hardwts.shape)} and {len(index)}")
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self.steps):
-            n = len(states)
-            states.append(sampled_node(self._ops[offset : offset + n], states, hardwts[offset : offset + n],
-                                       index[offset : offset + n], self.backend))
-            offset += n
+        edges = list(self._ops)  # a plain list: slicing a ModuleList builds a new one
+        for edge_slice in node_edge_slices(self.steps):
+            states.append(sampled_node(edges[edge_slice], states, hardwts[edge_slice], index[edge_slice],
+                                       self.backend))
         return torch.cat(states[-self.multiplier :], dim=1)
 
 

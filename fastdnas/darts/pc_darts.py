@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.mixed_op import MixedOp, mixed_sum_chunked, node_sum
+from ..nn.mixed_op import MixedOp, mixed_sum_chunked, node_edge_slices, node_sum
 from ..nn.operations import PRIMITIVES
 from .search_network import SearchCell, SearchNetwork
 
@@ -115,12 +115,10 @@ class PartialSearchCell(SearchCell):
             raise ValueError(f"weights must have shape {expected} and edge_weights {expected[:1]}, got "
                              f"{list(weights.shape)} and {list(edge_weights.shape)}")
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self.steps):
-            n = len(states)
-            states.append(partial_node(self._ops[offset : offset + n], states, weights[offset : offset + n],
-                                       edge_weights[offset : offset + n], self.backend))
-            offset += n
+        edges = list(self._ops)  # a plain list: slicing a ModuleList builds a new one
+        for edge_slice in node_edge_slices(self.steps):
+            states.append(partial_node(edges[edge_slice], states, weights[edge_slice], edge_weights[edge_slice],
+                                       self.backend))
         return torch.cat(states[-self.multiplier :], dim=1)
 
 

@@ -121,15 +121,21 @@ def node_sum(mixed_ops, states, weights, backend, cell=None):
                for i in range(0, len(states), limit))
 
 
+def node_edge_slices(num_nodes):
+    """The slices of a cell's edges (flattened node by node) that enter each of its nodes: node i
+    has 2 + i incoming edges."""
+    offset = 0
+    for i in range(num_nodes):
+        yield slice(offset, offset + 2 + i)
+        offset += 2 + i
+
+
 def cell_nodes(edges, states, weights, num_nodes, backend):
     """The nodes of a search cell: node i is the node_sum of the mixed ops ``edges`` (flattened
     node by node: 2, 3, 4, ... edges) over the 2 + i states before it; returns ``states`` with
     the num_nodes nodes appended. ``weights``: [len(edges), primitives]."""
     edges = list(edges)  # slicing a ModuleList builds a ModuleList, which torch 2.4's dynamo cannot trace
-    nodes, offset = [], 0  # the incoming edges of every node
-    for i in range(num_nodes):
-        nodes.append(edges[offset : offset + 2 + i])
-        offset += 2 + i
+    nodes = [edges[edge_slice] for edge_slice in node_edge_slices(num_nodes)]
     # Fused: the weights of all nodes stacked at once, their running statistics updated at the end.
     cell = FusedCell(nodes) if backend == "fused" else None
     states = list(states)
