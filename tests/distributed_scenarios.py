@@ -4,7 +4,9 @@ Each scenario takes (rank, world_size, port, out): it announces its rank in the 
 torchrun would, so fastdnas's own ``distributed.setup`` joins the gloo group, and saves what the
 test compares to out/rank{rank}.pt.
 """
+import faulthandler
 import os
+import sys
 
 import torch
 import torch.nn as nn
@@ -21,6 +23,14 @@ TOY_VARIANTS = {
     "first_sync": {"sync_bn": True},
     "second_sync": {"unrolled": True, "sync_bn": True},
 }
+
+
+def with_watchdog(rank, scenario, seconds, *args):
+    """Run ``scenario(rank, *args)`` under a watchdog: a rank still alive ``seconds`` from now (in
+    the scenario or in the process's teardown after it) prints the stack of each of its threads
+    and exits with status 1, so a hang fails the test instead of stopping it for good."""
+    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
+    scenario(rank, *args)
 
 
 def announce_rank(rank, world_size, port):
@@ -84,8 +94,18 @@ def toy_searches(rank, world_size, port, out):
         search = toy_search(context, **settings)
         search.run()
         results[name] = search_state(search)
-    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    # The last search (and its DDP wrapper) is still alive here and outlives the group, the
+    # order in which torch 2.4's gloo teardown could hang: shutdown() must release it first.
     distributed.shutdown()
+    results["ddp_released"] = not hasattr(search.train_model, "reducer")
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+
+
+def hang(rank, world_size, port, out):
+    """A rank that never finishes: the watchdog must end it."""
+    import threading
+
+    threading.Event().wait()
 
 
 def tiny_shapes():
@@ -127,6 +147,6 @@ def cli_search_epoch(rank, world_size, port, out):
                    "--batch-size", "4", "--device", "cpu", "--epochs", "2", "--arch-start-epoch", "0", "--out",
                    os.path.join(out, "autodeeplab")]
     codes = [cli.main(darts), cli.main(autodeeplab)]
-    torch.distributed.destroy_process_group()
     states = [search_state(search) for search in searches]
+    distributed.shutdown(owned_only=False)  # the group made here, after the searches' DDP wrappers
     torch.save({"codes": codes, "writes": writes, "states": states}, os.path.join(out, f"rank{rank}.pt"))

@@ -7,6 +7,7 @@ order); 2 ranks with half the batch each compute what 1 process computes with th
 checkpoint resumes in 1 process.
 """
 import socket
+import time
 
 import pytest
 import torch
@@ -15,10 +16,12 @@ from distributed_scenarios import (
     TOY_VARIANTS,
     batch_norm_case,
     cli_search_epoch,
+    hang,
     search_state,
     tiny_shapes,
     toy_search,
     toy_searches,
+    with_watchdog,
 )
 
 from fastdnas import cli
@@ -40,9 +43,25 @@ def free_port():
         return s.getsockname()[1]
 
 
-def spawn(scenario, out):
-    """Run ``scenario`` on WORLD_SIZE ranks; returns what each rank saved."""
-    mp.spawn(scenario, args=(WORLD_SIZE, free_port(), str(out)), nprocs=WORLD_SIZE, join=True)
+# Each scenario takes well under a minute on an idle 2-core machine; the limits leave room for a
+# loaded one. A rank still alive after RANK_SECONDS prints its threads' stacks and exits (its
+# watchdog); the parent kills what is left after PARENT_SECONDS.
+RANK_SECONDS = 600
+PARENT_SECONDS = RANK_SECONDS + 60
+
+
+def spawn(scenario, out, rank_seconds=RANK_SECONDS, parent_seconds=PARENT_SECONDS):
+    """Run ``scenario`` on WORLD_SIZE ranks, each under a watchdog; returns what each rank saved."""
+    context = mp.start_processes(with_watchdog, args=(scenario, rank_seconds, WORLD_SIZE, free_port(), str(out)),
+                                 nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    deadline = time.monotonic() + parent_seconds
+    # join() raises ProcessRaisedException / ProcessExitedException (with the rank's exit code)
+    # when a rank fails, its watchdog included; it returns True once all ranks exited cleanly.
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{scenario.__name__}: ranks still running after {parent_seconds} s (killed)")
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
 
 
@@ -59,6 +78,19 @@ def toy_runs(tmp_path_factory):
         single[name] = search_state(search)
     torch.set_num_threads(threads)
     return ranks, single
+
+
+def test_a_hanging_rank_fails_in_seconds_with_its_stack(tmp_path, capfd):
+    start = time.monotonic()
+    with pytest.raises(mp.ProcessExitedException, match="exit code 1"):
+        spawn(hang, tmp_path, rank_seconds=3, parent_seconds=120)
+    assert time.monotonic() - start < 100
+    assert "in hang" in capfd.readouterr().err  # the watchdog's stack of the rank
+
+
+def test_shutdown_releases_the_ddp_wrappers_before_the_group(toy_runs):
+    (rank0, rank1), _ = toy_runs
+    assert rank0["ddp_released"] and rank1["ddp_released"]
 
 
 def max_difference(a, b):

@@ -10,8 +10,10 @@ give). Only rank 0 writes files or prints.
 Without torchrun (no RANK / WORLD_SIZE in the environment) ``SINGLE`` stands for the one
 process and every helper here does nothing, so the single-process search is unchanged.
 """
+import gc
 import inspect
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +91,36 @@ def setup(device):
     return context, device
 
 
-def shutdown():
-    """End the process group ``setup`` started (one made by the caller is left alone)."""
+def shutdown(owned_only=True):
+    """End the process group ``setup`` started (one made by the caller is left alone, unless
+    ``owned_only=False``), in an order that cannot deadlock.
+
+    The DDP wrappers ``data_parallel`` made let go of their process group first, while the group
+    is still registered: a DDP Reducer that outlives the group holds its last reference, and
+    freeing it then (with the GIL held) runs the gloo group's destructor, which joins a worker
+    thread that may itself wait for the GIL to free a tensor (a hang seen with torch 2.4). Every
+    collective fastdnas issues is waited for where it is issued, so no work is in flight here.
+    """
     global _started_here
-    if _started_here and dist.is_initialized():
-        dist.destroy_process_group()
+    if dist.is_initialized() and (_started_here or not owned_only):
+        release_data_parallel()
+        dist.destroy_process_group()  # drops the group from Python, whose destructor runs without the GIL
     _started_here = False
+
+
+_data_parallel_wrappers = weakref.WeakSet()  # the DDP wrappers data_parallel made and has not released
+
+
+def release_data_parallel():
+    """Free the C++ state (Reducer, Logger) of every DDP wrapper ``data_parallel`` made: after
+    this they no longer reference the process group, and can no longer run a training step."""
+    gc.collect()  # wrappers that only a reference cycle kept alive go now
+    for wrapper in list(_data_parallel_wrappers):
+        for name in ("logger", "reducer"):  # the Logger holds the Reducer, the Reducer the group
+            if name in wrapper.__dict__:
+                delattr(wrapper, name)
+        _data_parallel_wrappers.discard(wrapper)
+    gc.collect()
 
 
 def average_(tensors, context):
@@ -179,8 +205,10 @@ def data_parallel(model, context, device):
     # A network that runs only some of its weights per step (GDAS's sampled operations) makes DDP
     # look for the unused ones.
     unused = not getattr(model, "uses_all_weights", True)
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused,
-                                               **_NO_FORWARD_BUFFER_SYNC)
+    wrapper = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused,
+                                                  **_NO_FORWARD_BUFFER_SYNC)
+    _data_parallel_wrappers.add(wrapper)  # released by shutdown() before the group goes
+    return wrapper
 
 
 # No buffer broadcast before each forward pass. Newer torch spells it forward_sync_buffers (its
@@ -299,6 +327,7 @@ __all__ = [
     "broadcast_",
     "data_parallel",
     "from_environment",
+    "release_data_parallel",
     "run_on_main",
     "setup",
     "shutdown",
