@@ -98,7 +98,10 @@ SETTINGS = {
 FILE_SETTINGS = {"darts": "genotype", "autodeeplab": "arch"}
 # What --resume may change; every other setting must match the interrupted run. How the run is
 # executed may change (the checkpoint does not depend on the precision or the number of ranks).
-RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn", "cuda_graphs"}
+RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn", "cuda_graphs",
+                     "allow_unverified_checkpoint"}
+# Flags about this invocation only: not settings of the run (kept out of settings.json and the checkpoint).
+INVOCATION_ONLY = ("resume", "config", "allow_unverified_checkpoint")
 SEARCH_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
                       "arch_betas", "arch_weight_decay", "unrolled", "arch_start_epoch", "seed", "log_interval",
                       "amp", "sync_bn")
@@ -160,6 +163,9 @@ FLAGS = [
     ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS,)),
     ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS,)),
     ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
+    ("--allow-unverified-checkpoint", {"action": "store_true"},
+     "with --resume: load a checkpoint whose checksum is missing or damaged (an older fastdnas, or a file cut "
+     "at its end), saying why; without it such a checkpoint is refused", SEARCHES),
     ("--sync-bn", {"action": argparse.BooleanOptionalAction},
      "under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)", SEARCHES),
     ("--cuda-graphs", {"action": argparse.BooleanOptionalAction},
@@ -283,12 +289,12 @@ def resolve_settings(args, defaults, dataset_defaults):
     if args.command == "train":
         known.add(FILE_SETTINGS[args.space])
     if args.command == "search":
-        known.add("resume")
+        known.update(("resume", "allow_unverified_checkpoint"))
     foreign = sorted(set(given) - known - {"config"})
     if foreign:
         raise UsageError(", ".join("--" + k.replace("_", "-") for k in foreign)
                          + f" does not apply to `{args.command} {args.space}`")
-    from_file = read_config_file(given["config"], known - {"resume"}) if "config" in given else {}
+    from_file = read_config_file(given["config"], known - set(INVOCATION_ONLY)) if "config" in given else {}
     dataset = given.get("dataset", from_file.get("dataset", defaults.get("dataset", COMMON_DEFAULTS["dataset"])))
     if dataset not in dataset_defaults:
         raise UsageError(f"dataset {dataset!r} does not suit `{args.command} {args.space}`; "
@@ -383,7 +389,7 @@ def run_search(args):
     """
     import torch
 
-    from .search import Search, SearchConfig
+    from .search import CheckpointError, Search, SearchConfig
     from .search import distributed
 
     defaults, dataset_defaults = SETTINGS["search", args.space]
@@ -415,7 +421,7 @@ def run_search(args):
     space = SEARCH_SPACES[args.space](settings, data)
     model = space.model
     out = settings["out"]
-    persisted = {k: v for k, v in settings.items() if k not in ("resume", "config")}
+    persisted = {k: v for k, v in settings.items() if k not in INVOCATION_ONLY}
     if context.is_main:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "settings.json"), "w") as f:
@@ -428,6 +434,10 @@ def run_search(args):
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
                     out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"], **options)
     if resume_state is not None:
+        try:
+            check_resume_state(resume_state, search, os.path.join(out, "checkpoint.pt"))
+        except CheckpointError as error:
+            raise refused_checkpoint(error) from error
         search.load_state_dict(resume_state)
         say(f"resumed after epoch {search.epoch}")
     start = time.perf_counter()
@@ -442,26 +452,37 @@ def run_search(args):
 def read_resume_state(settings, given):
     """(settings, checkpoint state or None): with --resume the saved run's settings and state,
     else a check that no run would be overwritten."""
+    import warnings
+
     from .search import CheckpointError, load_checkpoint
-    from .search.checkpoint import remove_stale_temporaries
+    from .search.checkpoint import UnverifiedCheckpointWarning, remove_stale_temporaries
     from .search.loop import CHECKPOINT_KEYS
 
     checkpoint_path = os.path.join(settings["out"], "checkpoint.pt")
     if not settings.get("resume"):
         if os.path.exists(checkpoint_path):
             raise UsageError(f"{checkpoint_path} exists: add --resume to continue that run, or choose another --out")
+        if settings.get("allow_unverified_checkpoint"):
+            raise UsageError("--allow-unverified-checkpoint applies with --resume only")
         return settings, None
     remove_stale_temporaries(settings["out"])
     try:
-        resume_state = load_checkpoint(checkpoint_path, keys=CHECKPOINT_KEYS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnverifiedCheckpointWarning)
+            resume_state = load_checkpoint(checkpoint_path, keys=CHECKPOINT_KEYS,
+                                           allow_unverified=bool(settings.get("allow_unverified_checkpoint")))
+        for warning in caught:
+            if issubclass(warning.category, UnverifiedCheckpointWarning):
+                print(f"--allow-unverified-checkpoint: {warning.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         saved = resume_state["extra"].get("settings") if isinstance(resume_state["extra"], dict) else None
         if not isinstance(saved, dict):
             raise CheckpointError(f"checkpoint {checkpoint_path!r} holds no settings of a `fastdnas search` run")
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
     except CheckpointError as error:
-        raise UsageError(f"{error}. --resume cannot continue from it: restore the file from a copy, or remove it "
-                         "(or choose another --out) and run without --resume to start over") from error
+        raise refused_checkpoint(error) from error
     changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
     if changed:
         raise UsageError(f"--resume continues the saved run; these settings differ from it: "
@@ -469,6 +490,90 @@ def read_resume_state(settings, given):
     # Settings added since the run was saved keep their defaults.
     settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
     return settings, resume_state
+
+
+def refused_checkpoint(error):
+    """The UsageError for a checkpoint --resume cannot use: the reason, then what to do."""
+    from .search import UnverifiedCheckpointError
+
+    anyway = (", or add --allow-unverified-checkpoint to load it unverified"
+              if isinstance(error, UnverifiedCheckpointError) else "")
+    return UsageError(f"{error}. --resume cannot continue from it: restore the file from a copy, or remove it "
+                      f"(or choose another --out) and run without --resume to start over{anyway}")
+
+
+def shape_of(value):
+    """'a tensor of shape [2, 3]', 'a list of 4 entries', "str '3'": what a checkpoint holds, in brief."""
+    if hasattr(value, "shape"):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} entries"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def check_resume_state(state, search, path):
+    """Every field ``Search.load_state_dict`` reads, checked against this run before it is loaded:
+    CheckpointError naming the first wrong one (a checkpoint with a valid checksum can still hold
+    values no run of these settings wrote)."""
+    import torch
+
+    from .search import CheckpointError
+    from .search.checkpoint import set_rng_state
+
+    def check(ok, field, expected, value):
+        if not ok:
+            raise CheckpointError(f"checkpoint {path!r}: {field} must be {expected}, got {shape_of(value)}")
+
+    def check_tensors(field, values, wanted):
+        check(isinstance(values, (list, tuple)) and len(values) == len(wanted), field,
+              f"a list of {len(wanted)} tensors", values)
+        for i, (value, want) in enumerate(zip(values, wanted)):
+            check(isinstance(value, torch.Tensor) and value.shape == want.shape, f"{field}[{i}]",
+                  f"a tensor of shape {list(want.shape)}", value)
+
+    epoch, epochs = state["epoch"], search.config.epochs
+    check(type(epoch) is int and 0 <= epoch <= epochs, "epoch", f"an integer from 0 to {epochs}", epoch)
+    model = search.model.state_dict()
+    saved_model = state["model"]
+    check(isinstance(saved_model, dict), "model", "a state dict", saved_model)
+    for name in sorted(set(saved_model) ^ set(model)):
+        raise CheckpointError(f"checkpoint {path!r}: model must hold the state dict of this network; "
+                              f"{name!r} is {'missing' if name in model else 'not part of it'}")
+    for name, want in model.items():
+        check(isinstance(saved_model[name], torch.Tensor) and saved_model[name].shape == want.shape,
+              f"model[{name!r}]", f"a tensor of shape {list(want.shape)}", saved_model[name])
+    check_tensors("arch_parameters", state["arch_parameters"], list(search.model.arch_parameters()))
+    for field, optimizer in (("weight_optimizer", search.weight_optimizer), ("arch_optimizer", search.architect.optimizer)):
+        saved = state[field]
+        groups = [group["params"] for group in optimizer.param_groups]
+        saved_groups = saved.get("param_groups") if isinstance(saved, dict) else None
+        check(isinstance(saved_groups, list) and isinstance(saved.get("state"), dict)
+              and [len(g.get("params", ())) if isinstance(g, dict) else None for g in saved_groups]
+              == [len(g) for g in groups], field,
+              f"an optimizer state of groups of {[len(g) for g in groups]} parameters", saved)
+        params = [p for group in groups for p in group]
+        for index, values in saved["state"].items():
+            check(type(index) is int and 0 <= index < len(params) and isinstance(values, dict),
+                  f"{field} state", f"per-parameter dicts for parameters 0 to {len(params) - 1}", index)
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    check(value.shape == params[index].shape, f"{field} state[{index}][{key!r}]",
+                          f"a tensor of shape {list(params[index].shape)}", value)
+    check(isinstance(state.get("grad_scaler", {}), dict), "grad_scaler", "a dict", state.get("grad_scaler"))
+    history = state["history"]
+    check(isinstance(history, dict) and isinstance(history.get("epochs"), list)
+          and isinstance(history.get("alphas"), list), "history", "a dict of the lists 'epochs' and 'alphas'",
+          history)
+    for key in ("epochs", "alphas"):
+        check(len(history[key]) == epoch, f"history[{key!r}]", f"a list of {epoch} entries (one per epoch)",
+              history[key])
+    for i, alphas in enumerate(history["alphas"]):
+        check_tensors(f"history['alphas'][{i}]", alphas, list(search.model.arch_parameters()))
+    try:
+        set_rng_state(state["rng"])  # load_state_dict sets it again
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path!r}: rng must be the random number generator states a "
+                              f"search saves ({type(error).__name__}: {str(error).splitlines()[0][:100]})") from error
 
 
 def start_distributed(settings):

@@ -1,6 +1,8 @@
 """The command line end to end on a tiny synthetic search and retraining."""
+import io
 import json
 import os
+import zipfile
 
 import pytest
 import torch
@@ -281,6 +283,82 @@ def test_resume_from_a_damaged_checkpoint_fails_in_one_line(tmp_path, capsys):
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert str(path) in err and reason in err and "run without --resume to start over" in err, err
     assert not (out / ".checkpoint-killed.tmp").exists()
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Searches without their pictures (tested above; they take seconds)."""
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history"):
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+
+
+def refused(capsys, out, *flags):
+    """The one-line error of `search --resume` in ``out`` (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        search(out, "--epochs", "1", "--resume", *flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "--resume cannot continue" in err, err
+    return err
+
+
+def test_resume_refuses_an_unverified_checkpoint_unless_asked(tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "1") == 0
+    path = out / "checkpoint.pt"
+    data = path.read_bytes()
+    # 64 bytes flipped in the middle of the largest tensor (stored uncompressed after its 30-byte local
+    # header, its name and its extra field), then the last byte cut: a weight changed, the checksum lost.
+    tensors = [info for info in zipfile.ZipFile(io.BytesIO(data)).infolist() if "/data/" in info.filename]
+    largest = max(tensors, key=lambda info: info.file_size)
+    offset = largest.header_offset
+    name_size, extra_size = (int.from_bytes(data[offset + i:offset + i + 2], "little") for i in (26, 28))
+    middle = offset + 30 + name_size + extra_size + largest.file_size // 2 - 32
+    flipped = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:]
+    no_checksum = tmp_path / "no-checksum.pt"
+    torch.save(load_checkpoint(path), no_checksum)  # as an older fastdnas wrote it
+    cut = "its checksum at the end of the file is damaged"
+    cases = ((data[:-1], cut), (flipped[:-1], cut), (no_checksum.read_bytes(), "it has no checksum"))
+    for content, reason in cases:
+        path.write_bytes(content)
+        err = refused(capsys, out)
+        assert reason in err and "--allow-unverified-checkpoint" in err, err
+    for content, reason in (cases[0], cases[2]):
+        path.write_bytes(content)
+        assert search(out, "--epochs", "1", "--resume", "--allow-unverified-checkpoint") == 0
+        captured = capsys.readouterr()
+        assert f"--allow-unverified-checkpoint: checkpoint {str(path)!r} cannot be verified ({reason}" in captured.err
+        assert "resumed after epoch 1" in captured.out
+    assert "allow_unverified_checkpoint" not in json.loads((out / "settings.json").read_text())
+    fails(capsys, ["search", "darts", *TINY, "--out", str(tmp_path / "new"), "--allow-unverified-checkpoint"],
+          "--allow-unverified-checkpoint applies with --resume only")
+
+
+def test_resume_names_a_field_with_a_wrong_value(tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "1") == 0
+    path = out / "checkpoint.pt"
+    cases = [
+        (lambda s: s.update(epoch="1"), "epoch must be an integer from 0 to 1, got str '1'"),
+        (lambda s: s.update(epoch=7), "epoch must be an integer from 0 to 1, got int 7"),
+        (lambda s: s["arch_parameters"].__setitem__(0, s["arch_parameters"][0][:, :3]),
+         "arch_parameters[0] must be a tensor of shape [14, 8], got a tensor of shape [14, 3]"),
+        (lambda s: s["model"].pop("alphas_normal"), "model must hold the state dict of this network; "
+                                                    "'alphas_normal' is missing"),
+        (lambda s: s["history"].pop("alphas"), "history must be a dict of the lists 'epochs' and 'alphas'"),
+        (lambda s: s["weight_optimizer"]["param_groups"].append({"params": [0]}), "weight_optimizer must be"),
+        (lambda s: s["rng"].pop("numpy"), "rng must be the random number generator states"),
+        (lambda s: s.pop("epoch"), "lacks epoch"),
+    ]
+    os.replace(path, tmp_path / "good.pt")
+    for change, message in cases:
+        state = load_checkpoint(tmp_path / "good.pt")
+        change(state)
+        save_checkpoint(state, path)  # a valid checksum over the wrong values
+        err = refused(capsys, out)
+        assert f"checkpoint {str(path)!r}" in err and message in err, err
 
 
 @pytest.mark.parametrize("kind", ["normal", "reduce"])
