@@ -6,7 +6,9 @@ FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the com
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -111,6 +113,14 @@ TRAIN_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight
 
 class UsageError(Exception):
     """A bad command line or config file: reported in one line, exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what cluster schedulers send to stop a job), handled as Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
 
 
 SEARCH_DARTS, TRAIN_DARTS = ("search", "darts"), ("train", "darts")
@@ -441,7 +451,12 @@ def run_search(args):
         search.load_state_dict(resume_state)
         say(f"resumed after epoch {search.epoch}")
     start = time.perf_counter()
-    search.run()
+    try:
+        search.run()
+    except KeyboardInterrupt as interrupt:
+        if context.is_main:
+            interrupt.resume_note = resume_note(os.path.join(out, "checkpoint.pt"), config.epochs)
+        raise
     if context.is_main:
         written = space.finish(search.model, search, out)
         print(f"search took {time.perf_counter() - start:.0f} s; wrote {', '.join(written)}, log.jsonl, "
@@ -490,6 +505,17 @@ def read_resume_state(settings, given):
     # Settings added since the run was saved keep their defaults.
     settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
     return settings, resume_state
+
+
+def resume_note(path, epochs):
+    """What --resume would continue from after an interrupt: the epoch of the last checkpoint."""
+    from .search import CheckpointError, load_checkpoint
+
+    try:
+        epoch = load_checkpoint(path)["epoch"]
+    except (OSError, CheckpointError):
+        return " (no epoch was saved: nothing to resume; run it again without --resume)"
+    return f" (add --resume to continue after epoch {epoch}/{epochs}, the last one saved in {path})"
 
 
 def refused_checkpoint(error):
@@ -822,16 +848,22 @@ def main(argv=None):
     # Progress and epoch lines reach a log file (a cluster job's output) as they are printed.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    # SIGTERM stops a run as Ctrl-C does (same message, the checkpoint kept), with its own exit status.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if on_main_thread else None
     try:
         return args.run(args)
     except UsageError as error:
         parser.exit(2, f"fastdnas {args.command} {args.space}: error: {error}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # Checkpoints are written atomically after each epoch: the last one stays valid.
-        again = " (add --resume to continue it)" if args.command == "search" else ""
-        sys.stderr.write(f"\nfastdnas {args.command} {args.space}: interrupted{again}\n")
-        return 130
+        again = getattr(interrupt, "resume_note", " (add --resume to continue it)" if args.command == "search" else "")
+        stopped = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        sys.stderr.write(f"\nfastdnas {args.command} {args.space}: {stopped}{again}\n")
+        return 128 + int(signal.SIGTERM) if isinstance(interrupt, Terminated) else 130
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         distributed.shutdown()
 
 

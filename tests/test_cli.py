@@ -179,6 +179,55 @@ def test_ctrl_c_says_how_to_resume_and_leaves_a_valid_checkpoint(tmp_path, capsy
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
 
 
+class StopAfterLine:
+    """sys.stdout that stops the run (``stop()``) right after printing a line that starts with ``prefix``."""
+
+    def __init__(self, stream, prefix, stop):
+        self.stream, self.prefix, self.stop = stream, prefix, stop
+
+    def write(self, text):
+        self.stream.write(text)
+        if text.startswith(self.prefix):
+            self.stop()
+
+    def flush(self):
+        self.stream.flush()
+
+
+def test_ctrl_c_after_an_epoch_line_keeps_that_epoch(tmp_path, capsys, monkeypatch, no_plots):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.stdout", StopAfterLine(__import__("sys").stdout, "epoch 2/3", interrupt))
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "3") == 130
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2  # saved before its line was printed
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    err = capsys.readouterr().err
+    assert f"interrupted (add --resume to continue after epoch 2/3, the last one saved in {out / 'checkpoint.pt'})" in err
+
+
+def test_sigterm_stops_like_ctrl_c_and_restores_the_handler(tmp_path, capsys, monkeypatch, no_plots):
+    import signal
+
+    def previous(signum, frame):
+        raise AssertionError("the CLI's own handler must be in place during the run")
+
+    monkeypatch.setattr("sys.stdout", StopAfterLine(__import__("sys").stdout, "epoch 1/2",
+                                                    lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        out = tmp_path / "run"
+        assert search(out, "--epochs", "2") == 143
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "terminated (SIGTERM) (add --resume to continue after epoch 1/2" in err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
 def test_ctrl_c_in_training_exits_130(tmp_path, capsys, monkeypatch):
     import fastdnas.train
 
