@@ -4,6 +4,7 @@ Settings come, later ones winning, from: built-in defaults, the dataset's defaul
 FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the command line.
 """
 import argparse
+import difflib
 import json
 import os
 import signal
@@ -241,8 +242,18 @@ def default_text(name, command, space):
     return "default: " + ", ".join(f"{value} on {' and '.join(names)}" for value, names in values.items())
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Errors in one line (not the usage first), pointing to --help; no flag taken by a prefix of its name."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab) on fused "
                                      "C++/CUDA kernels.",
         epilog="fastdnas search darts --help (and so on) lists each command's settings with their defaults. "
@@ -273,6 +284,17 @@ def build_parser():
 
 def every_flag():
     return {flag for flag, *_ in FLAGS} | {"--dataset"}
+
+
+def own_flags(command, space):
+    """The flags of `fastdnas COMMAND SPACE`, --no-X forms included."""
+    flags = {"--dataset", "--help"}
+    for flag, options, _, where in FLAGS:
+        if (command, space) in where:
+            flags.add(flag)
+            if options.get("action") is argparse.BooleanOptionalAction:
+                flags.add("--no-" + flag[2:])
+    return flags
 
 
 def read_config_file(path, known):
@@ -839,12 +861,15 @@ def main(argv=None):
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
+        prog, lists = f"fastdnas {args.command} {args.space}", f"fastdnas {args.command} {args.space} --help lists its flags"
         foreign = [arg for arg in unknown if arg.split("=")[0] in every_flag()]
         if foreign:
-            parser.exit(2, f"fastdnas {args.command} {args.space}: error: {foreign[0].split('=')[0]} does not apply "
-                           f"to `{args.command} {args.space}` (fastdnas {args.command} {args.space} --help lists "
-                           "its flags)\n")
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            parser.exit(2, f"{prog}: error: {foreign[0].split('=')[0]} does not apply to `{args.command} "
+                           f"{args.space}` ({lists})\n")
+        names = [arg.split("=")[0] for arg in unknown if arg.startswith("-")]
+        close = difflib.get_close_matches(names[0], own_flags(args.command, args.space), n=1) if names else []
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} "
+                       f"({f'did you mean {close[0]}? ' if close else ''}{lists})\n")
     # Progress and epoch lines reach a log file (a cluster job's output) as they are printed.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)

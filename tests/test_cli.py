@@ -152,6 +152,23 @@ def test_flag_of_another_space_is_refused_by_name(capsys):
     fails(capsys, ["search", "darts", "--no-such-flag"], "unrecognized arguments: --no-such-flag")
 
 
+def test_flag_typos_are_named_with_a_suggestion_in_one_line(capsys):
+    for argv, message in (
+            (["search", "darts", "--epcohs", "3"], "unrecognized arguments: --epcohs 3 (did you mean --epochs?"),
+            (["search", "darts", "--epoch", "3"], "unrecognized arguments: --epoch 3 (did you mean --epochs?"),
+            (["search", "darts", "--no-unroled"], "did you mean --no-unrolled?"),
+            (["train", "darts", "--init-channel=4"], "did you mean --init-channels?"),
+            (["search", "darts", "--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'")):
+        fails(capsys, argv, message)
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "usage:" not in err, err
+    # No flag is taken by a prefix of its name, on any parser.
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["search", "darts", "--epoch", "3"])
+
+
 def test_ctrl_c_says_how_to_resume_and_leaves_a_valid_checkpoint(tmp_path, capsys, monkeypatch):
     import fastdnas.viz
 
