@@ -41,6 +41,9 @@ SEARCH_METHOD_DEFAULTS = {
     ("gdas", "cifar10"): {"epochs": 240},
     ("gdas", "cifar100"): {"epochs": 240},
 }
+# Fewer GDAS steps than this (the digits default: 12 x 11 = 132) leave each sampled candidate too
+# little training for the supernet to learn (README, "PC-DARTS and GDAS"): the start line says so.
+GDAS_FEW_STEPS = 1000
 SEARCH_DATASET_DEFAULTS = {
     "cifar10": {},  # SPEC section 2 as it stands
     "cifar100": {},
@@ -164,7 +167,7 @@ FLAGS = [
      "Adam betas of the architecture optimizer", SEARCHES),
     ("--arch-weight-decay", {"type": float}, "", SEARCHES),
     ("--unrolled", {"action": argparse.BooleanOptionalAction}, "second-order architecture step", SEARCHES),
-    ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates before epoch N", SEARCHES),
+    ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates in the first N epochs", SEARCHES),
     ("--backend", {"choices": ["fused", "fused_sum", "reference"]},
      "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager", SEARCHES),
     ("--method", {"choices": SEARCH_METHODS}, "the search method: darts, pc-darts (partial channels, edge normalisation) or "
@@ -220,8 +223,14 @@ def show_value(name, value, dataset):
     return str(value)
 
 
+def on_datasets(values):
+    """{value: [datasets]} -> '12 on digits, 50 on cifar10 and cifar100'."""
+    return ", ".join(f"{value} on {' and '.join(names)}" for value, names in values.items())
+
+
 def default_text(name, command, space):
-    """'default: 12 on digits, 2 on synthetic, 50 on cifar10 and cifar100', or '' where none applies."""
+    """'default: 12 on digits, 2 on synthetic, 50 on cifar10 and cifar100', or '' where none applies;
+    then the values of the search methods that have their own ('; --method gdas: 240 on cifar10 ...')."""
     defaults, dataset_defaults = SETTINGS[command, space]
     base = {**COMMON_DEFAULTS, **defaults}
     if name == "out":
@@ -237,9 +246,16 @@ def default_text(name, command, space):
     for dataset in datasets:
         value = show_value(name, dataset_defaults[dataset].get(name, base.get(name)), dataset)
         values.setdefault(value, []).append(dataset)
-    if len(values) == 1:
-        return f"default: {next(iter(values))}"
-    return "default: " + ", ".join(f"{value} on {' and '.join(names)}" for value, names in values.items())
+    text = f"default: {next(iter(values))}" if len(values) == 1 else f"default: {on_datasets(values)}"
+    for method in SEARCH_METHODS if (command, space) == SEARCH_DARTS else ():
+        values = {}
+        for dataset in datasets:
+            if name in SEARCH_METHOD_DEFAULTS.get((method, dataset), {}):
+                value = show_value(name, SEARCH_METHOD_DEFAULTS[method, dataset][name], dataset)
+                values.setdefault(value, []).append(dataset)
+        if values:
+            text += f"; --method {method}: {on_datasets(values)}"
+    return text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -460,11 +476,18 @@ def run_search(args):
             json.dump(persisted, f, indent=2)
     ranks = (f" x {context.world_size} ranks (batch {config.batch_size // context.world_size} per rank)"
              if context.enabled else "")
-    say(f"search {args.space} on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
+    say(f"search {args.space} ({describe_method(args.space, settings)}) on {data.summary()}; "
+        f"{sum(p.numel() for p in model.weight_parameters()):,} weights; "
         f"device {describe_device(device)}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
     options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
                     out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"], **options)
+    steps = search.steps_per_epoch() * config.epochs
+    if settings.get("method") == "gdas" and steps < GDAS_FEW_STEPS:
+        say(f"  (gdas: each of the {steps} steps trains one sampled operation per edge, so each candidate gets "
+            f"about 1/{len(model.primitives)} of them: too few for the supernet to learn, and its train and val "
+            "accuracy can stay near chance to the end, the val note after epoch 1 notwithstanding; the genotype is "
+            "then close to a random draw. More --epochs help: README, \"PC-DARTS and GDAS\")")
     if resume_state is not None:
         try:
             check_resume_state(resume_state, search, os.path.join(out, "checkpoint.pt"))
@@ -484,6 +507,21 @@ def run_search(args):
         print(f"search took {time.perf_counter() - start:.0f} s; wrote {', '.join(written)}, log.jsonl, "
               f"checkpoint.pt in {out}")
     return 0
+
+
+def describe_method(space, settings):
+    """'method pc-darts: K=4, C=16, 5 cells, 12 epochs, arch lr 0.006, architecture updates from epoch 5/12'."""
+    epochs, start = settings["epochs"], settings["arch_start_epoch"]
+    if space == "darts":
+        method = settings["method"]
+        own = {"darts": f"{'second' if settings['unrolled'] else 'first'} order",
+               "pc-darts": f"K={settings['partial_channels']}",
+               "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"}[method]
+        network = f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cells"
+    else:
+        network = f"L={settings['layers']}, B={settings['blocks']}, F={settings['filter_multiplier']}"
+    updates = f"from epoch {start + 1}/{epochs}" if start < epochs else f"none (--arch-start-epoch {start})"
+    return f"{network}, {epochs} epochs, arch lr {settings['arch_lr']}, architecture updates {updates}"
 
 
 def read_resume_state(settings, given):

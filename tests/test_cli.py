@@ -147,6 +147,29 @@ def test_help_shows_each_space_its_own_flags_datasets_and_defaults(capsys):
     assert all("--threads" in text for text in (darts, adl, train_darts, train_adl))
 
 
+def test_help_and_start_line_give_each_method_its_own_settings(tmp_path, capsys, monkeypatch, no_plots):
+    darts = help_text(capsys, "search", "darts")
+    for text in ("channels C of the first cells (default: 8 on digits, 16 on cifar10 and cifar100, 4 on synthetic; "
+                 "--method pc-darts: 16 on digits)",
+                 "(default: 0.003 on digits and synthetic, 0.0003 on cifar10 and cifar100; --method pc-darts: 0.006 on "
+                 "digits, 0.0006 on cifar10 and cifar100)",
+                 "no architecture updates in the first N epochs (default: 0; --method pc-darts: 4 on digits, 15 on "
+                 "cifar10 and cifar100)",
+                 "--epochs EPOCHS default: 12 on digits, 50 on cifar10 and cifar100, 2 on synthetic; --method gdas: 240 "
+                 "on cifar10 and cifar100"):
+        assert text in darts, text
+    monkeypatch.setattr(Search, "run", lambda self, until=None: self.history)  # the start lines only
+    assert search(tmp_path / "pc", "--method", "pc-darts", "--init-channels", "4", "--epochs", "2",
+                  "--arch-start-epoch", "1") == 0
+    assert ("search darts (method pc-darts: K=4, C=4, 2 cells, 2 epochs, arch lr 0.003, architecture updates from "
+            "epoch 2/2) on synthetic") in capsys.readouterr().out
+    assert search(tmp_path / "gdas", "--method", "gdas", "--epochs", "2") == 0
+    out = capsys.readouterr().out
+    assert "search darts (method gdas: tau 10.0 -> 0.1, C=2, 2 cells, 2 epochs, arch lr 0.003" in out
+    assert "(gdas: each of the 4 steps trains one sampled operation per edge" in out
+    assert "accuracy can stay near chance to the end" in out
+
+
 def test_flag_of_another_space_is_refused_by_name(capsys):
     fails(capsys, ["search", "darts", "--blocks", "3"], "--blocks does not apply to `search darts`")
     fails(capsys, ["search", "darts", "--no-such-flag"], "unrecognized arguments: --no-such-flag")
