@@ -558,13 +558,43 @@ def read_resume_state(settings, given):
         raise UsageError(str(error)) from error
     except CheckpointError as error:
         raise refused_checkpoint(error) from error
-    changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
+    changed = changed_settings(saved, given)
     if changed:
-        raise UsageError(f"--resume continues the saved run; these settings differ from it: "
-                         + ", ".join(f"{k} (saved {saved.get(k)!r}, given {given[k]!r})" for k in changed))
+        raise UsageError(f"--resume continues the saved run; these settings differ from it: {changed}")
     # Settings added since the run was saved keep their defaults.
     settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
     return settings, resume_state
+
+
+def changed_settings(saved, given):
+    """'layers (saved 2, given 3), ...': the given settings --resume may not change that differ from the saved run's."""
+    changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
+    return ", ".join(f"{k} (saved {saved.get(k)!r}, given {given[k]!r})" for k in changed)
+
+
+def same_run(argv):
+    """For scripts/search.sh: 0 when `fastdnas ARGV --resume` would continue the run saved in its
+    --out folder, 1 (saying why) when that run has other settings. 0 too when the command line or
+    the checkpoint is bad: the search itself then says what is wrong."""
+    import contextlib
+    import io
+    import warnings
+
+    from .search import CheckpointError, load_checkpoint
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = build_parser().parse_args(argv)
+        settings, given = resolve_settings(args, *SETTINGS[args.command, args.space])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved = load_checkpoint(os.path.join(settings["out"], "checkpoint.pt"), allow_unverified=True)["extra"]
+        changed = changed_settings(saved["settings"], given)
+    except (SystemExit, UsageError, OSError, CheckpointError, TypeError, KeyError):
+        return 0
+    if changed:
+        print(f"{settings['out']} holds a search with other settings: {changed}")
+    return 1 if changed else 0
 
 
 def resume_note(path, epochs):

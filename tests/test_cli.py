@@ -2,6 +2,9 @@
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -121,6 +124,47 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--out", str(out)], "add --resume")
     fails(capsys, ["search", "darts", "--dataset", "synthetic", "--layers", "3", "--out", str(out), "--resume"],
           "layers (saved 2, given 3)")
+
+
+def test_search_sh_resumes_its_own_run_and_gives_other_settings_a_new_folder(tmp_path):
+    # scripts/search.sh in a copy of the repository whose setup does nothing and whose `fastdnas`
+    # records its command lines; .venv/bin/python is this Python, importing this fastdnas.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(os.path.join(repo, "scripts", "search.sh"), root / "scripts")
+    (root / "scripts" / "setup.sh").write_text("")
+    venv = root / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f'#!/bin/sh\nPYTHONPATH="{repo}" exec "{sys.executable}" "$@"\n')
+    (venv / "fastdnas").write_text('#!/bin/sh\necho "$@" >> calls.txt\n')
+    for name in ("python", "fastdnas"):
+        (venv / name).chmod(0o755)
+
+    def saved_search(out, *flags):  # what `fastdnas search` leaves in OUT
+        args = cli.build_parser().parse_args(["search", "darts", "--dataset", "digits", "--out", out, *flags])
+        settings, _ = cli.resolve_settings(args, cli.SEARCH_DEFAULTS, cli.SEARCH_DATASET_DEFAULTS)
+        save_checkpoint({**dict.fromkeys(CHECKPOINT_KEYS), "extra": {"settings": settings}},
+                        root / out / "checkpoint.pt")
+
+    def search_sh(*args):
+        result = subprocess.run(["bash", "scripts/search.sh", *args], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        calls = (root / "calls.txt").read_text().splitlines()
+        (root / "calls.txt").unlink()
+        return result.stdout, calls
+
+    saved_search("runs/digits")  # a default run
+    readme_example = ("--search", "--epochs", "4", "--train", "--epochs", "10")
+    stdout, calls = search_sh(*readme_example)
+    assert "runs/digits holds a search with other settings: epochs (saved 12, given 4)" in stdout
+    assert "a new search in runs/digits-2" in stdout
+    assert calls == ["search darts --dataset digits --out runs/digits-2 --epochs 4",
+                     "train darts --dataset digits --genotype runs/digits-2/genotype.json --out runs/digits-2/retrain "
+                     "--epochs 10"]
+    saved_search("runs/digits-2", "--epochs", "4")  # ... interrupted: the same command continues it
+    assert search_sh(*readme_example)[1][0] == "search darts --dataset digits --out runs/digits-2 --resume --epochs 4"
+    assert search_sh()[1][0] == "search darts --dataset digits --out runs/digits --resume"
 
 
 def help_text(capsys, *argv):
