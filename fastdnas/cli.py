@@ -652,9 +652,10 @@ def check_resume_state(state, search, path):
     model = search.model.state_dict()
     saved_model = state["model"]
     check(isinstance(saved_model, dict), "model", "a state dict", saved_model)
-    for name in sorted(set(saved_model) ^ set(model)):
+    different = sorted(set(saved_model) ^ set(model))
+    if different:
         raise CheckpointError(f"checkpoint {path!r}: model must hold the state dict of this network; "
-                              f"{name!r} is {'missing' if name in model else 'not part of it'}")
+                              f"{different[0]!r} is {'missing' if different[0] in model else 'not part of it'}")
     for name, want in model.items():
         check(isinstance(saved_model[name], torch.Tensor) and saved_model[name].shape == want.shape,
               f"model[{name!r}]", f"a tensor of shape {list(want.shape)}", saved_model[name])
