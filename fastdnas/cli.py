@@ -4,9 +4,12 @@ Settings come, later ones winning, from: built-in defaults, the dataset's defaul
 FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the command line.
 """
 import argparse
+import difflib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +41,9 @@ SEARCH_METHOD_DEFAULTS = {
     ("gdas", "cifar10"): {"epochs": 240},
     ("gdas", "cifar100"): {"epochs": 240},
 }
+# Fewer GDAS steps than this (the digits default: 12 x 11 = 132) leave each sampled candidate too
+# little training for the supernet to learn (README, "PC-DARTS and GDAS"): the start line says so.
+GDAS_FEW_STEPS = 1000
 SEARCH_DATASET_DEFAULTS = {
     "cifar10": {},  # SPEC section 2 as it stands
     "cifar100": {},
@@ -98,7 +104,10 @@ SETTINGS = {
 FILE_SETTINGS = {"darts": "genotype", "autodeeplab": "arch"}
 # What --resume may change; every other setting must match the interrupted run. How the run is
 # executed may change (the checkpoint does not depend on the precision or the number of ranks).
-RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn", "cuda_graphs"}
+RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn", "cuda_graphs",
+                     "allow_unverified_checkpoint"}
+# Flags about this invocation only: not settings of the run (kept out of settings.json and the checkpoint).
+INVOCATION_ONLY = ("resume", "config", "allow_unverified_checkpoint")
 SEARCH_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
                       "arch_betas", "arch_weight_decay", "unrolled", "arch_start_epoch", "seed", "log_interval",
                       "amp", "sync_bn")
@@ -108,6 +117,14 @@ TRAIN_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight
 
 class UsageError(Exception):
     """A bad command line or config file: reported in one line, exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what cluster schedulers send to stop a job), handled as Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
 
 
 SEARCH_DARTS, TRAIN_DARTS = ("search", "darts"), ("train", "darts")
@@ -150,7 +167,7 @@ FLAGS = [
      "Adam betas of the architecture optimizer", SEARCHES),
     ("--arch-weight-decay", {"type": float}, "", SEARCHES),
     ("--unrolled", {"action": argparse.BooleanOptionalAction}, "second-order architecture step", SEARCHES),
-    ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates before epoch N", SEARCHES),
+    ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates in the first N epochs", SEARCHES),
     ("--backend", {"choices": ["fused", "fused_sum", "reference"]},
      "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager", SEARCHES),
     ("--method", {"choices": SEARCH_METHODS}, "the search method: darts, pc-darts (partial channels, edge normalisation) or "
@@ -160,6 +177,9 @@ FLAGS = [
     ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS,)),
     ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS,)),
     ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
+    ("--allow-unverified-checkpoint", {"action": "store_true"},
+     "with --resume: load a checkpoint whose checksum is missing or damaged (an older fastdnas, or a file cut "
+     "at its end), saying why; without it such a checkpoint is refused", SEARCHES),
     ("--sync-bn", {"action": argparse.BooleanOptionalAction},
      "under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)", SEARCHES),
     ("--cuda-graphs", {"action": argparse.BooleanOptionalAction},
@@ -203,8 +223,14 @@ def show_value(name, value, dataset):
     return str(value)
 
 
+def on_datasets(values):
+    """{value: [datasets]} -> '12 on digits, 50 on cifar10 and cifar100'."""
+    return ", ".join(f"{value} on {' and '.join(names)}" for value, names in values.items())
+
+
 def default_text(name, command, space):
-    """'default: 12 on digits, 2 on synthetic, 50 on cifar10 and cifar100', or '' where none applies."""
+    """'default: 12 on digits, 2 on synthetic, 50 on cifar10 and cifar100', or '' where none applies;
+    then the values of the search methods that have their own ('; --method gdas: 240 on cifar10 ...')."""
     defaults, dataset_defaults = SETTINGS[command, space]
     base = {**COMMON_DEFAULTS, **defaults}
     if name == "out":
@@ -220,13 +246,30 @@ def default_text(name, command, space):
     for dataset in datasets:
         value = show_value(name, dataset_defaults[dataset].get(name, base.get(name)), dataset)
         values.setdefault(value, []).append(dataset)
-    if len(values) == 1:
-        return f"default: {next(iter(values))}"
-    return "default: " + ", ".join(f"{value} on {' and '.join(names)}" for value, names in values.items())
+    text = f"default: {next(iter(values))}" if len(values) == 1 else f"default: {on_datasets(values)}"
+    for method in SEARCH_METHODS if (command, space) == SEARCH_DARTS else ():
+        values = {}
+        for dataset in datasets:
+            if name in SEARCH_METHOD_DEFAULTS.get((method, dataset), {}):
+                value = show_value(name, SEARCH_METHOD_DEFAULTS[method, dataset][name], dataset)
+                values.setdefault(value, []).append(dataset)
+        if values:
+            text += f"; --method {method}: {on_datasets(values)}"
+    return text
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors in one line (not the usage first), pointing to --help; no flag taken by a prefix of its name."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab) on fused "
                                      "C++/CUDA kernels.",
         epilog="fastdnas search darts --help (and so on) lists each command's settings with their defaults. "
@@ -259,6 +302,17 @@ def every_flag():
     return {flag for flag, *_ in FLAGS} | {"--dataset"}
 
 
+def own_flags(command, space):
+    """The flags of `fastdnas COMMAND SPACE`, --no-X forms included."""
+    flags = {"--dataset", "--help"}
+    for flag, options, _, where in FLAGS:
+        if (command, space) in where:
+            flags.add(flag)
+            if options.get("action") is argparse.BooleanOptionalAction:
+                flags.add("--no-" + flag[2:])
+    return flags
+
+
 def read_config_file(path, known):
     try:
         with open(path) as f:
@@ -283,12 +337,12 @@ def resolve_settings(args, defaults, dataset_defaults):
     if args.command == "train":
         known.add(FILE_SETTINGS[args.space])
     if args.command == "search":
-        known.add("resume")
+        known.update(("resume", "allow_unverified_checkpoint"))
     foreign = sorted(set(given) - known - {"config"})
     if foreign:
         raise UsageError(", ".join("--" + k.replace("_", "-") for k in foreign)
                          + f" does not apply to `{args.command} {args.space}`")
-    from_file = read_config_file(given["config"], known - {"resume"}) if "config" in given else {}
+    from_file = read_config_file(given["config"], known - set(INVOCATION_ONLY)) if "config" in given else {}
     dataset = given.get("dataset", from_file.get("dataset", defaults.get("dataset", COMMON_DEFAULTS["dataset"])))
     if dataset not in dataset_defaults:
         raise UsageError(f"dataset {dataset!r} does not suit `{args.command} {args.space}`; "
@@ -383,7 +437,7 @@ def run_search(args):
     """
     import torch
 
-    from .search import Search, SearchConfig
+    from .search import CheckpointError, Search, SearchConfig
     from .search import distributed
 
     defaults, dataset_defaults = SETTINGS["search", args.space]
@@ -415,23 +469,39 @@ def run_search(args):
     space = SEARCH_SPACES[args.space](settings, data)
     model = space.model
     out = settings["out"]
-    persisted = {k: v for k, v in settings.items() if k not in ("resume", "config")}
+    persisted = {k: v for k, v in settings.items() if k not in INVOCATION_ONLY}
     if context.is_main:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "settings.json"), "w") as f:
             json.dump(persisted, f, indent=2)
     ranks = (f" x {context.world_size} ranks (batch {config.batch_size // context.world_size} per rank)"
              if context.enabled else "")
-    say(f"search {args.space} on {data.summary()}; {sum(p.numel() for p in model.weight_parameters()):,} weights; "
+    say(f"search {args.space} ({describe_method(args.space, settings)}) on {data.summary()}; "
+        f"{sum(p.numel() for p in model.weight_parameters()):,} weights; "
         f"device {describe_device(device)}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
     options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
                     out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"], **options)
+    steps = search.steps_per_epoch() * config.epochs
+    if settings.get("method") == "gdas" and steps < GDAS_FEW_STEPS:
+        say(f"  (gdas: each of the {steps} steps trains one sampled operation per edge, so each candidate gets "
+            f"about 1/{len(model.primitives)} of them: too few for the supernet to learn, and its train and val "
+            "accuracy can stay near chance to the end, the val note after epoch 1 notwithstanding; the genotype is "
+            "then close to a random draw. More --epochs help: README, \"PC-DARTS and GDAS\")")
     if resume_state is not None:
+        try:
+            check_resume_state(resume_state, search, os.path.join(out, "checkpoint.pt"))
+        except CheckpointError as error:
+            raise refused_checkpoint(error) from error
         search.load_state_dict(resume_state)
         say(f"resumed after epoch {search.epoch}")
     start = time.perf_counter()
-    search.run()
+    try:
+        search.run()
+    except KeyboardInterrupt as interrupt:
+        if context.is_main:
+            interrupt.resume_note = resume_note(os.path.join(out, "checkpoint.pt"), config.epochs)
+        raise
     if context.is_main:
         written = space.finish(search.model, search, out)
         print(f"search took {time.perf_counter() - start:.0f} s; wrote {', '.join(written)}, log.jsonl, "
@@ -439,36 +509,188 @@ def run_search(args):
     return 0
 
 
+def describe_method(space, settings):
+    """'method pc-darts: K=4, C=16, 5 cells, 12 epochs, arch lr 0.006, architecture updates from epoch 5/12'."""
+    epochs, start = settings["epochs"], settings["arch_start_epoch"]
+    if space == "darts":
+        method = settings["method"]
+        own = {"darts": f"{'second' if settings['unrolled'] else 'first'} order",
+               "pc-darts": f"K={settings['partial_channels']}",
+               "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"}[method]
+        network = f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cells"
+    else:
+        network = f"L={settings['layers']}, B={settings['blocks']}, F={settings['filter_multiplier']}"
+    updates = f"from epoch {start + 1}/{epochs}" if start < epochs else f"none (--arch-start-epoch {start})"
+    return f"{network}, {epochs} epochs, arch lr {settings['arch_lr']}, architecture updates {updates}"
+
+
 def read_resume_state(settings, given):
     """(settings, checkpoint state or None): with --resume the saved run's settings and state,
     else a check that no run would be overwritten."""
+    import warnings
+
     from .search import CheckpointError, load_checkpoint
-    from .search.checkpoint import remove_stale_temporaries
+    from .search.checkpoint import UnverifiedCheckpointWarning, remove_stale_temporaries
     from .search.loop import CHECKPOINT_KEYS
 
     checkpoint_path = os.path.join(settings["out"], "checkpoint.pt")
     if not settings.get("resume"):
         if os.path.exists(checkpoint_path):
             raise UsageError(f"{checkpoint_path} exists: add --resume to continue that run, or choose another --out")
+        if settings.get("allow_unverified_checkpoint"):
+            raise UsageError("--allow-unverified-checkpoint applies with --resume only")
         return settings, None
     remove_stale_temporaries(settings["out"])
     try:
-        resume_state = load_checkpoint(checkpoint_path, keys=CHECKPOINT_KEYS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnverifiedCheckpointWarning)
+            resume_state = load_checkpoint(checkpoint_path, keys=CHECKPOINT_KEYS,
+                                           allow_unverified=bool(settings.get("allow_unverified_checkpoint")))
+        for warning in caught:
+            if issubclass(warning.category, UnverifiedCheckpointWarning):
+                print(f"--allow-unverified-checkpoint: {warning.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         saved = resume_state["extra"].get("settings") if isinstance(resume_state["extra"], dict) else None
         if not isinstance(saved, dict):
             raise CheckpointError(f"checkpoint {checkpoint_path!r} holds no settings of a `fastdnas search` run")
     except FileNotFoundError as error:
         raise UsageError(str(error)) from error
     except CheckpointError as error:
-        raise UsageError(f"{error}. --resume cannot continue from it: restore the file from a copy, or remove it "
-                         "(or choose another --out) and run without --resume to start over") from error
-    changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
+        raise refused_checkpoint(error) from error
+    changed = changed_settings(saved, given)
     if changed:
-        raise UsageError(f"--resume continues the saved run; these settings differ from it: "
-                         + ", ".join(f"{k} (saved {saved.get(k)!r}, given {given[k]!r})" for k in changed))
+        raise UsageError(f"--resume continues the saved run; these settings differ from it: {changed}")
     # Settings added since the run was saved keep their defaults.
     settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
     return settings, resume_state
+
+
+def changed_settings(saved, given):
+    """'layers (saved 2, given 3), ...': the given settings --resume may not change that differ from the saved run's."""
+    changed = sorted(k for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v)
+    return ", ".join(f"{k} (saved {saved.get(k)!r}, given {given[k]!r})" for k in changed)
+
+
+def same_run(argv):
+    """For scripts/search.sh: 0 when `fastdnas ARGV --resume` would continue the run saved in its
+    --out folder, 1 (saying why) when that run has other settings. 0 too when the command line or
+    the checkpoint is bad: the search itself then says what is wrong."""
+    import contextlib
+    import io
+    import warnings
+
+    from .search import CheckpointError, load_checkpoint
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = build_parser().parse_args(argv)
+        settings, given = resolve_settings(args, *SETTINGS[args.command, args.space])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved = load_checkpoint(os.path.join(settings["out"], "checkpoint.pt"), allow_unverified=True)["extra"]
+        changed = changed_settings(saved["settings"], given)
+    except (SystemExit, UsageError, OSError, CheckpointError, TypeError, KeyError):
+        return 0
+    if changed:
+        print(f"{settings['out']} holds a search with other settings: {changed}")
+    return 1 if changed else 0
+
+
+def resume_note(path, epochs):
+    """What --resume would continue from after an interrupt: the epoch of the last checkpoint."""
+    from .search import CheckpointError, load_checkpoint
+
+    try:
+        epoch = load_checkpoint(path)["epoch"]
+    except (OSError, CheckpointError):
+        return " (no epoch was saved: nothing to resume; run it again without --resume)"
+    return f" (add --resume to continue after epoch {epoch}/{epochs}, the last one saved in {path})"
+
+
+def refused_checkpoint(error):
+    """The UsageError for a checkpoint --resume cannot use: the reason, then what to do."""
+    from .search import UnverifiedCheckpointError
+
+    anyway = (", or add --allow-unverified-checkpoint to load it unverified"
+              if isinstance(error, UnverifiedCheckpointError) else "")
+    return UsageError(f"{error}. --resume cannot continue from it: restore the file from a copy, or remove it "
+                      f"(or choose another --out) and run without --resume to start over{anyway}")
+
+
+def shape_of(value):
+    """'a tensor of shape [2, 3]', 'a list of 4 entries', "str '3'": what a checkpoint holds, in brief."""
+    if hasattr(value, "shape"):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} entries"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def check_resume_state(state, search, path):
+    """Every field ``Search.load_state_dict`` reads, checked against this run before it is loaded:
+    CheckpointError naming the first wrong one (a checkpoint with a valid checksum can still hold
+    values no run of these settings wrote)."""
+    import torch
+
+    from .search import CheckpointError
+    from .search.checkpoint import set_rng_state
+
+    def check(ok, field, expected, value):
+        if not ok:
+            raise CheckpointError(f"checkpoint {path!r}: {field} must be {expected}, got {shape_of(value)}")
+
+    def check_tensors(field, values, wanted):
+        check(isinstance(values, (list, tuple)) and len(values) == len(wanted), field,
+              f"a list of {len(wanted)} tensors", values)
+        for i, (value, want) in enumerate(zip(values, wanted)):
+            check(isinstance(value, torch.Tensor) and value.shape == want.shape, f"{field}[{i}]",
+                  f"a tensor of shape {list(want.shape)}", value)
+
+    epoch, epochs = state["epoch"], search.config.epochs
+    check(type(epoch) is int and 0 <= epoch <= epochs, "epoch", f"an integer from 0 to {epochs}", epoch)
+    model = search.model.state_dict()
+    saved_model = state["model"]
+    check(isinstance(saved_model, dict), "model", "a state dict", saved_model)
+    different = sorted(set(saved_model) ^ set(model))
+    if different:
+        raise CheckpointError(f"checkpoint {path!r}: model must hold the state dict of this network; "
+                              f"{different[0]!r} is {'missing' if different[0] in model else 'not part of it'}")
+    for name, want in model.items():
+        check(isinstance(saved_model[name], torch.Tensor) and saved_model[name].shape == want.shape,
+              f"model[{name!r}]", f"a tensor of shape {list(want.shape)}", saved_model[name])
+    check_tensors("arch_parameters", state["arch_parameters"], list(search.model.arch_parameters()))
+    for field, optimizer in (("weight_optimizer", search.weight_optimizer), ("arch_optimizer", search.architect.optimizer)):
+        saved = state[field]
+        groups = [group["params"] for group in optimizer.param_groups]
+        saved_groups = saved.get("param_groups") if isinstance(saved, dict) else None
+        check(isinstance(saved_groups, list) and isinstance(saved.get("state"), dict)
+              and [len(g.get("params", ())) if isinstance(g, dict) else None for g in saved_groups]
+              == [len(g) for g in groups], field,
+              f"an optimizer state of groups of {[len(g) for g in groups]} parameters", saved)
+        params = [p for group in groups for p in group]
+        for index, values in saved["state"].items():
+            check(type(index) is int and 0 <= index < len(params) and isinstance(values, dict),
+                  f"{field} state", f"per-parameter dicts for parameters 0 to {len(params) - 1}", index)
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    check(value.shape == params[index].shape, f"{field} state[{index}][{key!r}]",
+                          f"a tensor of shape {list(params[index].shape)}", value)
+    check(isinstance(state.get("grad_scaler", {}), dict), "grad_scaler", "a dict", state.get("grad_scaler"))
+    history = state["history"]
+    check(isinstance(history, dict) and isinstance(history.get("epochs"), list)
+          and isinstance(history.get("alphas"), list), "history", "a dict of the lists 'epochs' and 'alphas'",
+          history)
+    for key in ("epochs", "alphas"):
+        check(len(history[key]) == epoch, f"history[{key!r}]", f"a list of {epoch} entries (one per epoch)",
+              history[key])
+    for i, alphas in enumerate(history["alphas"]):
+        check_tensors(f"history['alphas'][{i}]", alphas, list(search.model.arch_parameters()))
+    try:
+        set_rng_state(state["rng"])  # load_state_dict sets it again
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path!r}: rng must be the random number generator states a "
+                              f"search saves ({type(error).__name__}: {str(error).splitlines()[0][:100]})") from error
 
 
 def start_distributed(settings):
@@ -708,25 +930,34 @@ def main(argv=None):
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
+        prog, lists = f"fastdnas {args.command} {args.space}", f"fastdnas {args.command} {args.space} --help lists its flags"
         foreign = [arg for arg in unknown if arg.split("=")[0] in every_flag()]
         if foreign:
-            parser.exit(2, f"fastdnas {args.command} {args.space}: error: {foreign[0].split('=')[0]} does not apply "
-                           f"to `{args.command} {args.space}` (fastdnas {args.command} {args.space} --help lists "
-                           "its flags)\n")
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            parser.exit(2, f"{prog}: error: {foreign[0].split('=')[0]} does not apply to `{args.command} "
+                           f"{args.space}` ({lists})\n")
+        names = [arg.split("=")[0] for arg in unknown if arg.startswith("-")]
+        close = difflib.get_close_matches(names[0], own_flags(args.command, args.space), n=1) if names else []
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)} "
+                       f"({f'did you mean {close[0]}? ' if close else ''}{lists})\n")
     # Progress and epoch lines reach a log file (a cluster job's output) as they are printed.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    # SIGTERM stops a run as Ctrl-C does (same message, the checkpoint kept), with its own exit status.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if on_main_thread else None
     try:
         return args.run(args)
     except UsageError as error:
         parser.exit(2, f"fastdnas {args.command} {args.space}: error: {error}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         # Checkpoints are written atomically after each epoch: the last one stays valid.
-        again = " (add --resume to continue it)" if args.command == "search" else ""
-        sys.stderr.write(f"\nfastdnas {args.command} {args.space}: interrupted{again}\n")
-        return 130
+        again = getattr(interrupt, "resume_note", " (add --resume to continue it)" if args.command == "search" else "")
+        stopped = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        sys.stderr.write(f"\nfastdnas {args.command} {args.space}: {stopped}{again}\n")
+        return 128 + int(signal.SIGTERM) if isinstance(interrupt, Terminated) else 130
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         distributed.shutdown()
 
 

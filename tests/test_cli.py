@@ -1,6 +1,11 @@
 """The command line end to end on a tiny synthetic search and retraining."""
+import io
 import json
 import os
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 import torch
@@ -121,6 +126,47 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
           "layers (saved 2, given 3)")
 
 
+def test_search_sh_resumes_its_own_run_and_gives_other_settings_a_new_folder(tmp_path):
+    # scripts/search.sh in a copy of the repository whose setup does nothing and whose `fastdnas`
+    # records its command lines; .venv/bin/python is this Python, importing this fastdnas.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(os.path.join(repo, "scripts", "search.sh"), root / "scripts")
+    (root / "scripts" / "setup.sh").write_text("")
+    venv = root / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f'#!/bin/sh\nPYTHONPATH="{repo}" exec "{sys.executable}" "$@"\n')
+    (venv / "fastdnas").write_text('#!/bin/sh\necho "$@" >> calls.txt\n')
+    for name in ("python", "fastdnas"):
+        (venv / name).chmod(0o755)
+
+    def saved_search(out, *flags):  # what `fastdnas search` leaves in OUT
+        args = cli.build_parser().parse_args(["search", "darts", "--dataset", "digits", "--out", out, *flags])
+        settings, _ = cli.resolve_settings(args, cli.SEARCH_DEFAULTS, cli.SEARCH_DATASET_DEFAULTS)
+        save_checkpoint({**dict.fromkeys(CHECKPOINT_KEYS), "extra": {"settings": settings}},
+                        root / out / "checkpoint.pt")
+
+    def search_sh(*args):
+        result = subprocess.run(["bash", "scripts/search.sh", *args], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        calls = (root / "calls.txt").read_text().splitlines()
+        (root / "calls.txt").unlink()
+        return result.stdout, calls
+
+    saved_search("runs/digits")  # a default run
+    readme_example = ("--search", "--epochs", "4", "--train", "--epochs", "10")
+    stdout, calls = search_sh(*readme_example)
+    assert "runs/digits holds a search with other settings: epochs (saved 12, given 4)" in stdout
+    assert "a new search in runs/digits-2" in stdout
+    assert calls == ["search darts --dataset digits --out runs/digits-2 --epochs 4",
+                     "train darts --dataset digits --genotype runs/digits-2/genotype.json --out runs/digits-2/retrain "
+                     "--epochs 10"]
+    saved_search("runs/digits-2", "--epochs", "4")  # ... interrupted: the same command continues it
+    assert search_sh(*readme_example)[1][0] == "search darts --dataset digits --out runs/digits-2 --resume --epochs 4"
+    assert search_sh()[1][0] == "search darts --dataset digits --out runs/digits --resume"
+
+
 def help_text(capsys, *argv):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*argv, "--help"])
@@ -145,9 +191,49 @@ def test_help_shows_each_space_its_own_flags_datasets_and_defaults(capsys):
     assert all("--threads" in text for text in (darts, adl, train_darts, train_adl))
 
 
+def test_help_and_start_line_give_each_method_its_own_settings(tmp_path, capsys, monkeypatch, no_plots):
+    darts = help_text(capsys, "search", "darts")
+    for text in ("channels C of the first cells (default: 8 on digits, 16 on cifar10 and cifar100, 4 on synthetic; "
+                 "--method pc-darts: 16 on digits)",
+                 "(default: 0.003 on digits and synthetic, 0.0003 on cifar10 and cifar100; --method pc-darts: 0.006 on "
+                 "digits, 0.0006 on cifar10 and cifar100)",
+                 "no architecture updates in the first N epochs (default: 0; --method pc-darts: 4 on digits, 15 on "
+                 "cifar10 and cifar100)",
+                 "--epochs EPOCHS default: 12 on digits, 50 on cifar10 and cifar100, 2 on synthetic; --method gdas: 240 "
+                 "on cifar10 and cifar100"):
+        assert text in darts, text
+    monkeypatch.setattr(Search, "run", lambda self, until=None: self.history)  # the start lines only
+    assert search(tmp_path / "pc", "--method", "pc-darts", "--init-channels", "4", "--epochs", "2",
+                  "--arch-start-epoch", "1") == 0
+    assert ("search darts (method pc-darts: K=4, C=4, 2 cells, 2 epochs, arch lr 0.003, architecture updates from "
+            "epoch 2/2) on synthetic") in capsys.readouterr().out
+    assert search(tmp_path / "gdas", "--method", "gdas", "--epochs", "2") == 0
+    out = capsys.readouterr().out
+    assert "search darts (method gdas: tau 10.0 -> 0.1, C=2, 2 cells, 2 epochs, arch lr 0.003" in out
+    assert "(gdas: each of the 4 steps trains one sampled operation per edge" in out
+    assert "accuracy can stay near chance to the end" in out
+
+
 def test_flag_of_another_space_is_refused_by_name(capsys):
     fails(capsys, ["search", "darts", "--blocks", "3"], "--blocks does not apply to `search darts`")
     fails(capsys, ["search", "darts", "--no-such-flag"], "unrecognized arguments: --no-such-flag")
+
+
+def test_flag_typos_are_named_with_a_suggestion_in_one_line(capsys):
+    for argv, message in (
+            (["search", "darts", "--epcohs", "3"], "unrecognized arguments: --epcohs 3 (did you mean --epochs?"),
+            (["search", "darts", "--epoch", "3"], "unrecognized arguments: --epoch 3 (did you mean --epochs?"),
+            (["search", "darts", "--no-unroled"], "did you mean --no-unrolled?"),
+            (["train", "darts", "--init-channel=4"], "did you mean --init-channels?"),
+            (["search", "darts", "--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'")):
+        fails(capsys, argv, message)
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "usage:" not in err, err
+    # No flag is taken by a prefix of its name, on any parser.
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["search", "darts", "--epoch", "3"])
 
 
 def test_ctrl_c_says_how_to_resume_and_leaves_a_valid_checkpoint(tmp_path, capsys, monkeypatch):
@@ -175,6 +261,55 @@ def test_ctrl_c_says_how_to_resume_and_leaves_a_valid_checkpoint(tmp_path, capsy
     monkeypatch.setattr(os, "replace", original_replace)
     assert search(out, "--epochs", "3", "--resume") == 0
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
+
+
+class StopAfterLine:
+    """sys.stdout that stops the run (``stop()``) right after printing a line that starts with ``prefix``."""
+
+    def __init__(self, stream, prefix, stop):
+        self.stream, self.prefix, self.stop = stream, prefix, stop
+
+    def write(self, text):
+        self.stream.write(text)
+        if text.startswith(self.prefix):
+            self.stop()
+
+    def flush(self):
+        self.stream.flush()
+
+
+def test_ctrl_c_after_an_epoch_line_keeps_that_epoch(tmp_path, capsys, monkeypatch, no_plots):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.stdout", StopAfterLine(__import__("sys").stdout, "epoch 2/3", interrupt))
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "3") == 130
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2  # saved before its line was printed
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    err = capsys.readouterr().err
+    assert f"interrupted (add --resume to continue after epoch 2/3, the last one saved in {out / 'checkpoint.pt'})" in err
+
+
+def test_sigterm_stops_like_ctrl_c_and_restores_the_handler(tmp_path, capsys, monkeypatch, no_plots):
+    import signal
+
+    def previous(signum, frame):
+        raise AssertionError("the CLI's own handler must be in place during the run")
+
+    monkeypatch.setattr("sys.stdout", StopAfterLine(__import__("sys").stdout, "epoch 1/2",
+                                                    lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        out = tmp_path / "run"
+        assert search(out, "--epochs", "2") == 143
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "terminated (SIGTERM) (add --resume to continue after epoch 1/2" in err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
 
 
 def test_ctrl_c_in_training_exits_130(tmp_path, capsys, monkeypatch):
@@ -281,6 +416,82 @@ def test_resume_from_a_damaged_checkpoint_fails_in_one_line(tmp_path, capsys):
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert str(path) in err and reason in err and "run without --resume to start over" in err, err
     assert not (out / ".checkpoint-killed.tmp").exists()
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Searches without their pictures (tested above; they take seconds)."""
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history"):
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+
+
+def refused(capsys, out, *flags):
+    """The one-line error of `search --resume` in ``out`` (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        search(out, "--epochs", "1", "--resume", *flags)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "--resume cannot continue" in err, err
+    return err
+
+
+def test_resume_refuses_an_unverified_checkpoint_unless_asked(tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "1") == 0
+    path = out / "checkpoint.pt"
+    data = path.read_bytes()
+    # 64 bytes flipped in the middle of the largest tensor (stored uncompressed after its 30-byte local
+    # header, its name and its extra field), then the last byte cut: a weight changed, the checksum lost.
+    tensors = [info for info in zipfile.ZipFile(io.BytesIO(data)).infolist() if "/data/" in info.filename]
+    largest = max(tensors, key=lambda info: info.file_size)
+    offset = largest.header_offset
+    name_size, extra_size = (int.from_bytes(data[offset + i:offset + i + 2], "little") for i in (26, 28))
+    middle = offset + 30 + name_size + extra_size + largest.file_size // 2 - 32
+    flipped = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:]
+    no_checksum = tmp_path / "no-checksum.pt"
+    torch.save(load_checkpoint(path), no_checksum)  # as an older fastdnas wrote it
+    cut = "its checksum at the end of the file is damaged"
+    cases = ((data[:-1], cut), (flipped[:-1], cut), (no_checksum.read_bytes(), "it has no checksum"))
+    for content, reason in cases:
+        path.write_bytes(content)
+        err = refused(capsys, out)
+        assert reason in err and "--allow-unverified-checkpoint" in err, err
+    for content, reason in (cases[0], cases[2]):
+        path.write_bytes(content)
+        assert search(out, "--epochs", "1", "--resume", "--allow-unverified-checkpoint") == 0
+        captured = capsys.readouterr()
+        assert f"--allow-unverified-checkpoint: checkpoint {str(path)!r} cannot be verified ({reason}" in captured.err
+        assert "resumed after epoch 1" in captured.out
+    assert "allow_unverified_checkpoint" not in json.loads((out / "settings.json").read_text())
+    fails(capsys, ["search", "darts", *TINY, "--out", str(tmp_path / "new"), "--allow-unverified-checkpoint"],
+          "--allow-unverified-checkpoint applies with --resume only")
+
+
+def test_resume_names_a_field_with_a_wrong_value(tmp_path, capsys, no_plots):
+    out = tmp_path / "run"
+    assert search(out, "--epochs", "1") == 0
+    path = out / "checkpoint.pt"
+    cases = [
+        (lambda s: s.update(epoch="1"), "epoch must be an integer from 0 to 1, got str '1'"),
+        (lambda s: s.update(epoch=7), "epoch must be an integer from 0 to 1, got int 7"),
+        (lambda s: s["arch_parameters"].__setitem__(0, s["arch_parameters"][0][:, :3]),
+         "arch_parameters[0] must be a tensor of shape [14, 8], got a tensor of shape [14, 3]"),
+        (lambda s: s["model"].pop("alphas_normal"), "model must hold the state dict of this network; "
+                                                    "'alphas_normal' is missing"),
+        (lambda s: s["history"].pop("alphas"), "history must be a dict of the lists 'epochs' and 'alphas'"),
+        (lambda s: s["weight_optimizer"]["param_groups"].append({"params": [0]}), "weight_optimizer must be"),
+        (lambda s: s["rng"].pop("numpy"), "rng must be the random number generator states"),
+        (lambda s: s.pop("epoch"), "lacks epoch"),
+    ]
+    os.replace(path, tmp_path / "good.pt")
+    for change, message in cases:
+        state = load_checkpoint(tmp_path / "good.pt")
+        change(state)
+        save_checkpoint(state, path)  # a valid checksum over the wrong values
+        err = refused(capsys, out)
+        assert f"checkpoint {str(path)!r}" in err and message in err, err
 
 
 @pytest.mark.parametrize("kind", ["normal", "reduce"])

@@ -15,6 +15,7 @@ from fastdnas.search import (
     Metrics,
     Search,
     SearchConfig,
+    UnverifiedCheckpointError,
     cosine_lr,
     load_checkpoint,
     rng_state,
@@ -261,17 +262,23 @@ def test_damaged_checkpoint_is_refused_in_one_line(tmp_path):
         load_checkpoint(path, keys=("epoch", "model", "history"))
 
 
-def test_checkpoint_without_checksum_loads_with_a_warning(tmp_path):
+def test_checkpoint_without_checksum_loads_only_when_asked(tmp_path):
     # Written by torch.save alone, as fastdnas did before checkpoints carried a checksum.
     path = tmp_path / "checkpoint.pt"
     torch.save({"value": torch.tensor(3)}, path)
-    with pytest.warns(UserWarning, match="has no checksum"):
-        assert load_checkpoint(path)["value"].item() == 3
+    with pytest.raises(UnverifiedCheckpointError, match="cannot be verified .it has no checksum"):
+        load_checkpoint(path)
+    with pytest.warns(UserWarning, match="it has no checksum.*loaded unverified as asked"):
+        assert load_checkpoint(path, allow_unverified=True)["value"].item() == 3
     save_checkpoint({"value": torch.tensor(3)}, path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_checkpoint(path)["value"].item() == 3
     assert torch.load(path, weights_only=True)["value"].item() == 3  # still a plain torch.save archive
+    # Cut by one byte, the checksum trailer no longer parses: the file must not pass as an older one.
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(UnverifiedCheckpointError, match="checksum at the end of the file is damaged"):
+        load_checkpoint(path)
 
 
 def test_killed_checkpoint_writes_are_cleaned_up(tmp_path):

@@ -2,7 +2,7 @@
 the step replayed from CUDA graphs."""
 from .architect import Architect, cross_entropy_loss
 from .graphed import GraphedSearchStep
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, UnverifiedCheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .loop import Metrics, Search, SearchConfig
 from .schedule import cosine_lr, set_lr
 
@@ -13,6 +13,7 @@ __all__ = [
     "Metrics",
     "Search",
     "SearchConfig",
+    "UnverifiedCheckpointError",
     "cosine_lr",
     "cross_entropy_loss",
     "load_checkpoint",

@@ -56,6 +56,14 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (damaged, or not a checkpoint); the message is one line naming it."""
 
 
+class UnverifiedCheckpointError(CheckpointError):
+    """A checkpoint whose content cannot be verified: it has no checksum, or its checksum trailer is damaged."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint loaded without verification (``allow_unverified=True``); the message says why."""
+
+
 # torch.save writes a zip archive, which ends with an end-of-central-directory record whose last
 # two bytes give the length of an archive comment (none). The SHA-256 of that archive is stored
 # as the comment: torch.load still reads the file, and flipped bytes anywhere are detected.
@@ -82,6 +90,13 @@ def _split_checksum(data):
             and end[-2:] == _COMMENT_SIZE.to_bytes(2, "little")):
         return data[:-_COMMENT_SIZE - 2] + b"\0\0", comment[len(_CHECKSUM_TAG):].decode("ascii", "replace")
     return data, None
+
+
+def _unverified_reason(data):
+    """Why ``data`` (which _split_checksum found no checksum in) cannot be verified."""
+    if _CHECKSUM_TAG in data[-2 * (_COMMENT_SIZE + _END_RECORD_SIZE):]:
+        return "its checksum at the end of the file is damaged: the file was cut or changed there"
+    return "it has no checksum: written by torch.save or an older fastdnas, or its end is damaged"
 
 
 def remove_stale_temporaries(folder):
@@ -138,12 +153,14 @@ def _first_line(error):
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:200]
 
 
-def load_checkpoint(path, map_location="cpu", keys=()):
+def load_checkpoint(path, map_location="cpu", keys=(), allow_unverified=False):
     """The state saved by save_checkpoint at ``path``, which must hold every name in ``keys``.
 
     Raises FileNotFoundError when there is no file, CheckpointError (one line naming the file)
-    when it is empty, truncated, not a checkpoint, fails its checksum or lacks a key. A file
-    without a checksum (written by an older fastdnas) loads with a warning.
+    when it is empty, truncated, not a checkpoint, fails its checksum or lacks a key, and
+    UnverifiedCheckpointError when it has no intact checksum (written by an older fastdnas, or
+    cut or changed at its end, where the checksum is): only ``allow_unverified=True`` loads such a
+    file, with an UnverifiedCheckpointWarning that says why it could not be verified.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -167,6 +184,8 @@ def load_checkpoint(path, map_location="cpu", keys=()):
         raise CheckpointError(f"checkpoint {path!r} is damaged or not a checkpoint of this kind (it lacks "
                               f"{', '.join(missing)})")
     if checksum is None:
-        warnings.warn(f"checkpoint {path!r} has no checksum (written by an older fastdnas): its content "
-                      "could not be verified", stacklevel=2)
+        reason = f"checkpoint {path!r} cannot be verified ({_unverified_reason(data)})"
+        if not allow_unverified:
+            raise UnverifiedCheckpointError(reason)
+        warnings.warn(f"{reason}; loaded unverified as asked", UnverifiedCheckpointWarning, stacklevel=2)
     return state

@@ -206,6 +206,10 @@ class Search:
             self.history["epochs"].append(record)
             self.history["alphas"].append([a.detach().cpu().clone() for a in self.model.arch_parameters()])
             self.epoch = epoch + 1
+            # Saved before the epoch's line is printed: an interrupt after the line never loses the epoch.
+            if self.out_dir is not None and self.distributed.is_main:
+                self.save(self.checkpoint_path)
+                write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
             self.log(f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train {format_metrics(train)} "
                      f"val {format_metrics(val)} ({record['time']:.1f} s)")
             steps = self.steps_per_epoch()
@@ -215,9 +219,6 @@ class Search:
                 # trains with, so val accuracy can sit at chance: say so, lest it alarm.
                 self.log(f"  (val: eval mode, BatchNorm running statistics; after {steps} steps they still hold "
                          f"{BN_KEEPS ** steps:.0%} of their initial values, so val trails train for the first epochs)")
-            if self.out_dir is not None and self.distributed.is_main:
-                self.save(self.checkpoint_path)
-                write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
         return self.history
 
     def train_epoch(self, epoch, lr):
