@@ -26,7 +26,8 @@ def state_name(index):
 
 
 # Where along an edge its label may sit (fraction of the way to the target), most preferred first.
-LABEL_POSITIONS = (0.5, 0.4, 0.6, 0.32, 0.68, 0.25, 0.75)
+LABEL_POSITIONS = (0.5, 0.42, 0.58, 0.35, 0.65, 0.28, 0.72, 0.22, 0.78)
+EDGE_SAMPLES = 48  # points per edge for the test of whether another edge runs through a label
 
 
 def arc_point(start, end, rad, t):
@@ -45,12 +46,16 @@ def overlap_area(box, others):
                for o in others)
 
 
+def points_inside(box, points):
+    return sum(box.x0 <= x <= box.x1 and box.y0 <= y <= box.y1 for x, y in points)
+
+
 def plot_cell(pairs, concat, path, title=None):
     """Draw one cell of a genotype: ``pairs`` are its (op_name, state_index) pairs, two per node.
 
     Each op label sits on its edge, rotated along it, at the first of ``LABEL_POSITIONS`` where it
-    covers no node and no label placed before it (else where it covers least): where edges meet
-    at a node, their labels then stay apart."""
+    covers no node, no label placed before it and no other edge (else where it covers least, an
+    edge running through it counting most): where edges meet at a node, their labels stay apart."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     steps = len(pairs) // 2
@@ -76,23 +81,32 @@ def plot_cell(pairs, concat, path, title=None):
     occupied = [node.get_window_extent(renderer).expanded(1.15, 1.3) for node in occupied]
     edges = [(state_name(index), str(k // 2), op) for k, (op, index) in enumerate(pairs)]
     edges += [(state_name(i), "c_{k}", None) for i in concat]
+    curves = []  # (start, end, rad, display points of the drawn part) of every edge
     for source, target, op in edges:
         (x0, y0), (x1, y1) = positions[source], positions[target]
-        # Edges along the row of nodes would run through the nodes between: bend them (ops up, output down).
+        # Edges along the row of nodes would run through the nodes between: bend them (ops up, output
+        # down), the longer ones more, so that two arcs into one node part.
         skips_nodes = y0 == y1 and abs(x1 - x0) > 2.5
-        rad = (0.3 if op is None else -0.3) if skips_nodes else 0.0
+        rad = (0.3 if op is None else -0.2 - 0.03 * abs(x1 - x0)) if skips_nodes else 0.0
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops=dict(arrowstyle="-|>", color="gray" if op is None else "black", lw=1.0,
                                     shrinkA=16, shrinkB=16, connectionstyle=f"arc3,rad={rad}"))
+        samples = [arc_point((x0, y0), (x1, y1), rad, t)[:2] for t in
+                   (0.08 + 0.84 * i / (EDGE_SAMPLES - 1) for i in range(EDGE_SAMPLES))]
+        curves.append(((x0, y0), (x1, y1), rad, ax.transData.transform(samples)))
+    for index, (_, _, op) in enumerate(edges):
         if op is None:
             continue
+        start, end, rad, _ = curves[index]
+        others = [point for other, curve in enumerate(curves) if other != index for point in curve[3]]
         best = None
         for t in LABEL_POSITIONS:
-            x, y, angle = arc_point((x0, y0), (x1, y1), rad, t)
+            x, y, angle = arc_point(start, end, rad, t)
             text = ax.text(x, y, op, fontsize=7, ha="center", va="center", rotation=angle, rotation_mode="anchor",
                            zorder=4, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
             box = text.get_window_extent(renderer).expanded(1.3, 1.5)  # a margin between labels
-            cost = overlap_area(box, occupied)
+            # An edge through the label hides the label's text: each point of it costs a fifth of the box.
+            cost = overlap_area(box, occupied) + points_inside(box, others) * box.width * box.height / 5
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
@@ -139,10 +153,14 @@ def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "r
     # Fixed margins: tight_layout would cost a second full draw of every subplot.
     grid = figure.add_gridspec(sum(rows_per_cell), columns, left=0.04, right=0.99, top=0.96, bottom=0.12,
                                wspace=0.25, hspace=0.45)
-    # One y-scale for every panel, so panels compare at a glance; the dashed line is the uniform
-    # weight 1/K every op starts from: ops above it are winning their edge.
+    # One y-scale for every panel, so panels compare at a glance, fitted to the weights (they
+    # often stay within a few hundredths of each other); the dashed line is the uniform weight
+    # 1/K every op starts from: ops above it are winning their edge.
     uniform = 1.0 / len(primitives)
-    top = max(uniform, max(w.max().item() for w in weights)) * 1.05
+    low = min(uniform, min(w.min().item() for w in weights))
+    high = max(uniform, max(w.max().item() for w in weights))
+    margin = max(0.08 * (high - low), 1e-3)
+    low, high = max(0.0, low - margin), min(1.0, high + margin)
     row = 0
     lines = []
     for name, cell_weights, rows in zip(cell_names, weights, rows_per_cell):
@@ -151,17 +169,18 @@ def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "r
             lines = [ax.plot(epochs, cell_weights[:, edge, k], marker="." if len(epochs) < 20 else None, lw=1)[0]
                      for k in range(cell_weights.shape[2])]
             uniform_line = ax.axhline(uniform, color="gray", ls="--", lw=0.8)
-            ax.set_ylim(0.0, top)
-            ax.set_title(f"{name}: {edge_name}", fontsize=8)
-            ax.tick_params(labelsize=6)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(low, high)
+            ax.set_title(f"{name}: {edge_name}", fontsize=9)
+            ax.tick_params(labelsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
             if edge % columns:
                 ax.tick_params(labelleft=False)
         row += rows
     figure.legend(lines + [uniform_line], list(primitives) + [f"uniform 1/{len(primitives)}"], loc="lower center",
-                  ncol=len(primitives) + 1, fontsize=8)
-    figure.supxlabel("epoch", fontsize=8, y=0.06)
-    figure.supylabel("softmax(alpha): weight of each op on the edge", fontsize=8, x=0.005)
+                  ncol=len(primitives) + 1, fontsize=9)
+    figure.supxlabel("epoch", fontsize=9, y=0.06)
+    figure.supylabel("softmax(alpha): weight of each op on the edge", fontsize=9, x=0.005)
     figure.savefig(path, dpi=100)
 
 
