@@ -113,23 +113,29 @@ def write_build_info(with_cuda):
         f.write(f"CUDA_ARCH_LIST = {os.environ.get('TORCH_CUDA_ARCH_LIST', '') if with_cuda else ''!r}\n")
 
 
-ext, with_cuda = extension()
-write_build_info(with_cuda)
+def main():
+    ext, with_cuda = extension()
+    write_build_info(with_cuda)
+    setup(
+        name="fastdnas",
+        version="0.1.0",
+        description="Fused C++/CUDA kernels and complete search systems for differentiable NAS (DARTS, Auto-DeepLab)",
+        packages=find_packages(include=["fastdnas", "fastdnas.*"]),
+        ext_modules=[ext],
+        cmdclass={"build_ext": BuildExtension},
+        python_requires=">=3.10",
+        # The oldest torch with every custom-op API used (torch.library.register_fake, register_autograd,
+        # opcheck) up to the newest tested; scripts/test_oldest_torch.sh and scripts/test.sh test both ends.
+        install_requires=["torch>=2.4.0,<2.15", "numpy"],
+        extras_require={
+            "search": ["scikit-learn", "matplotlib", "tqdm"],
+            "test": ["pytest", "pytest-benchmark", "expecttest"],
+        },
+        entry_points={"console_scripts": ["fastdnas=fastdnas.cli:main"]},
+    )
 
-setup(
-    name="fastdnas",
-    version="0.1.0",
-    description="Fused C++/CUDA kernels and complete search systems for differentiable NAS (DARTS, Auto-DeepLab)",
-    packages=find_packages(include=["fastdnas", "fastdnas.*"]),
-    ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension},
-    python_requires=">=3.10",
-    # The oldest torch with every custom-op API used (torch.library.register_fake, register_autograd,
-    # opcheck) up to the newest tested; scripts/test_oldest_torch.sh and scripts/test.sh test both ends.
-    install_requires=["torch>=2.4.0,<2.15", "numpy"],
-    extras_require={
-        "search": ["scikit-learn", "matplotlib", "tqdm"],
-        "test": ["pytest", "pytest-benchmark", "expecttest"],
-    },
-    entry_points={"console_scripts": ["fastdnas=fastdnas.cli:main"]},
-)
+
+# Also run by pip (setuptools executes this file as __main__); benchmarks/ptxas_table.py imports it
+# for its nvcc settings.
+if __name__ == "__main__":
+    main()
