@@ -125,6 +125,46 @@ def test_max_pool_ties_go_where_pytorch_sends_them(device):
     check_against_reference(node, TOLERANCE[torch.float64])
 
 
+def nan_grad_node(kinds, device, dtype=torch.float64):
+    """An eval-mode node of edges (2, 1) with the free items of ``kinds`` (and the conv outputs
+    when ``kinds`` is "all"), and an output gradient holding one NaN."""
+    node = make_node((2, 1), N=2, C=3, out_size=(5, 6), dtype=dtype, device=device, convs=kinds == "all",
+                     requires_grad=False)
+    if kinds != "all":
+        keep = [i for i, k in enumerate(node["free_kinds"]) if k in kinds]
+        node.update(free_items=[node["free_items"][i] for i in keep], free_kinds=[node["free_kinds"][i] for i in keep])
+    rows = sum(k != SKIP for k in node["free_kinds"]) + len(node["conv_outputs"])
+    C = node["edge_inputs"][0].shape[1]
+    node.update(running_mean=torch.randn(rows, C, dtype=torch.float64, device=device).to(node["weights"].dtype),
+                running_var=(torch.rand(rows, C, dtype=torch.float64, device=device) + 0.5).to(node["weights"].dtype))
+    for t in differentiable(node):
+        t.requires_grad_()
+    grad = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device).to(dtype)
+    grad[1, 2, 3, 4] = float("nan")
+    return node, grad
+
+
+def assert_same_nans(got, want, tol):
+    """NaN in the same places (so the same count), and the finite values close."""
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g.isnan(), w.isnan()), (
+            f"gradient {i}: {int(g.isnan().sum())} NaN at {g.isnan().nonzero().tolist()[:12]}, the "
+            f"reference {int(w.isnan().sum())} at {w.isnan().nonzero().tolist()[:12]}")
+        assert rel_err(g.nan_to_num(), w.nan_to_num()) <= tol
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kinds", ["all", (MAX,), (AVG,), (SKIP,)], ids=["all", "max_pool", "avg_pool", "skip"])
+def test_eval_gradients_keep_a_nan_as_local_as_the_reference(kinds, device):
+    # With running statistics every BatchNorm is an affine map per element: a NaN in the output
+    # gradient reaches only the elements the reference's gradient reaches (no batch-gradient sums).
+    node, grad = nan_grad_node(kinds, device)
+    got = forward_backward(ops.mixed_node, node, grad)[3]
+    want = forward_backward(reference.mixed_node, node, grad)[3]
+    assert_same_nans(got, want, TOLERANCE[torch.float64])
+    assert all(int(g.isnan().sum()) < g.numel() for g in got[:-1])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     node = make_node((2, 1), device=device, requires_grad=False)
