@@ -1,4 +1,6 @@
 """mixed_node: the fused kernels against the reference, gradcheck, opcheck, compile, bad inputs."""
+import contextlib
+
 import pytest
 import torch
 
@@ -408,7 +410,27 @@ def test_backward_checks_grad_device():
     (dict(free_items=None), "free_items must be a list or tuple of ints, got None"),
     (dict(free_kinds=[0, 1.0, 0, 1, 2]), r"free_kinds\[1\] must be an int, got float"),
     (dict(conv_items=(i for i in [3])), "conv_items must be a list or tuple of ints, got generator"),
+    (dict(weights=None), "weights must be a tensor, got None"),
+    (dict(weights=__import__("numpy").ones((2, P))), "weights must be a tensor, got numpy.ndarray"),
+    (dict(running_mean=__import__("numpy").zeros((13, 3)), running_var=torch.ones(13, 3)),
+     "running_mean must be a tensor or None, got numpy.ndarray"),
+    (dict(running_var="ones"), "running_var must be a tensor or None, got str"),
 ])
 def test_arguments_of_the_wrong_type_raise_type_error(changes, message):
     with pytest.raises(TypeError, match="mixed_node: " + message):
         ops.mixed_node(*as_args(bad(**changes)))
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_raw_op_without_weights_names_the_argument(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = list(as_args(bad()))
+    args[3] = None
+    mode = FakeTensorMode()
+    if fake:
+        args[0], args[2] = [mode.from_tensor(t) for t in args[0]], [mode.from_tensor(t) for t in args[2]]
+    with pytest.raises(RuntimeError, match=r"mixed_node: weights must be a floating-point tensor \[2, P\] \(one row "
+                                           r"of primitive weights per edge\), got None"):
+        with mode if fake else contextlib.nullcontext():
+            torch.ops.fastdnas.mixed_node(*args)
