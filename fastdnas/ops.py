@@ -224,6 +224,8 @@ def _check_trellis_aggregate_args(blocks, num_cells, betas, op="trellis_aggregat
     torch._check(first.dim() == 4, lambda: f"{op}: cells[0][0] must be 4-D [N, C, H, W], got shape {list(first.shape)}")
     torch._check(B * first.shape[1] < 2**63,
                  lambda: f"{op}: the output's {B} * {first.shape[1]} channels (blocks per cell * C) overflow int64")
+    _check_storage_size(op, "the output (from the cells' block shape and blocks per cell)",
+                        _trellis_output_shape(first, B), first.dtype)
     for i, x in enumerate(blocks):
         name = f"cells[{i // B}][{i % B}]"
         torch._check(

@@ -1,5 +1,7 @@
 """trellis_aggregate and resize_sum: the fused kernels against the reference, gradcheck, opcheck,
 compile, bad inputs."""
+import contextlib
+
 import pytest
 import torch
 
@@ -509,6 +511,19 @@ def test_resize_sum_arguments_of_the_wrong_type_raise_type_error(inputs, message
 def test_resize_sum_weights_of_the_wrong_type_raise_type_error(weights, message):
     with pytest.raises(TypeError, match="resize_sum: " + message):
         ops.resize_sum([x(1, 2, 3, 3)], (4, 4), weights)
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_trellis_output_whose_bytes_overflow_raises(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    block = torch.ones(1, 1, 1, 1).expand(2**29, 2**30, 4, 1)  # 2**61 elements, none stored
+    blocks = [mode.from_tensor(block) if fake else block] * 2
+    with pytest.raises(RuntimeError, match=r"trellis_aggregate: the output \(from the cells' block shape and blocks "
+                                           r"per cell\) would have shape \[536870912, 2147483648, 4, 1\]: more bytes"):
+        with mode if fake else contextlib.nullcontext():
+            ops.trellis_aggregate([blocks], torch.ones(1))
 
 
 @pytest.mark.parametrize("fake", [False, True])
