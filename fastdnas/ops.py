@@ -1,4 +1,5 @@
 """Public wrappers of the compiled ops, with their fake (meta) kernels and autograd formulas."""
+import math
 from typing import Sequence
 
 import torch
@@ -32,6 +33,34 @@ def _tensor_list(op, what, values):
     return list(values)
 
 
+def _tensor(op, what, value, optional=False):
+    """``value`` if it is a tensor (or None where ``optional``); a TypeError naming the argument otherwise."""
+    if isinstance(value, Tensor) or (optional and value is None):
+        return value
+    raise TypeError(f"{op}: {what} must be a tensor{' or None' if optional else ''}, got {_type_name(value)}")
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _checked_size_product(op, what, a, b):
+    # Mirrors checked_size_product in csrc/common/checks.h (Python ints do not wrap: compare).
+    torch._check(a * b <= INT64_MAX, lambda: f"{op}: {what} ({a} * {b}) overflows int64")
+    return a * b
+
+
+def _checked_size_sum(op, what, a, b):
+    # Mirrors checked_size_sum in csrc/common/checks.h.
+    torch._check(a + b <= INT64_MAX, lambda: f"{op}: {what} ({a} + {b}) overflows int64")
+    return a + b
+
+
+def _check_storage_size(op, what, shape, dtype):
+    # Mirrors check_storage_size in csrc/common/checks.h: counted in the accumulation dtype.
+    torch._check(math.prod(shape) * accumulation_dtype(dtype).itemsize <= INT64_MAX,
+                 lambda: f"{op}: {what} would have shape {list(shape)}: more bytes than int64 can count")
+
+
 def _int_list(op, what, values):
     """``values`` (a list or tuple of ints) as a list; a TypeError naming the argument otherwise."""
     if not isinstance(values, (list, tuple, torch.Size)):
@@ -56,6 +85,7 @@ def mixed_sum(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
     ``sum(grad * inputs[i])`` for every weight (a deterministic reduction).
     """
     inputs = _tensor_list("mixed_sum", "inputs", inputs)
+    weights = _tensor("mixed_sum", "weights", weights)
     return torch.ops.fastdnas.mixed_sum(autocast_inputs(inputs) if inputs else inputs, weights)
 
 
@@ -150,6 +180,7 @@ def trellis_aggregate(cells: Sequence[Sequence[Tensor]], betas: Tensor) -> Tenso
         raise TypeError(f"trellis_aggregate: cells must be a list of cell evaluations (each a list of tensors), got "
                         f"{_type_name(cells)}")
     cells = [_tensor_list("trellis_aggregate", f"cells[{t}]", cell) for t, cell in enumerate(cells)]
+    betas = _tensor("trellis_aggregate", "betas", betas)
     if not 1 <= len(cells) <= MAX_TRELLIS_CELLS:
         raise ValueError(
             f"trellis_aggregate: cells must hold 1 to {MAX_TRELLIS_CELLS} cell evaluations "
@@ -193,6 +224,8 @@ def _check_trellis_aggregate_args(blocks, num_cells, betas, op="trellis_aggregat
     torch._check(first.dim() == 4, lambda: f"{op}: cells[0][0] must be 4-D [N, C, H, W], got shape {list(first.shape)}")
     torch._check(B * first.shape[1] < 2**63,
                  lambda: f"{op}: the output's {B} * {first.shape[1]} channels (blocks per cell * C) overflow int64")
+    _check_storage_size(op, "the output (from the cells' block shape and blocks per cell)",
+                        _trellis_output_shape(first, B), first.dtype)
     for i, x in enumerate(blocks):
         name = f"cells[{i // B}][{i % B}]"
         torch._check(
@@ -290,6 +323,7 @@ def resize_sum(inputs: Sequence[Tensor], size: Sequence[int], weights: Tensor | 
     ``sum(grad * resized input)``, in one pass per input.
     """
     inputs = _tensor_list("resize_sum", "inputs", inputs)
+    weights = _tensor("resize_sum", "weights", weights, optional=True)
     if not inputs:  # with no tensor and no weights the dispatcher could not pick a kernel
         raise ValueError("resize_sum: inputs must hold at least one tensor, got an empty list")
     if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
@@ -335,6 +369,7 @@ def _check_resize_sum_args(inputs, size, weights, op="resize_sum"):
         len(size) == 2 and size[0] > 0 and size[1] > 0,
         lambda: f"{op}: size must be 2 positive ints (height, width), got {list(size)}",
     )
+    _check_storage_size(op, "the output (from size and inputs' N, C)", [*first.shape[:2], *size], first.dtype)
     if weights is not None:
         _check_weight_vector(weights, len(inputs), first.device, op, "weights", "one weight per input")
 
@@ -417,6 +452,9 @@ def mixed_node(edge_inputs: Sequence[Tensor], strides: Sequence[int], conv_outpu
     op = "mixed_node"
     edge_inputs = _tensor_list(op, "edge_inputs", edge_inputs)
     conv_outputs = _tensor_list(op, "conv_outputs", conv_outputs)
+    weights = _tensor(op, "weights", weights)
+    running_mean = _tensor(op, "running_mean", running_mean, optional=True)
+    running_var = _tensor(op, "running_var", running_var, optional=True)
     strides, free_items, free_kinds, conv_items = (_int_list(op, what, values) for what, values in (
         ("strides", strides), ("free_items", free_items), ("free_kinds", free_kinds), ("conv_items", conv_items)))
     if edge_inputs:  # under autocast: the edge inputs and the conv outputs in one dtype
@@ -456,6 +494,8 @@ def _check_mixed_node_args(op, edge_inputs, strides, conv_outputs, weights, free
         torch._check(size == out_size,
                      lambda: f"{op}: edge_inputs[{e}] (shape {list(x.shape)}, stride {strides[e]}) gives a "
                      f"{size[0]}x{size[1]} output but edge_inputs[0] gives {out_size[0]}x{out_size[1]}; all must match")
+    torch._check(weights is not None, lambda: f"{op}: weights must be a floating-point tensor [{E}, P] (one row of "
+                 "primitive weights per edge), got None")
     torch._check(weights.is_floating_point() and weights.dim() == 2 and weights.shape[0] == E,
                  lambda: f"{op}: weights must be a floating-point tensor [{E}, P] (one row of primitive weights per "
                  f"edge), got {list(weights.shape)} {weights.dtype}")
@@ -604,6 +644,7 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, stride=1, padding=0, dilatio
     when autograd needs it; the weight gradient is a deterministic reduction. Under autocast
     both inputs are cast to the autocast dtype, as for ``F.conv2d``.
     """
+    input, weight = _tensor("depthwise_conv2d", "input", input), _tensor("depthwise_conv2d", "weight", weight)
     stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     input, weight = autocast_inputs([input, weight])
     return torch.ops.fastdnas.depthwise_conv2d(input, weight, stride, padding, dilation)
@@ -663,7 +704,9 @@ def _depthwise_conv2d_fake(input, weight, stride=(1, 1), padding=(0, 0), dilatio
     _check_depthwise_tensor(op, "input", input, input)
     _check_depthwise_tensor(op, "weight", weight, input)
     oh, ow = _depthwise_shape(op, input.shape, weight.shape, stride, padding, dilation)
-    return input.new_empty((input.shape[0], input.shape[1], oh, ow))
+    shape = (input.shape[0], input.shape[1], oh, ow)
+    _check_storage_size(op, "the output (from input, weight, stride, padding and dilation)", shape, input.dtype)
+    return input.new_empty(shape)
 
 
 @torch.library.register_fake("fastdnas::_depthwise_conv2d_input_grad")
@@ -673,6 +716,7 @@ def _depthwise_conv2d_input_grad_fake(grad, weight, input_size, stride, padding,
     _check_depthwise_tensor(op, "weight", weight, grad)
     _check_depthwise_grad(op, grad, input_size, _depthwise_shape(op, input_size, weight.shape, stride, padding,
                                                                  dilation))
+    _check_storage_size(op, "the input gradient (input_size)", input_size, grad.dtype)
     return grad.new_empty(input_size)
 
 
@@ -683,6 +727,7 @@ def _depthwise_conv2d_weight_grad_fake(grad, input, weight_size, stride, padding
     _check_depthwise_tensor(op, "input", input, input)
     _check_depthwise_grad(op, grad, input.shape, _depthwise_shape(op, input.shape, weight_size, stride, padding,
                                                                   dilation))
+    _check_storage_size(op, "the weight gradient (weight_size)", weight_size, grad.dtype)
     return grad.new_empty(weight_size)
 
 
@@ -743,6 +788,7 @@ def depthwise_conv2d_segments(input: Tensor, weights: Sequence[Tensor], stride, 
     the inputs are cast to the autocast dtype.
     """
     op = "depthwise_conv2d_segments"
+    input = _tensor(op, "input", input)
     weights = _tensor_list(op, "weights", weights)
     input_offsets = _int_list(op, "input_offsets", input_offsets)
     if len(input_offsets) != len(weights):
@@ -756,7 +802,8 @@ def depthwise_conv2d_segments(input: Tensor, weights: Sequence[Tensor], stride, 
 
 
 def _depthwise_segments(op, x_shape, w_shapes, stride, paddings, dilations, input_offsets):
-    """Mirrors depthwise_segments in csrc/depthwise_segments/depthwise_segments.h; returns (C, OH, OW)."""
+    """Mirrors depthwise_segments in csrc/depthwise_segments/depthwise_segments.h; returns (G * C, OH, OW,
+    flat weight-gradient size)."""
     G = len(input_offsets)
     torch._check(1 <= G <= MAX_DEPTHWISE_SEGMENTS, lambda: f"{op}: input_offsets must hold 1 to "
                  f"{MAX_DEPTHWISE_SEGMENTS} values (one per segment), got {G}")
@@ -773,24 +820,28 @@ def _depthwise_segments(op, x_shape, w_shapes, stride, paddings, dilations, inpu
     torch._check(max(stride) <= MAX_DEPTHWISE_GEOMETRY,
                  lambda: f"{op}: stride must be at most {MAX_DEPTHWISE_GEOMETRY}, got {list(stride)}")
     C, Cx = w_shapes[0][0], x_shape[1]
+    out_channels = _checked_size_product(op, "the output's G * C channels (segments * channels of weights[0])", G, C)
+    flat, flat_size = "the flat weight gradient's size (the sum of C * KH * KW over the segments)", 0
     out = None
     for g in range(G):
         w_shape, off = w_shapes[g], input_offsets[g]
         torch._check(len(w_shape) == 4 and w_shape[0] == C and w_shape[1] == 1,
                      lambda: f"{op}: weights[{g}] must have shape [C, 1, KH, KW] with C = {C} (the C of weights[0]), "
                      f"got {list(w_shape)}")
-        torch._check(0 <= off <= Cx - C, lambda: f"{op}: input_offsets[{g}] = {off} reads input channels [{off}, "
-                     f"{off + C}) but the input has {Cx} channels; each offset must be in [0, {Cx - C}]")
+        torch._check(0 <= off <= Cx - C, lambda: f"{op}: input_offsets[{g}] = {off} reads {C} input channels from "
+                     f"channel {off} but the input has {Cx} channels; each offset must be in [0, {Cx - C}]")
         size = _depthwise_shape(f"{op} (segment {g})", [x_shape[0], C, *x_shape[2:]], w_shape, stride,
                                 paddings[2 * g:2 * g + 2], dilations[2 * g:2 * g + 2])
         out = size if out is None else out
         torch._check(size == out, lambda: f"{op}: segment {g} gives an output of size {size[0]}x{size[1]} but "
                      f"segment 0 gives {out[0]}x{out[1]}; every segment must give the same size")
-    return C, *out
+        taps = _checked_size_product(op, flat, _checked_size_product(op, flat, C, w_shape[2]), w_shape[3])
+        flat_size = _checked_size_sum(op, flat, flat_size, taps)
+    return out_channels, *out, flat_size
 
 
-def _check_segments_grad(op, grad, x_shape, G, C, oh, ow):
-    shape = [x_shape[0], G * C, oh, ow]
+def _check_segments_grad(op, grad, x_shape, out_channels, oh, ow):
+    shape = [x_shape[0], out_channels, oh, ow]
     torch._check(list(grad.shape) == shape, lambda: f"{op}: grad must have the output's shape {shape}, got "
                  f"{list(grad.shape)}")
 
@@ -805,9 +856,11 @@ def _depthwise_conv2d_segments_fake(input, weights, stride, paddings, dilations,
     op = "depthwise_conv2d_segments"
     _check_depthwise_tensor(op, "input", input, input)
     _check_segments_weights(op, weights, input)
-    C, oh, ow = _depthwise_segments(op, input.shape, [w.shape for w in weights], stride, paddings, dilations,
-                                    input_offsets)
-    return input.new_empty((input.shape[0], len(weights) * C, oh, ow))
+    out_channels, oh, ow, _ = _depthwise_segments(op, input.shape, [w.shape for w in weights], stride, paddings,
+                                                  dilations, input_offsets)
+    shape = (input.shape[0], out_channels, oh, ow)
+    _check_storage_size(op, "the output (from input, weights, stride, paddings and dilations)", shape, input.dtype)
+    return input.new_empty(shape)
 
 
 @torch.library.register_fake("fastdnas::_depthwise_conv2d_segments_input_grad")
@@ -815,9 +868,10 @@ def _depthwise_conv2d_segments_input_grad_fake(grad, weights, input_size, stride
     op = "depthwise_conv2d_segments (input gradient)"
     _check_depthwise_tensor(op, "grad", grad, grad)
     _check_segments_weights(op, weights, grad)
-    C, oh, ow = _depthwise_segments(op, input_size, [w.shape for w in weights], stride, paddings, dilations,
-                                    input_offsets)
-    _check_segments_grad(op, grad, input_size, len(weights), C, oh, ow)
+    out_channels, oh, ow, _ = _depthwise_segments(op, input_size, [w.shape for w in weights], stride, paddings,
+                                                  dilations, input_offsets)
+    _check_segments_grad(op, grad, input_size, out_channels, oh, ow)
+    _check_storage_size(op, "the input gradient (input_size)", input_size, grad.dtype)
     return grad.new_empty(input_size)
 
 
@@ -836,9 +890,11 @@ def _depthwise_conv2d_segments_weight_grad_fake(grad, input, kernel_sizes, strid
                  f"channels (G = {G}), got shape {list(grad.shape)}")
     C = grad.shape[1] // G
     w_shapes = [[C, 1, kernel_sizes[2 * g], kernel_sizes[2 * g + 1]] for g in range(G)]
-    C, oh, ow = _depthwise_segments(op, input.shape, w_shapes, stride, paddings, dilations, input_offsets)
-    _check_segments_grad(op, grad, input.shape, G, C, oh, ow)
-    return grad.new_empty((sum(C * kh * kw for _, _, kh, kw in w_shapes),))
+    out_channels, oh, ow, flat_size = _depthwise_segments(op, input.shape, w_shapes, stride, paddings, dilations,
+                                                          input_offsets)
+    _check_segments_grad(op, grad, input.shape, out_channels, oh, ow)
+    _check_storage_size(op, "the flat weight gradient (from kernel_sizes and grad's channels)", [flat_size], grad.dtype)
+    return grad.new_empty((flat_size,))
 
 
 def _depthwise_conv2d_segments_setup_context(ctx, inputs, output):

@@ -327,6 +327,23 @@ def test_bitwise_identical_in_every_schedule_and_multiprocessor_count(emu, build
             assert torch.equal(a, b), f"output {i} differs in schedule {mode} with {sms} multiprocessors"
 
 
+@pytest.mark.parametrize("kinds", ["all", (test_mixed_node.MAX,), (test_mixed_node.AVG,)],
+                         ids=["all", "max_pool", "avg_pool"])
+def test_mixed_node_eval_gradients_keep_a_nan_as_local_as_the_reference(emu, mode, kinds):
+    # Running statistics: one NaN in the output gradient reaches the elements the reference's
+    # gradient reaches, no more (no batch-statistics sums in the BatchNorm input gradients).
+    node, grad = test_mixed_node.nan_grad_node(kinds, "cpu")
+    args = test_mixed_node.as_args(node)
+    detached = [[t.detach() for t in a] if isinstance(a, list) and a and torch.is_tensor(a[0])
+                else a.detach() if torch.is_tensor(a) else a for a in args]
+    out, mean, var = torch.ops.fastdnas_emu.mixed_node(*detached)
+    grad_edges, grad_convs, grad_weights = torch.ops.fastdnas_emu._mixed_node_backward(
+        grad, *detached[:7], mean, var, detached[-1], False)
+    want = test_mixed_node.forward_backward(reference.mixed_node, node, grad)[3]
+    test_mixed_node.assert_same_nans([*grad_edges, *grad_convs, grad_weights], want,
+                                     test_mixed_node.TOLERANCE[torch.float64])
+
+
 # ---- the emulator's own checks --------------------------------------------------------------
 
 CHECK_FAILURES = [

@@ -1,4 +1,6 @@
 """depthwise_conv2d: the kernels against F.conv2d(groups=C), gradcheck, opcheck, compile, bad inputs."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -209,6 +211,10 @@ BAD_INPUTS = [
     (torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3), dict(stride=2**31), "stride must be at most 2147483647"),
     (torch.randn(1, 1, 1, 1).expand(1, 1, 1, 2**40), torch.randn(1, 1, 1, 1), {},
      r"input has spatial sizes \[1, 1099511627776\]; each must be in \[0, 2147483647\]"),
+    # An output whose byte count overflows int64: named, not the allocator's message.
+    (torch.randn(2, 4, 8, 8), torch.randn(4, 1, 3, 3), dict(padding=2**30),
+     r"the output \(from input, weight, stride, padding and dilation\) would have shape \[2, 4, 2147483654, "
+     r"2147483654\]: more bytes than int64 can count"),
 ]
 
 
@@ -240,6 +246,35 @@ def test_fake_kernel_reads_one_value_as_both_dimensions():
     with mode:
         got = torch.ops.fastdnas.depthwise_conv2d(mode.from_tensor(x), mode.from_tensor(w), *args).shape
     assert got == want
+
+
+@pytest.mark.parametrize("x,w,message", [
+    (__import__("numpy").ones((2, 3, 8, 8)), torch.randn(3, 1, 3, 3), "input must be a tensor, got numpy.ndarray"),
+    (None, torch.randn(3, 1, 3, 3), "input must be a tensor, got None"),
+    (torch.randn(2, 3, 8, 8), None, "weight must be a tensor, got None"),
+    (torch.randn(2, 3, 8, 8), __import__("numpy").ones((3, 1, 3, 3)), "weight must be a tensor, got numpy.ndarray"),
+])
+def test_arguments_of_the_wrong_type_raise_type_error(x, w, message):
+    with pytest.raises(TypeError, match="depthwise_conv2d: " + message):
+        ops.depthwise_conv2d(x, w)
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_gradient_sizes_whose_bytes_overflow_name_the_argument(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    wrap = mode.from_tensor if fake else (lambda t: t)
+    grad = wrap(torch.randn(1, 3, 8, 8).expand(2**55, 3, 8, 8))  # 1.5 * 2**62 elements, none stored
+    w, x, g = wrap(torch.randn(3, 1, 3, 3)), wrap(torch.randn(2, 3, 8, 8)), wrap(torch.randn(2, 3, 8, 8))
+    with mode if fake else contextlib.nullcontext():
+        with pytest.raises(RuntimeError, match=r"input gradient\): the input gradient \(input_size\) would have "
+                                               r"shape \[36028797018963968, 3, 8, 8\]: more bytes than int64"):
+            torch.ops.fastdnas._depthwise_conv2d_input_grad(grad, w, [2**55, 3, 8, 8], [1, 1], [1, 1], [1, 1])
+        with pytest.raises(RuntimeError, match=r"weight gradient\): the weight gradient \(weight_size\) would have "
+                                               r"shape \[3, 1, 2147483647, 2147483647\]: more bytes than int64"):
+            torch.ops.fastdnas._depthwise_conv2d_weight_grad(g, x, [3, 1, 2**31 - 1, 2**31 - 1], [1, 1],
+                                                             [2**30 - 1, 2**30 - 1], [1, 1])
 
 
 def test_bad_geometry_type_raises_value_error():

@@ -1,5 +1,7 @@
 """depthwise_conv2d_segments: the kernels against per-segment F.conv2d(groups=C) + torch.cat,
 against depthwise_conv2d for one segment (bitwise), gradcheck, opcheck, compile, bad inputs."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -299,9 +301,14 @@ BAD_INPUTS = [
      r"weights\[1\] must have shape \[C, 1, KH, KW\] with C = 4 \(the C of weights\[0\]\), got \[3, 1, 5, 5\]"),
     (X, [_w(4, 2, 3, 3)], 1, [1], [1], [0], r"weights\[0\] must have shape \[C, 1, KH, KW\], got \[4, 2, 3, 3\]"),
     (X, [_w(2, 1, 3, 3), _w(2, 1, 3, 3)], 1, [1, 1], [1, 1], [0, 3],
-     r"input_offsets\[1\] = 3 reads input channels \[3, 5\) but the input has 4 channels; each offset must be in "
-     r"\[0, 2\]"),
-    (X, [_w(2, 1, 3, 3)], 1, [1], [1], [-1], r"input_offsets\[0\] = -1 reads input channels"),
+     r"input_offsets\[1\] = 3 reads 2 input channels from channel 3 but the input has 4 channels; each offset must "
+     r"be in \[0, 2\]"),
+    (X, [_w(2, 1, 3, 3)], 1, [1], [1], [-1], r"input_offsets\[0\] = -1 reads 2 input channels from channel -1"),
+    # Offsets at the ends of int64: the message shows them as given (no wrapped channel range).
+    (X, [_w(2, 1, 3, 3)], 1, [1], [1], [2**63 - 1],
+     r"input_offsets\[0\] = 9223372036854775807 reads 2 input channels from channel 9223372036854775807 but the "
+     r"input has 4 channels"),
+    (X, [_w(2, 1, 3, 3)], 1, [1], [1], [-2**63], r"input_offsets\[0\] = -9223372036854775808 reads 2 input channels"),
     (X, [_w(4, 1, 3, 3), _w(4, 1, 5, 5)], 1, [1, 1], [1, 1], [0, 0],
      "segment 1 gives an output of size 6x6 but segment 0 gives 8x8; every segment must give the same size"),
     (X, [_w(4, 1, 3, 3), _w(4, 1, 3, 3).double()], 1, [1, 1], [1, 1], [0, 0],
@@ -314,6 +321,12 @@ BAD_INPUTS = [
     (X, [_w(4, 1, 3, 3)], 1, [1], [(1, 0)], [0], r"\(segment 0\): dilation must be >= 1"),
     (X, [_w(4, 1, 9, 9)], 1, [0], [1], [0], r"\(segment 0\): input of spatial size 8x8 .* gives an output of size"),
     (X, [_w(4, 1, 3, 3)], 1, [1], [2**31], [0], r"\(segment 0\): dilation must be at most 2147483647"),
+    # Sizes that overflow int64: G * C output channels (filters expanded, none stored), the output's bytes.
+    (torch.empty(0, 2**62, 1, 1), [torch.empty(1, 1, 1, 1).expand(2**62, 1, 1, 1)] * 2, 1, [0, 0], [1, 1], [0, 0],
+     r"the output's G \* C channels \(segments \* channels of weights\[0\]\) \(2 \* 4611686018427387904\) "
+     "overflows int64"),
+    (X, [_w(4, 1, 3, 3)], 1, [2**30], [1], [0], r"the output \(from input, weights, stride, paddings and dilations\) "
+     r"would have shape \[2, 4, 2147483654, 2147483654\]: more bytes than int64 can count"),
 ]
 
 
@@ -372,6 +385,10 @@ def test_wrapper_list_lengths_and_types():
         ops.depthwise_conv2d_segments(x, weights[0], 1, [1], [1], [0])
     with pytest.raises(TypeError, match="paddings must be a list with one int or pair per segment"):
         ops.depthwise_conv2d_segments(x, weights, 1, 1, [1, 1], [0, 0])
+    with pytest.raises(TypeError, match="depthwise_conv2d_segments: input must be a tensor, got numpy.ndarray"):
+        ops.depthwise_conv2d_segments(x.numpy(), weights, 1, [1, 2], [1, 1], [0, 0])
+    with pytest.raises(TypeError, match="depthwise_conv2d_segments: input must be a tensor, got None"):
+        ops.depthwise_conv2d_segments(None, weights, 1, [1, 2], [1, 1], [0, 0])
 
 
 def test_bad_gradient_op_arguments():
@@ -387,3 +404,21 @@ def test_bad_gradient_op_arguments():
         torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad[:, :7], x, [3, 3, 5, 5], *geometry)
     with pytest.raises(RuntimeError, match=r"weight gradient\): grad has dtype .* must match"):
         torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad.double(), x, [3, 3, 5, 5], *geometry)
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_weight_gradient_size_overflow_raises(fake):
+    # The flat weight gradient holds sum_g C * KH_g * KW_g values: 2 * 2**62 here (an empty batch
+    # of 2**58 channels), which int64 cannot count; it must raise, not return a wrapped size.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    grad, x = torch.empty(0, 2**59, 1, 1), torch.empty(0, 2**58, 4, 4)
+    if fake:
+        grad, x = mode.from_tensor(grad), mode.from_tensor(x)
+    with mode if fake else contextlib.nullcontext():
+        with pytest.raises(RuntimeError, match=r"weight gradient\): the flat weight gradient's size \(the sum of C \* "
+                                               r"KH \* KW over the segments\) \(4611686018427387904 \+ "
+                                               r"4611686018427387904\) overflows int64"):
+            torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad, x, [4, 4, 4, 4], [1, 1], [0, 0, 0, 0],
+                                                                      [1, 1, 1, 1], [0, 0])

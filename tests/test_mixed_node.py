@@ -1,4 +1,6 @@
 """mixed_node: the fused kernels against the reference, gradcheck, opcheck, compile, bad inputs."""
+import contextlib
+
 import pytest
 import torch
 
@@ -123,6 +125,46 @@ def test_max_pool_ties_go_where_pytorch_sends_them(device):
     edge_inputs[1][0, 0, 0, :3] = torch.tensor([-0.0, 0.0, -0.0])
     node["edge_inputs"] = [x.requires_grad_() for x in edge_inputs]
     check_against_reference(node, TOLERANCE[torch.float64])
+
+
+def nan_grad_node(kinds, device, dtype=torch.float64):
+    """An eval-mode node of edges (2, 1) with the free items of ``kinds`` (and the conv outputs
+    when ``kinds`` is "all"), and an output gradient holding one NaN."""
+    node = make_node((2, 1), N=2, C=3, out_size=(5, 6), dtype=dtype, device=device, convs=kinds == "all",
+                     requires_grad=False)
+    if kinds != "all":
+        keep = [i for i, k in enumerate(node["free_kinds"]) if k in kinds]
+        node.update(free_items=[node["free_items"][i] for i in keep], free_kinds=[node["free_kinds"][i] for i in keep])
+    rows = sum(k != SKIP for k in node["free_kinds"]) + len(node["conv_outputs"])
+    C = node["edge_inputs"][0].shape[1]
+    node.update(running_mean=torch.randn(rows, C, dtype=torch.float64, device=device).to(node["weights"].dtype),
+                running_var=(torch.rand(rows, C, dtype=torch.float64, device=device) + 0.5).to(node["weights"].dtype))
+    for t in differentiable(node):
+        t.requires_grad_()
+    grad = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device).to(dtype)
+    grad[1, 2, 3, 4] = float("nan")
+    return node, grad
+
+
+def assert_same_nans(got, want, tol):
+    """NaN in the same places (so the same count), and the finite values close."""
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g.isnan(), w.isnan()), (
+            f"gradient {i}: {int(g.isnan().sum())} NaN at {g.isnan().nonzero().tolist()[:12]}, the "
+            f"reference {int(w.isnan().sum())} at {w.isnan().nonzero().tolist()[:12]}")
+        assert rel_err(g.nan_to_num(), w.nan_to_num()) <= tol
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kinds", ["all", (MAX,), (AVG,), (SKIP,)], ids=["all", "max_pool", "avg_pool", "skip"])
+def test_eval_gradients_keep_a_nan_as_local_as_the_reference(kinds, device):
+    # With running statistics every BatchNorm is an affine map per element: a NaN in the output
+    # gradient reaches only the elements the reference's gradient reaches (no batch-gradient sums).
+    node, grad = nan_grad_node(kinds, device)
+    got = forward_backward(ops.mixed_node, node, grad)[3]
+    want = forward_backward(reference.mixed_node, node, grad)[3]
+    assert_same_nans(got, want, TOLERANCE[torch.float64])
+    assert all(int(g.isnan().sum()) < g.numel() for g in got[:-1])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -368,7 +410,27 @@ def test_backward_checks_grad_device():
     (dict(free_items=None), "free_items must be a list or tuple of ints, got None"),
     (dict(free_kinds=[0, 1.0, 0, 1, 2]), r"free_kinds\[1\] must be an int, got float"),
     (dict(conv_items=(i for i in [3])), "conv_items must be a list or tuple of ints, got generator"),
+    (dict(weights=None), "weights must be a tensor, got None"),
+    (dict(weights=__import__("numpy").ones((2, P))), "weights must be a tensor, got numpy.ndarray"),
+    (dict(running_mean=__import__("numpy").zeros((13, 3)), running_var=torch.ones(13, 3)),
+     "running_mean must be a tensor or None, got numpy.ndarray"),
+    (dict(running_var="ones"), "running_var must be a tensor or None, got str"),
 ])
 def test_arguments_of_the_wrong_type_raise_type_error(changes, message):
     with pytest.raises(TypeError, match="mixed_node: " + message):
         ops.mixed_node(*as_args(bad(**changes)))
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_raw_op_without_weights_names_the_argument(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = list(as_args(bad()))
+    args[3] = None
+    mode = FakeTensorMode()
+    if fake:
+        args[0], args[2] = [mode.from_tensor(t) for t in args[0]], [mode.from_tensor(t) for t in args[2]]
+    with pytest.raises(RuntimeError, match=r"mixed_node: weights must be a floating-point tensor \[2, P\] \(one row "
+                                           r"of primitive weights per edge\), got None"):
+        with mode if fake else contextlib.nullcontext():
+            torch.ops.fastdnas.mixed_node(*args)

@@ -247,3 +247,13 @@ def test_backward_errors_name_the_forward_op():
 def test_inputs_of_the_wrong_type_raise_type_error(inputs, message):
     with pytest.raises(TypeError, match=message):
         ops.mixed_sum(inputs, torch.ones(2))
+
+
+@pytest.mark.parametrize("weights,message", [
+    (None, "weights must be a tensor, got None"),
+    (__import__("numpy").ones(2), "weights must be a tensor, got numpy.ndarray"),
+    ([0.5, 0.5], "weights must be a tensor, got list"),
+])
+def test_weights_of_the_wrong_type_raise_type_error(weights, message):
+    with pytest.raises(TypeError, match="mixed_sum: " + message):
+        ops.mixed_sum([torch.ones(3), torch.ones(3)], weights)

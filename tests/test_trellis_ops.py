@@ -1,5 +1,7 @@
 """trellis_aggregate and resize_sum: the fused kernels against the reference, gradcheck, opcheck,
 compile, bad inputs."""
+import contextlib
+
 import pytest
 import torch
 
@@ -483,6 +485,15 @@ def test_trellis_arguments_of_the_wrong_type_raise_type_error(cells, message):
         ops.trellis_aggregate(cells, torch.ones(1))
 
 
+@pytest.mark.parametrize("betas,message", [
+    (None, "betas must be a tensor, got None"),
+    (__import__("numpy").ones(1), "betas must be a tensor, got numpy.ndarray"),
+])
+def test_trellis_betas_of_the_wrong_type_raise_type_error(betas, message):
+    with pytest.raises(TypeError, match="trellis_aggregate: " + message):
+        ops.trellis_aggregate([[x(1, 2, 3, 3)]], betas)
+
+
 @pytest.mark.parametrize("inputs,message", [
     (None, "inputs must be a list or tuple of tensors, got None"),
     (__import__("numpy").ones((1, 2, 3, 3)), "inputs must be a list or tuple of tensors, got numpy.ndarray"),
@@ -491,6 +502,43 @@ def test_trellis_arguments_of_the_wrong_type_raise_type_error(cells, message):
 def test_resize_sum_arguments_of_the_wrong_type_raise_type_error(inputs, message):
     with pytest.raises(TypeError, match="resize_sum: " + message):
         ops.resize_sum(inputs, (4, 4))
+
+
+@pytest.mark.parametrize("weights,message", [
+    (__import__("numpy").ones(1), "weights must be a tensor or None, got numpy.ndarray"),
+    ("ones", "weights must be a tensor or None, got str"),
+])
+def test_resize_sum_weights_of_the_wrong_type_raise_type_error(weights, message):
+    with pytest.raises(TypeError, match="resize_sum: " + message):
+        ops.resize_sum([x(1, 2, 3, 3)], (4, 4), weights)
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_trellis_output_whose_bytes_overflow_raises(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    block = torch.ones(1, 1, 1, 1).expand(2**29, 2**30, 4, 1)  # 2**61 elements, none stored
+    blocks = [mode.from_tensor(block) if fake else block] * 2
+    with pytest.raises(RuntimeError, match=r"trellis_aggregate: the output \(from the cells' block shape and blocks "
+                                           r"per cell\) would have shape \[536870912, 2147483648, 4, 1\]: more bytes"):
+        with mode if fake else contextlib.nullcontext():
+            ops.trellis_aggregate([blocks], torch.ones(1))
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_resize_sum_output_whose_bytes_overflow_names_size(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    inputs = [mode.from_tensor(x(2, 4, 3, 3)) if fake else x(2, 4, 3, 3)]
+    with pytest.raises(RuntimeError, match=r"resize_sum: the output \(from size and inputs' N, C\) would have shape "
+                                           r"\[2, 4, 2147483648, 2147483648\]: more bytes than int64 can count"):
+        if fake:
+            with mode:
+                ops.resize_sum(inputs, (2**31, 2**31))
+        else:
+            ops.resize_sum(inputs, (2**31, 2**31))
 
 
 # --- resize_sum with non-finite values: what README says it shares with F.interpolate and where it differs

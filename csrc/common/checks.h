@@ -2,7 +2,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/util/safe_numerics.h>
 
+#include <cstdint>
+#include <limits>
 #include <string>
 
 namespace fastdnas {
@@ -41,6 +45,31 @@ inline void check_weight_vector(const at::Tensor& weights, int64_t length, const
               length_meaning, "), got ", weights.sizes());
   TORCH_CHECK(weights.device() == device, op, ": ", what, " is on ", weights.device(),
               " but the inputs are on ", device, "; they must be on one device");
+}
+
+// Size arithmetic on int64 that raises instead of wrapping: a * b and a + b, where `what` names
+// the size computed (and the arguments it comes from).
+inline int64_t checked_size_product(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t out = 0;
+  TORCH_CHECK(!c10::mul_overflows(a, b, &out), op, ": ", what, " (", a, " * ", b, ") overflows int64");
+  return out;
+}
+
+inline int64_t checked_size_sum(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t out = 0;
+  TORCH_CHECK(!c10::add_overflows(a, b, &out), op, ": ", what, " (", a, " + ", b, ") overflows int64");
+  return out;
+}
+
+// A result of shape `sizes` fits in memory addressable by int64 byte counts, counted in the
+// accumulation type of `dtype` (the kernels' sums use it): otherwise at::empty fails with a
+// message that names no argument. `what` names the result and the arguments giving its shape.
+inline void check_storage_size(const char* op, const char* what, at::IntArrayRef sizes, at::ScalarType dtype) {
+  uint64_t numel = 0;
+  const bool overflows = c10::safe_multiplies_u64(sizes, &numel);
+  const uint64_t item = c10::elementSize(at::toOpMathType(dtype));
+  TORCH_CHECK(!overflows && numel <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / item, op, ": ",
+              what, " would have shape ", sizes, ": more bytes than int64 can count");
 }
 
 }  // namespace fastdnas

@@ -88,12 +88,14 @@ FASTDNAS_HOST_DEVICE acc_t bn_invstd(acc_t var, double eps) {
 }
 
 // Gradient of the BatchNorm input of a candidate scaled by `weight` in a sum whose gradient is
-// g: weight * invstd * (g - mean(g) - xhat * mean(g * xhat)). With running statistics (eval)
-// both means are passed as zero.
+// g: on batch statistics weight * invstd * (g - mean(g) - xhat * mean(g * xhat)), the means over
+// the channel; on running statistics (eval) the statistics are constants, so weight * invstd * g
+// and the means are not read (callers do not compute them): a non-finite g stays local, as in
+// PyTorch's eval BatchNorm backward.
 template <typename acc_t>
-FASTDNAS_HOST_DEVICE acc_t bn_input_gradient(acc_t weight, acc_t invstd, acc_t g, acc_t xhat, acc_t mean_g,
-                                             acc_t mean_g_xhat) {
-  return weight * invstd * (g - mean_g - xhat * mean_g_xhat);
+FASTDNAS_HOST_DEVICE acc_t bn_input_gradient(bool batch_stats, acc_t weight, acc_t invstd, acc_t g, acc_t xhat,
+                                             acc_t mean_g, acc_t mean_g_xhat) {
+  return batch_stats ? weight * invstd * (g - mean_g - xhat * mean_g_xhat) : weight * invstd * g;
 }
 
 }  // namespace fastdnas

@@ -132,7 +132,10 @@ inline DepthwiseShape check_depthwise_forward_args(const at::Tensor& x, const at
   const char* op = "depthwise_conv2d";
   check_depthwise_tensor(op, "input", x, x);
   check_depthwise_tensor(op, "weight", weight, x);
-  return depthwise_shape(op, x.sizes(), weight.sizes(), stride, padding, dilation);
+  const DepthwiseShape s = depthwise_shape(op, x.sizes(), weight.sizes(), stride, padding, dilation);
+  check_storage_size(op, "the output (from input, weight, stride, padding and dilation)", {s.N, s.C, s.OH, s.OW},
+                     x.scalar_type());
+  return s;
 }
 
 inline DepthwiseShape check_depthwise_input_grad_args(const at::Tensor& grad, const at::Tensor& weight,
@@ -143,6 +146,7 @@ inline DepthwiseShape check_depthwise_input_grad_args(const at::Tensor& grad, co
   check_depthwise_tensor(op, "weight", weight, grad);
   const DepthwiseShape s = depthwise_shape(op, input_size, weight.sizes(), stride, padding, dilation);
   check_grad_shape(op, grad, s);
+  check_storage_size(op, "the input gradient (input_size)", input_size, grad.scalar_type());
   return s;
 }
 
@@ -154,6 +158,7 @@ inline DepthwiseShape check_depthwise_weight_grad_args(const at::Tensor& grad, c
   check_depthwise_tensor(op, "input", x, x);
   const DepthwiseShape s = depthwise_shape(op, x.sizes(), weight_size, stride, padding, dilation);
   check_grad_shape(op, grad, s);
+  check_storage_size(op, "the weight gradient (weight_size)", weight_size, grad.scalar_type());
   return s;
 }
 

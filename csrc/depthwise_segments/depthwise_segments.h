@@ -20,6 +20,7 @@ constexpr int kMaxDepthwiseSegments = 8;
 
 struct DepthwiseSegments {
   int64_t G, N, C, Cx, H, W, OH, OW;
+  int64_t out_channels;  // G * C
   std::array<int64_t, kMaxDepthwiseSegments> offset;  // first input channel of each segment
   // First element of each segment's weight gradient in the flat weight-gradient result; [G]: its size.
   std::array<int64_t, kMaxDepthwiseSegments + 1> weight_offset;
@@ -57,21 +58,23 @@ inline DepthwiseSegments depthwise_segments(const char* op, at::IntArrayRef x_si
   seg.N = x_sizes[0];
   seg.Cx = x_sizes[1];
   seg.C = w_sizes[0][0];
+  seg.out_channels = checked_size_product(op, "the output's G * C channels (segments * channels of weights[0])", G,
+                                          seg.C);
   seg.weight_offset[0] = 0;
   for (int64_t g = 0; g < G; ++g) {
     TORCH_CHECK(w_sizes[g].size() == 4 && w_sizes[g][0] == seg.C && w_sizes[g][1] == 1, op, ": weights[", g,
                 "] must have shape [C, 1, KH, KW] with C = ", seg.C, " (the C of weights[0]), got ", w_sizes[g]);
     const int64_t off = input_offsets[g];
-    TORCH_CHECK(off >= 0 && off <= seg.Cx - seg.C, op, ": input_offsets[", g, "] = ", off, " reads input channels [",
-                off, ", ", off + seg.C, ") but the input has ", seg.Cx, " channels; each offset must be in [0, ",
-                seg.Cx - seg.C, "]");
+    TORCH_CHECK(off >= 0 && off <= seg.Cx - seg.C, op, ": input_offsets[", g, "] = ", off, " reads ", seg.C,
+                " input channels from channel ", off, " but the input has ", seg.Cx,
+                " channels; each offset must be in [0, ", seg.Cx - seg.C, "]");
     seg.offset[g] = off;
     const std::string segment_op = std::string(op) + " (segment " + std::to_string(g) + ")";
     const std::array<int64_t, 4> x_segment{x_sizes[0], seg.C, x_sizes[2], x_sizes[3]};
     DepthwiseShape s = depthwise_shape(segment_op.c_str(), x_segment, w_sizes[g], stride, paddings.slice(2 * g, 2),
                                        dilations.slice(2 * g, 2));
     s.x_channels = seg.Cx;
-    s.y_channels = G * seg.C;
+    s.y_channels = seg.out_channels;
     if (g == 0) {
       seg.H = s.H;
       seg.W = s.W;
@@ -81,15 +84,18 @@ inline DepthwiseSegments depthwise_segments(const char* op, at::IntArrayRef x_si
     TORCH_CHECK(s.OH == seg.OH && s.OW == seg.OW, op, ": segment ", g, " gives an output of size ", s.OH, "x", s.OW,
                 " but segment 0 gives ", seg.OH, "x", seg.OW, "; every segment must give the same size");
     seg.shape[g] = s;
-    seg.weight_offset[g + 1] = seg.weight_offset[g] + seg.C * s.KH * s.KW;
+    const char* flat = "the flat weight gradient's size (the sum of C * KH * KW over the segments)";
+    seg.weight_offset[g + 1] =
+        checked_size_sum(op, flat, seg.weight_offset[g],
+                         checked_size_product(op, flat, checked_size_product(op, flat, seg.C, s.KH), s.KW));
   }
   return seg;
 }
 
 inline void check_segments_grad_shape(const char* op, const at::Tensor& grad, const DepthwiseSegments& seg) {
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == seg.N && grad.size(1) == seg.G * seg.C && grad.size(2) == seg.OH &&
-                  grad.size(3) == seg.OW,
-              op, ": grad must have the output's shape [", seg.N, ", ", seg.G * seg.C, ", ", seg.OH, ", ", seg.OW,
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == seg.N && grad.size(1) == seg.out_channels &&
+                  grad.size(2) == seg.OH && grad.size(3) == seg.OW,
+              op, ": grad must have the output's shape [", seg.N, ", ", seg.out_channels, ", ", seg.OH, ", ", seg.OW,
               "], got ", grad.sizes());
 }
 
@@ -112,7 +118,11 @@ inline DepthwiseSegments check_segments_forward_args(const at::Tensor& x, at::Te
   const char* op = "depthwise_conv2d_segments";
   check_depthwise_tensor(op, "input", x, x);
   check_segments_weights(op, weights, x);
-  return depthwise_segments(op, x.sizes(), weight_sizes(weights), stride, paddings, dilations, input_offsets);
+  const DepthwiseSegments seg =
+      depthwise_segments(op, x.sizes(), weight_sizes(weights), stride, paddings, dilations, input_offsets);
+  check_storage_size(op, "the output (from input, weights, stride, paddings and dilations)",
+                     {seg.N, seg.out_channels, seg.OH, seg.OW}, x.scalar_type());
+  return seg;
 }
 
 inline DepthwiseSegments check_segments_input_grad_args(const at::Tensor& grad, at::TensorList weights,
@@ -125,6 +135,7 @@ inline DepthwiseSegments check_segments_input_grad_args(const at::Tensor& grad, 
   const DepthwiseSegments seg =
       depthwise_segments(op, input_size, weight_sizes(weights), stride, paddings, dilations, input_offsets);
   check_segments_grad_shape(op, grad, seg);
+  check_storage_size(op, "the input gradient (input_size)", input_size, grad.scalar_type());
   return seg;
 }
 
@@ -146,6 +157,8 @@ inline DepthwiseSegments check_segments_weight_grad_args(const at::Tensor& grad,
   const std::vector<at::IntArrayRef> sizes(shapes.begin(), shapes.end());
   const DepthwiseSegments seg = depthwise_segments(op, x.sizes(), sizes, stride, paddings, dilations, input_offsets);
   check_segments_grad_shape(op, grad, seg);
+  check_storage_size(op, "the flat weight gradient (from kernel_sizes and grad's channels)",
+                     {seg.weight_offset[seg.G]}, grad.scalar_type());
   return seg;
 }
 

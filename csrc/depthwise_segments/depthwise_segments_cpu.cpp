@@ -16,7 +16,7 @@ at::Tensor depthwise_conv2d_segments_cpu(const at::Tensor& x_arg, at::TensorList
                                          at::IntArrayRef input_offsets) {
   const DepthwiseSegments seg = check_segments_forward_args(x_arg, weights, stride, paddings, dilations, input_offsets);
   const at::Tensor x = x_arg.contiguous();
-  at::Tensor out = at::empty({seg.N, seg.G * seg.C, seg.OH, seg.OW}, x.options());
+  at::Tensor out = at::empty({seg.N, seg.out_channels, seg.OH, seg.OW}, x.options());
   for (int64_t g = 0; g < seg.G; ++g)
     depthwise_forward_cpu(seg.shape[g], x, seg.offset[g], weights[g].contiguous(), out, g * seg.C);
   return out;

@@ -173,7 +173,7 @@ at::Tensor depthwise_conv2d_segments_cuda(const at::Tensor& x_arg, at::TensorLis
   const DepthwiseSegments seg = check_segments_forward_args(x_arg, weights, stride, paddings, dilations, input_offsets);
   const c10::cuda::CUDAGuard device_guard(x_arg.device());
   const at::Tensor x = x_arg.contiguous();
-  at::Tensor out = at::empty({seg.N, seg.G * seg.C, seg.OH, seg.OW}, x.options());
+  at::Tensor out = at::empty({seg.N, seg.out_channels, seg.OH, seg.OW}, x.options());
   const int64_t n = out.numel();
   if (n == 0) return out;
   const auto stream = at::cuda::getCurrentCUDAStream();

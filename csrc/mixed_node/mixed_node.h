@@ -91,10 +91,11 @@ inline NodeLayout make_node_layout(const char* op, at::TensorList edge_inputs, a
   L.N = first.size(0);
   L.C = first.size(1);
 
-  TORCH_CHECK(weights.defined() && weights.is_floating_point() && weights.dim() == 2 && weights.size(0) == E, op,
+  TORCH_CHECK(weights.defined(), op, ": weights must be a floating-point tensor [", E,
+              ", P] (one row of primitive weights per edge), got None");
+  TORCH_CHECK(weights.is_floating_point() && weights.dim() == 2 && weights.size(0) == E, op,
               ": weights must be a floating-point tensor [", E, ", P] (one row of primitive weights per edge), got ",
-              weights.defined() ? weights.sizes() : at::IntArrayRef{}, " ",
-              weights.defined() ? weights.scalar_type() : at::kFloat);
+              weights.sizes(), " ", weights.scalar_type());
   TORCH_CHECK(weights.device() == first.device(), op, ": weights is on ", weights.device(),
               " but the edge inputs are on ", first.device(), "; they must be on one device");
   const int64_t P = weights.size(1);

@@ -397,11 +397,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     for (const auto& P : pools) max_padded = std::max(max_padded, P.padded_size());
 
     // Per-channel sums for the weight gradients and the BatchNorm backward: sum(g * xhat) for
-    // each BatchNorm, sum(g * x) for each skip, sum(g) in the last row. Rows: free items, conv
-    // outputs, sum(g).
+    // each BatchNorm, sum(g * x) for each skip, sum(g) in the last row (batch statistics only).
+    // Rows: free items, conv outputs, sum(g).
     at::Tensor partials = at::zeros({F + K + 1, C}, acc_options);
     acc_t* partial = partials.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    if (batch_stats) at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         acc_t total = 0;
         for (int64_t n = 0; n < N; ++n) {
@@ -411,9 +411,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
         partial[(F + K) * C + c] = total;
       }
     });
-    // mean(g) and mean(g * xhat) of each BatchNorm's input gradient; zero with running statistics.
-    const acc_t inv_count = batch_stats ? acc_t(1) / static_cast<acc_t>(M) : acc_t(0);
-    auto mean_g = [&](int64_t c) { return partial[(F + K) * C + c] * inv_count; };
+    // mean(g) and mean(g * xhat) of each BatchNorm's input gradient, on batch statistics only.
+    const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
+    auto batch_mean = [&](acc_t sum) { return batch_stats ? sum * inv_count : acc_t(0); };
 
     // Work items (channel, unit), units: the edges (the gradient of the edge input through its
     // skip, pools and their BatchNorms), then the conv outputs (their BatchNorm input gradients).
@@ -427,7 +427,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       auto rows = buffer<acc_t>(max_padded);
       for (int64_t item_index = begin; item_index < end; ++item_index) {
         const int64_t c = item_index / units, u = item_index % units;
-        const acc_t mg = mean_g(c);
+        const acc_t mg = batch_mean(partial[(F + K) * C + c]);
         if (u >= E) {
           const int64_t k = u - E, b = L.conv_bn_row(k), s = b * C + c;
           const acc_t wk = w[L.conv_weight_index[k]], m = mu[s], inv = invstd[s];
@@ -440,7 +440,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
             });
           }
           partial[(F + k) * C + c] = total;
-          const acc_t mgx = total * inv_count;
+          const acc_t mgx = batch_mean(total);
           for (int64_t n = 0; n < N; ++n) {
             const int64_t p = n * C + c;
             const scalar_t* gp = g + p * HW;
@@ -448,7 +448,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
             scalar_t* dy = gy[k] + p * HW;
             for (int64_t o = 0; o < HW; ++o) {
               const acc_t xhat = bn_normalize(static_cast<acc_t>(yp[o]), m, inv);
-              dy[o] = static_cast<scalar_t>(bn_input_gradient(wk, inv, static_cast<acc_t>(gp[o]), xhat, mg, mgx));
+              dy[o] = static_cast<scalar_t>(
+                  bn_input_gradient(batch_stats, wk, inv, static_cast<acc_t>(gp[o]), xhat, mg, mgx));
             }
           }
           continue;
@@ -494,7 +495,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
             });
           }
           partial[i * C + c] = total;
-          const acc_t mgx = total * inv_count;
+          const acc_t mgx = batch_mean(total);
           for (int64_t n = 0; n < N; ++n) {
             const int64_t p = n * C + c;
             const scalar_t* gp = g + p * HW;
@@ -502,7 +503,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
             acc_t* dxp = dx.get() + n * padded;
             if (item.kind == kFreeMaxPool) {
               for (int64_t o = 0; o < HW; ++o)
-                d[o] = bn_input_gradient(wi, inv, static_cast<acc_t>(gp[o]), bn_normalize(v[o], m, inv), mg, mgx);
+                d[o] = bn_input_gradient(batch_stats, wi, inv, static_cast<acc_t>(gp[o]), bn_normalize(v[o], m, inv),
+                                         mg, mgx);
               const acc_t* xpn = xp.get() + n * padded;
               if (P.stride == 1) {
                 max_pool_taps<1>(xpn, P, v, taps.data());
@@ -515,8 +517,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
               for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh) {
                 acc_t* d_row = d_padded.data() + oh * padded_row(P.Wo) + kRowPad;
                 for (int64_t ow = 0; ow < P.Wo; ++ow, ++o)
-                  d_row[ow] = bn_input_gradient(wi, inv, static_cast<acc_t>(gp[o]), bn_normalize(v[o], m, inv), mg,
-                                                mgx) / P.divisor[o];
+                  d_row[ow] = bn_input_gradient(batch_stats, wi, inv, static_cast<acc_t>(gp[o]),
+                                                bn_normalize(v[o], m, inv), mg, mgx) /
+                              P.divisor[o];
               }
               if (P.stride == 1)
                 avg_pool_scatter<1>(P, d_padded.data(), dxp);

@@ -147,7 +147,7 @@ __global__ void forward_kernel(NodeTable<scalar_t> t, const acc_t* __restrict__ 
 }
 
 // One block per (row, channel); rows: free items (sum g*xhat, or sum g*x for a skip), conv
-// outputs (sum g*xhat), and last sum(g).
+// outputs (sum g*xhat), and last sum(g) (launched on batch statistics only).
 template <typename scalar_t, typename acc_t>
 __global__ void backward_sums_kernel(NodeTable<scalar_t> t, const scalar_t* __restrict__ grad,
                                      const acc_t* __restrict__ mean, const acc_t* __restrict__ var, double eps,
@@ -194,9 +194,12 @@ __global__ void weight_gradient_kernel(NodeTable<scalar_t> t, const acc_t* __res
       grad_weights[r < t.num_free ? t.free_weight[r] : t.conv_weight[r - t.num_free]] += item_sum[r];
 }
 
+// mean(g) or mean(g * xhat) of channel c from its row of partials: on batch statistics only
+// (running statistics need neither, and the sum(g) row is then not computed).
 template <typename acc_t>
-__device__ __forceinline__ acc_t channel_mean(const acc_t* partials, int row, int64_t C, int64_t c, acc_t inv_count) {
-  return partials[row * C + c] * inv_count;
+__device__ __forceinline__ acc_t channel_mean(bool batch_stats, const acc_t* partials, int row, int64_t C, int64_t c,
+                                              acc_t inv_count) {
+  return batch_stats ? partials[row * C + c] * inv_count : acc_t(0);
 }
 
 // BatchNorm input gradients of the conv outputs, one thread per element.
@@ -204,7 +207,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void conv_gradient_kernel(NodeTable<scalar_t> t, GradTable<scalar_t> out, const scalar_t* __restrict__ grad,
                                      const acc_t* __restrict__ weights, const acc_t* __restrict__ mean,
                                      const acc_t* __restrict__ var, double eps, const acc_t* __restrict__ partials,
-                                     acc_t inv_count) {
+                                     bool batch_stats, acc_t inv_count) {
   const int64_t plane = t.Ho * t.Wo, per_conv = t.N * t.C * plane, n = per_conv * t.num_conv;
   const int sum_row = t.num_free + t.num_conv;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -215,9 +218,9 @@ __global__ void conv_gradient_kernel(NodeTable<scalar_t> t, GradTable<scalar_t> 
     const acc_t m = mean[s], invstd = bn_invstd(var[s], eps);
     const acc_t xhat = bn_normalize(static_cast<acc_t>(t.conv[k][j]), m, invstd);
     out.conv[k][j] = static_cast<scalar_t>(bn_input_gradient(
-        weights[t.conv_weight[k]], invstd, static_cast<acc_t>(grad[j]), xhat,
-        channel_mean(partials, sum_row, t.C, c, inv_count),
-        channel_mean(partials, t.num_free + k, t.C, c, inv_count)));
+        batch_stats, weights[t.conv_weight[k]], invstd, static_cast<acc_t>(grad[j]), xhat,
+        channel_mean(batch_stats, partials, sum_row, t.C, c, inv_count),
+        channel_mean(batch_stats, partials, t.num_free + k, t.C, c, inv_count)));
   }
 }
 
@@ -227,7 +230,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void pool_gradient_kernel(NodeTable<scalar_t> t, const scalar_t* __restrict__ grad,
                                      const acc_t* __restrict__ weights, const acc_t* __restrict__ mean,
                                      const acc_t* __restrict__ var, double eps, const acc_t* __restrict__ partials,
-                                     acc_t inv_count, acc_t* __restrict__ pool_grad, uint8_t* __restrict__ argmax_offset) {
+                                     bool batch_stats, acc_t inv_count, acc_t* __restrict__ pool_grad,
+                                     uint8_t* __restrict__ argmax_offset) {
   const int64_t plane = t.Ho * t.Wo, per_pool = t.N * t.C * plane, n = per_pool * t.num_free_bn;
   const int sum_row = t.num_free + t.num_conv;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -241,16 +245,16 @@ __global__ void pool_gradient_kernel(NodeTable<scalar_t> t, const scalar_t* __re
     const acc_t m = mean[s], invstd = bn_invstd(var[s], eps);
     const acc_t w = weights[t.free_weight[i]];
     const acc_t g = static_cast<acc_t>(grad[j]);
-    const acc_t mg = channel_mean(partials, sum_row, t.C, c, inv_count);
-    const acc_t mgx = channel_mean(partials, i, t.C, c, inv_count);
+    const acc_t mg = channel_mean(batch_stats, partials, sum_row, t.C, c, inv_count);
+    const acc_t mgx = channel_mean(batch_stats, partials, i, t.C, c, inv_count);
     if (t.free_kind[i] == kFreeMaxPool) {
       int64_t a;
       const acc_t v = max_pool3x3<acc_t>(x, H, W, oh, ow, st, &a);
-      pool_grad[idx] = bn_input_gradient(w, invstd, g, bn_normalize(v, m, invstd), mg, mgx);
+      pool_grad[idx] = bn_input_gradient(batch_stats, w, invstd, g, bn_normalize(v, m, invstd), mg, mgx);
       argmax_offset[idx] = static_cast<uint8_t>((a / W - (oh * st - 1)) * 3 + (a % W - (ow * st - 1)));
     } else {
       const acc_t v = avg_pool3x3<acc_t>(x, H, W, oh, ow, st);
-      pool_grad[idx] = bn_input_gradient(w, invstd, g, bn_normalize(v, m, invstd), mg, mgx) /
+      pool_grad[idx] = bn_input_gradient(batch_stats, w, invstd, g, bn_normalize(v, m, invstd), mg, mgx) /
                        static_cast<acc_t>(window_count(pool_window(oh, ow, st, H, W)));
     }
   }
@@ -375,8 +379,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       const acc_t* v = var.const_data_ptr<acc_t>();
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
+      // The sum(g) row only on batch statistics: no row of running statistics reads it.
       at::Tensor partials = at::empty({F + K + 1, L.C}, acc_options);
-      FASTDNAS_LAUNCH((backward_sums_kernel<scalar_t, acc_t>), (F + K + 1) * L.C, kThreads, 0, stream)(
+      FASTDNAS_LAUNCH((backward_sums_kernel<scalar_t, acc_t>), (F + K + (batch_stats ? 1 : 0)) * L.C, kThreads, 0,
+                      stream)(
           table, g, mu, v, eps, partials.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const acc_t* partial = partials.const_data_ptr<acc_t>();
@@ -384,11 +390,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
                                                                            grad_w.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-      const acc_t inv_count = batch_stats ? acc_t(1) / static_cast<acc_t>(M) : acc_t(0);
+      const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
       const int64_t per_output = L.N * L.C * L.plane();
       if (K > 0) {
         FASTDNAS_LAUNCH((conv_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * K), kThreads, 0, stream)(
-            table, outputs, g, w, mu, v, eps, partial, inv_count);
+            table, outputs, g, w, mu, v, eps, partial, batch_stats, inv_count);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       // Pool output gradients live only until the gather below.
@@ -398,7 +404,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       if (pools > 0) {
         FASTDNAS_LAUNCH((pool_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * pools), kThreads, 0,
                         stream)(
-            table, g, w, mu, v, eps, partial, inv_count, pool_grad.mutable_data_ptr<acc_t>(),
+            table, g, w, mu, v, eps, partial, batch_stats, inv_count, pool_grad.mutable_data_ptr<acc_t>(),
             argmax_offset.mutable_data_ptr<uint8_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }

@@ -39,6 +39,8 @@ inline void check_resize_sum_args(at::TensorList inputs, at::IntArrayRef size,
   }
   TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, op,
               ": size must be 2 positive ints (height, width), got ", size);
+  check_storage_size(op, "the output (from size and inputs' N, C)", {first.size(0), first.size(1), size[0], size[1]},
+                     first.scalar_type());
   if (weights.has_value())
     check_weight_vector(*weights, static_cast<int64_t>(inputs.size()), first.device(), op, "weights",
                         "one weight per input");

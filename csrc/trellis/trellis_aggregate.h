@@ -39,6 +39,8 @@ inline int64_t check_trellis_aggregate_args(at::TensorList blocks, int64_t num_c
   TORCH_CHECK(first.dim() == 4, op, ": cells[0][0] must be 4-D [N, C, H, W], got shape ", first.sizes());
   TORCH_CHECK(first.size(1) <= std::numeric_limits<int64_t>::max() / B, op, ": the output's ", B, " * ",
               first.size(1), " channels (blocks per cell * C) overflow int64");
+  check_storage_size(op, "the output (from the cells' block shape and blocks per cell)",
+                     {first.size(0), B * first.size(1), first.size(2), first.size(3)}, first.scalar_type());
   for (int64_t i = 1; i < count; ++i) {
     const at::Tensor& t = blocks[i];
     const int64_t cell = i / B, block = i % B;
