@@ -12,22 +12,22 @@
 #   library (10)          fastdnas._C loads and runs a CUDA op, else it is rebuilt (build, up to
 #                         300; 35 s with 16 jobs for one architecture), time taken from later phases
 #   versions (10)         GPU, driver, torch, nvcc
-#   steps-darts1 (55)     DARTS search step, first order, C=16, 8 cells, batch 64, 32x32: fused eager,
+#   steps-darts1 (50)     DARTS search step, first order, C=16, 8 cells, batch 64, 32x32: fused eager,
 #                         fused + CUDA graphs, reference eager, reference + CUDA graphs (python -m
 #                         benchmarks.search_step): median ms, peak MiB (max_memory_allocated, reset
 #                         per variant), speedup over reference eager, ms of an evaluation batch and
 #                         the extrapolated hours of a 50-epoch CIFAR-10 search
 #   steps-darts2 (60)     the same, second order
-#   steps-adl1 (110)      Auto-DeepLab search step at the paper's size (F=8, L=12, B=5, batch 2,
+#   steps-adl1 (140)      Auto-DeepLab search step at the paper's size (F=8, L=12, B=5, batch 2,
 #                         321x321; evaluation on 1024x512 images), the same four variants, plus the
 #                         weight-only step; extrapolated hours of a 40-epoch Cityscapes search
-#   profile (35)          torch.profiler of the fused DARTS step at the real size: busy time and top
+#   profile (30)          torch.profiler of the fused DARTS step at the real size: busy time and top
 #                         kernels per step (table: profile-darts-fused-eager-cuda.txt)
 #   bench-kernels (25)    the kernel rows (python -m benchmarks.run --only kernels): ms of reference
 #                         and fused forward+backward, fused bandwidth as a fraction of a copy's
 #   kernel-tests (45)     CUDA cases of the five kernel test files (-k cuda)
 #   graph-tests (80)      tests/test_graphed.py (CUDA-graph replay == eager)
-#   other-cuda-tests (25) the CUDA cases of every other test file
+#   other-cuda-tests (30) the CUDA cases of every other test file
 #   compile (45)          torch.compile variants (fused, then reference) of the DARTS first-order step;
 #                         warmup_s is the compilation
 #   memcheck (60)         compute-sanitizer memcheck on the kernel tests (after a 25 s probe that the
@@ -177,10 +177,10 @@ fi
 
 # --- performance: the search steps at the real sizes, the profile, the kernel rows ---
 steps=("$PYTHON" -m benchmarks.search_step --device cuda --budget 2)
-run_phase steps-darts1 55 "${steps[@]}" --space darts --order 1 --out "$work/bench-steps-darts1.json"
+run_phase steps-darts1 50 "${steps[@]}" --space darts --order 1 --out "$work/bench-steps-darts1.json"
 run_phase steps-darts2 60 "${steps[@]}" --space darts --order 2 --out "$work/bench-steps-darts2.json"
-run_phase steps-adl1 110 "${steps[@]}" --space autodeeplab --order 1 --out "$work/bench-steps-adl1.json"
-run_phase profile 35 "$PYTHON" -m benchmarks.profile_step --space darts --variant "fused eager" --device cuda \
+run_phase steps-adl1 140 "${steps[@]}" --space autodeeplab --order 1 --out "$work/bench-steps-adl1.json"
+run_phase profile 30 "$PYTHON" -m benchmarks.profile_step --space darts --variant "fused eager" --device cuda \
   --out "$dest"
 run_phase bench-kernels 25 "$PYTHON" -m benchmarks.run --only kernels --device cuda --min-run-time 0.25 \
   --out "$work/bench-kernels.json"
@@ -194,7 +194,7 @@ run_phase kernel-tests 45 "${pytest[@]}" -k cuda $kernel_tests
 run_phase graph-tests 80 "${pytest[@]}" "$repo/tests/test_graphed.py"
 others=$(ls "$repo"/tests/test_*.py | grep -v -e test_mixed_sum -e test_trellis_ops -e test_mixed_node \
   -e test_depthwise_conv -e test_depthwise_segments -e test_graphed)
-run_phase other-cuda-tests 25 "${pytest[@]}" -k cuda $others
+run_phase other-cuda-tests 30 "${pytest[@]}" -k cuda $others
 
 # --- torch.compile, under a hard limit ---
 run_phase compile 45 "${steps[@]}" --space darts --order 1 --variant "fused compile" --variant "reference compile" \
