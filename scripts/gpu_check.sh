@@ -27,7 +27,7 @@
 #                         and fused forward+backward, fused bandwidth as a fraction of a copy's
 #   kernel-tests (45)     CUDA cases of the five kernel test files (-k cuda)
 #   graph-tests (80)      tests/test_graphed.py (CUDA-graph replay == eager)
-#   other-cuda-tests (30) the CUDA cases of every other test file
+#   other-cuda-tests (30) the CUDA cases of every other test file (not the CPU-only CUDA emulator's)
 #   compile (45)          torch.compile variants (fused, then reference) of the DARTS first-order step;
 #                         warmup_s is the compilation
 #   memcheck (60)         compute-sanitizer memcheck on the kernel tests (after a 25 s probe that the
@@ -192,8 +192,9 @@ pytest=("$PYTHON" -m pytest -v -ra --tb=short -p no:cacheprovider --rootdir "$re
 "$PYTHON" -c "import pytest_timeout" 2>/dev/null && pytest+=(--timeout 60)
 run_phase kernel-tests 45 "${pytest[@]}" -k cuda $kernel_tests
 run_phase graph-tests 80 "${pytest[@]}" "$repo/tests/test_graphed.py"
+# Not test_cuda_emu.py: -k cuda would select all of it by its name (the CUDA emulator, CPU only).
 others=$(ls "$repo"/tests/test_*.py | grep -v -e test_mixed_sum -e test_trellis_ops -e test_mixed_node \
-  -e test_depthwise_conv -e test_depthwise_segments -e test_graphed)
+  -e test_depthwise_conv -e test_depthwise_segments -e test_graphed -e test_cuda_emu)
 run_phase other-cuda-tests 30 "${pytest[@]}" -k cuda $others
 
 # --- torch.compile, under a hard limit ---

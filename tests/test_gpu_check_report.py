@@ -77,7 +77,7 @@ def test_a_failing_variant_prints_failed_and_the_next_runs(capsys, monkeypatch, 
 
     def out_of_memory(space, variant, *args, **kwargs):
         if variant.startswith("reference"):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return make_step(space, variant, *args, **kwargs)
 
     monkeypatch.setattr(search_step, "make_step", out_of_memory)
