@@ -27,7 +27,9 @@ def top_kernels(events, cuda, steps, top):
     """(busy ms per step, [(name, ms per step)] of the ``top`` kernels, or CPU operators, by self time)."""
     if cuda:
         events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-        self_us = [getattr(e, "self_device_time_total", None) or e.self_cuda_time_total for e in events]
+        # self_cuda_time_total before torch 2.4's rename
+        self_us = [e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+                   for e in events]
     else:
         self_us = [e.self_cpu_time_total for e in events]
     ranked = sorted(zip(self_us, (e.key for e in events)), reverse=True)
