@@ -253,8 +253,22 @@ def bench_variant(space, variant, device, settings, order, budget_s, eval_second
     return row
 
 
+def compare(rows, space, order, device):
+    """Speedup (printed at once) and memory ratio over reference eager of every row measured since
+    the last call, once reference eager is measured."""
+    baseline = next((r for r in rows if r["variant"] == "reference eager" and "ms" in r), None)
+    memory_key = "peak_MB" if device == "cuda" else "saved_MB"
+    for r in rows if baseline is not None else []:
+        if "ms" in r and "speedup" not in r:
+            r["speedup"] = baseline["ms"] / r["ms"]
+            if r is not baseline:
+                perf(subject(space, order), short_name(r["variant"]), "x", r["speedup"], "x")
+        if memory_key in r and memory_key in baseline:
+            r["mem_ratio"] = r[memory_key] / baseline[memory_key]
+
+
 def bench_space(space, device, variants, settings, budget_s=3.0, order=1):
-    """Rows of ``variants`` in the order given; speedups over reference eager at the end."""
+    """Rows of ``variants`` in the order given, each compared with reference eager once both are measured."""
     rows, eval_seconds = [], {}
     for i, variant in enumerate(variants):
         try:
@@ -268,16 +282,7 @@ def bench_space(space, device, variants, settings, budget_s=3.0, order=1):
             gc.collect()  # the variant's network, optimizer state and graphs go before the next is built
             if device == "cuda":
                 torch.cuda.empty_cache()
-    baseline = next((r for r in rows if r["variant"] == "reference eager" and "ms" in r), None)
-    if baseline is not None:
-        memory_key = "peak_MB" if device == "cuda" else "saved_MB"
-        for r in rows:
-            if "ms" in r:
-                r["speedup"] = baseline["ms"] / r["ms"]
-                if r is not baseline:
-                    perf(subject(space, order), short_name(r["variant"]), "x", r["speedup"], "x")
-            if memory_key in r and memory_key in baseline:
-                r["mem_ratio"] = r[memory_key] / baseline[memory_key]
+        compare(rows, space, order, device)
     return rows
 
 
