@@ -18,11 +18,10 @@ printed as a PERF line (benchmarks/report.py) as soon as it is measured. A varia
 runs out of memory prints ``PERF ...=FAILED reason=...`` and the next one runs.
 
     python -m benchmarks.search_step [--space darts|autodeeplab] [--order 1|2] [--variant V ...]
-                                     [--device cpu|cuda] [--quick] [--budget SECONDS] [--out FILE]
+                                     [--device cpu|cuda] [--quick | --tiny] [--budget SECONDS] [--out FILE]
 """
 import argparse
 import gc
-import os
 import signal
 import time
 from functools import partial
