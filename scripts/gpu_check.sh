@@ -215,7 +215,8 @@ if wants memcheck || wants racecheck; then
       "${pytest[@]}" "${sanitized[@]}"
     run_phase racecheck 40 "$sanitizer" --tool racecheck --error-exitcode 1 "${pytest[@]}" "${sanitized[@]}"
   else
-    note "memcheck, racecheck: not run (compute-sanitizer refused the device; see sanitizer-probe.log)"
+    note "memcheck, racecheck: not run (the sanitizer probe did not pass: see its line, and sanitizer-probe.log)"
+    echo "memcheck, racecheck: not run (the sanitizer probe did not pass)" >> "$work/phases.txt"
   fi
 fi
 exit $status
