@@ -3,6 +3,8 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import time
 
 import torch
 import torch.utils.benchmark as tbench
@@ -15,6 +17,35 @@ def median_seconds(fn, device, min_run_time=1.0):
         torch.cuda.synchronize()
     timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def step_seconds(fn, device, budget_s=3.0, min_steps=3, max_steps=50):
+    """(median seconds of one fn() call, calls timed) for an fn that is already warmed up: calls
+    until ``budget_s`` is spent (at least ``min_steps``, at most ``max_steps``). On CUDA each call
+    is timed by events recorded between consecutive calls, the host at most one call ahead of the
+    device (as in a training loop, host and device overlap); on the CPU by perf_counter."""
+    cuda = device == "cuda"
+    clock = (lambda: torch.cuda.Event(enable_timing=True)) if cuda else None
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    marks = [clock() if cuda else start]
+    if cuda:
+        marks[0].record()
+    while len(marks) <= min_steps or (len(marks) <= max_steps and time.perf_counter() - start < budget_s):
+        fn()
+        if cuda:
+            marks.append(clock())
+            marks[-1].record()
+            marks[-2].synchronize()
+        else:
+            marks.append(time.perf_counter())
+    if cuda:
+        marks[-1].synchronize()
+        times = [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:])]
+    else:
+        times = [b - a for a, b in zip(marks, marks[1:])]
+    return statistics.median(times), len(times)
 
 
 def machine(device):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from fastdnas import ops, reference
 
 from .common import median_seconds
+from .report import perf
 
 # mixed_sum: K=8 one edge's ops, K=40 a whole DARTS node (5 edges x 8 ops); N x C x H x W.
 MIXED_SUM_CASES = [(8, (64, 16, 32, 32)), (40, (64, 16, 32, 32)), (8, (64, 64, 32, 32)), (40, (64, 32, 32, 32))]
@@ -51,6 +52,10 @@ def copy_bandwidth(device, numel, min_run_time):
 def _rows(op, case, device, dtype, reference_fn, fused_fn, grad_inputs, grad, moved_bytes, copy_bw, min_run_time):
     fused = median_seconds(_forward_backward(fused_fn, grad_inputs, grad), device, min_run_time)
     ref = median_seconds(_forward_backward(reference_fn, grad_inputs, grad), device, min_run_time)
+    name = case + ("" if dtype == torch.float32 else f" {dtype}")  # PERF <op>.<case>.ref_ms / fused_ms / frac
+    perf(op, name, "ref_ms", ref * 1e3, "ms")
+    perf(op, name, "fused_ms", fused * 1e3, "ms")
+    perf(op, name, "frac", moved_bytes / fused / copy_bw, "of the copy's bandwidth")
     rows = []
     for variant, seconds in (("reference", ref), ("fused", fused)):
         rows.append({
@@ -133,6 +138,7 @@ def run(device, quick=False, min_run_time=1.0, **_):
     on_cuda = device == "cuda"
     copy_numel = (64 if on_cuda else 16) * 2**20
     copy_bw = copy_bandwidth(device, copy_numel, min_run_time)
+    perf("copy", device, "GBps", copy_bw / 1e9, "GB/s")
     rows = [{"bench": "copy", "case": f"{copy_numel * 4 // 2**20} MB float32", "device": device, "variant": "copy",
              "ms": 2 * copy_numel * 4 / copy_bw * 1e3, "GBps": copy_bw / 1e9, "copy_fraction": 1.0}]
 

@@ -2,7 +2,7 @@
 and CUDA rows where a GPU is present), prints one table and writes JSON.
 
     python -m benchmarks.run [--quick] [--skip-compile] [--compile-on-cpu] [--only SECTION ...]
-                             [--device cpu|cuda] [--threads N] [--out FILE]
+                             [--device cpu|cuda] [--threads N] [--min-run-time SECONDS] [--out FILE]
 
 Sections: kernels (fused ops vs their references, bandwidth vs a copy), steps (DARTS and
 Auto-DeepLab search steps in every variant), memory (saved-for-backward bytes, peak memory and
@@ -32,7 +32,7 @@ SECTIONS = {
 # The columns of the one table, in order; a row leaves out what does not apply to it. Columns a
 # section adds that are not listed here are printed after these.
 COLUMNS = ["bench", "case", "device", "variant", "ms", "speedup", "vs_darts", "GBps", "copy_fraction", "peak_MB",
-           "saved_MB", "mem_ratio", "search_50ep_min", "ops_fwd_bwd", "ops_step", "ops_ratio", "note"]
+           "saved_MB", "mem_ratio", "search_h", "ops_fwd_bwd", "ops_step", "ops_ratio", "note"]
 
 
 def table_columns(rows):
@@ -53,6 +53,7 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], action="append",
                         help="benchmark this device (repeatable; default: the CPU, and CUDA when present)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--min-run-time", type=float, help="seconds of timing per case (default 1, --quick 0.2)")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
@@ -61,7 +62,7 @@ def main(argv=None):
     if "cuda" in devices and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available here")
     sections = args.only or list(SECTIONS)
-    min_run_time = 0.2 if args.quick else 1.0
+    min_run_time = args.min_run_time or (0.2 if args.quick else 1.0)
     results = {section: [] for section in sections}
     for device in devices:
         for section in sections:
