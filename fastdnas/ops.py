@@ -96,7 +96,7 @@ def _mixed_sum_fake(inputs, weights):
 
 
 @torch.library.register_fake("fastdnas::_mixed_sum_backward")
-def _mixed_sum_backward_fake(grad, inputs, weights):
+def _mixed_sum_backward_fake(grad, inputs, weights, output_mask=(True, True)):
     op = "mixed_sum (backward)"
     _check_mixed_sum_args(inputs, weights, op)
     first = inputs[0]
@@ -105,8 +105,9 @@ def _mixed_sum_backward_fake(grad, inputs, weights):
         lambda: f"{op}: grad must match inputs[0] (shape {list(first.shape)}, dtype {first.dtype}, device "
         f"{first.device})",
     )
-    grad_inputs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
-    return grad_inputs, torch.empty_like(weights, memory_format=torch.contiguous_format)
+    # A masked output is not computed: an empty list, None.
+    grad_inputs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs] if output_mask[0] else []
+    return grad_inputs, torch.empty_like(weights, memory_format=torch.contiguous_format) if output_mask[1] else None
 
 
 def _mixed_sum_setup_context(ctx, inputs, output):
@@ -128,9 +129,11 @@ def _only_needed(grads, needed):
 
 def _mixed_sum_backward(ctx, grad):
     *tensors, weights = ctx.saved_tensors
-    grad_inputs, grad_weights = torch.ops.fastdnas._mixed_sum_backward(grad, tensors, weights)
     need_inputs = _needed(ctx.needs_input_grad[0], len(tensors))
-    return _only_needed(grad_inputs, need_inputs), grad_weights if ctx.needs_input_grad[1] else None
+    # The kernel leaves out what no one needs: the input gradients, or the weights' sums.
+    grad_inputs, grad_weights = torch.ops.fastdnas._mixed_sum_backward(grad, tensors, weights,
+                                                                       [any(need_inputs), ctx.needs_input_grad[1]])
+    return _only_needed(grad_inputs or [None] * len(tensors), need_inputs), grad_weights
 
 
 torch.library.register_autograd(
