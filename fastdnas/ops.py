@@ -254,7 +254,7 @@ def _trellis_aggregate_fake(blocks, num_cells, betas):
 
 
 @torch.library.register_fake("fastdnas::_trellis_aggregate_backward")
-def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas):
+def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas, output_mask=(True, True)):
     op = "trellis_aggregate (backward)"
     B = _check_trellis_aggregate_args(blocks, num_cells, betas, op)
     shape = _trellis_output_shape(blocks[0], B)
@@ -263,8 +263,8 @@ def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas):
         lambda: f"{op}: grad must have shape {list(shape)}, dtype {blocks[0].dtype} "
         f"and device {blocks[0].device}",
     )
-    grad_blocks = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in blocks]
-    return grad_blocks, torch.empty_like(betas, memory_format=torch.contiguous_format)
+    grad_blocks = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in blocks] if output_mask[0] else []
+    return grad_blocks, torch.empty_like(betas, memory_format=torch.contiguous_format) if output_mask[1] else None
 
 
 def _trellis_aggregate_setup_context(ctx, inputs, output):
@@ -275,9 +275,10 @@ def _trellis_aggregate_setup_context(ctx, inputs, output):
 
 def _trellis_aggregate_backward(ctx, grad):
     *blocks, betas = ctx.saved_tensors
-    grad_blocks, grad_betas = torch.ops.fastdnas._trellis_aggregate_backward(grad, blocks, ctx.num_cells, betas)
     need_blocks = _needed(ctx.needs_input_grad[0], len(blocks))
-    return _only_needed(grad_blocks, need_blocks), None, grad_betas if ctx.needs_input_grad[2] else None
+    grad_blocks, grad_betas = torch.ops.fastdnas._trellis_aggregate_backward(
+        grad, blocks, ctx.num_cells, betas, [any(need_blocks), ctx.needs_input_grad[2]])
+    return _only_needed(grad_blocks or [None] * len(blocks), need_blocks), None, grad_betas
 
 
 torch.library.register_autograd(

@@ -95,6 +95,11 @@ def trellis_problem(T, B, shape, dtype, non_contiguous=False):
 
     def run(ns):
         grad_blocks, grad_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas)
+        # Each output alone (output_mask) is bitwise the one computed with the other.
+        only_blocks, no_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas, [True, False])
+        no_blocks, only_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas, [False, True])
+        assert no_betas is None and no_blocks == [] and torch.equal(only_betas, grad_betas)
+        assert len(only_blocks) == T * B and all(torch.equal(a, b) for a, b in zip(only_blocks, grad_blocks))
         return [ns.trellis_aggregate(blocks, T, betas), *grad_blocks, grad_betas]
 
     def ref():
