@@ -10,6 +10,7 @@ calls inside itself are not seen (they are not dispatched from Python).
 
     python -m benchmarks.run --only launches        # the table and JSON of the suite
     python -m benchmarks.launches [--by-op]         # the same, with a per-op breakdown
+    python -m benchmarks.launches --passes           # the fused backend's two passes, op by op
 """
 import argparse
 from collections import Counter
@@ -59,11 +60,27 @@ class LaunchCounter(TorchDispatchMode):
         return sum(self.counts.values())
 
 
-def count(fn):
+def count(fn, counter_type=LaunchCounter):
     """(total, Counter by op name) of the compute ops fn() dispatches."""
-    with LaunchCounter() as counter:
-        fn()
+    counter = counted(fn, counter_type)
     return counter.total, counter.counts
+
+
+def counted(fn, counter_type=LaunchCounter):
+    """The counter (a ``counter_type``) that watched fn() run."""
+    with counter_type() as counter:
+        fn()
+    return counter
+
+
+def make_batch(space, settings):
+    """(inputs, targets) of one batch of the settings' size."""
+    s = settings
+    size = s["image_size"]
+    inputs = torch.randn(s["batch"], 3, size, size)
+    if space == "darts":
+        return inputs, torch.randint(0, 10, (s["batch"],))
+    return inputs, torch.randint(0, 19, (s["batch"], size, size))
 
 
 def make_network(space, backend, settings):
@@ -71,15 +88,10 @@ def make_network(space, backend, settings):
     s = settings
     if space == "darts":
         net = darts.SearchNetwork(C=s["C"], num_classes=10, layers=s["layers"], backend=backend)
-        inputs = torch.randn(s["batch"], 3, s["image_size"], s["image_size"])
-        targets = torch.randint(0, 10, (s["batch"],))
-        return net, inputs, targets, cross_entropy_loss
+        return net, *make_batch(space, s), cross_entropy_loss
     net = autodeeplab.SearchNetwork(19, layers=s["layers"], blocks=s["blocks"],
                                     filter_multiplier=s["filter_multiplier"], backend=backend)
-    size = s["image_size"]
-    inputs = torch.randn(s["batch"], 3, size, size)
-    targets = torch.randint(0, 19, (s["batch"], size, size))
-    return net, inputs, targets, segmentation_loss
+    return net, *make_batch(space, s), segmentation_loss
 
 
 def forward_backward_counts(space, backend, settings=None):
@@ -102,6 +114,21 @@ def step_counts(space, backend, settings=None):
     _, step, _ = make_step(space, f"{backend} eager", "cpu", settings or SETTINGS[space])
     step(), step()
     return count(step)
+
+
+def pass_counters(space, backend, settings=None, counter_type=LaunchCounter):
+    """{pass: the counter that watched it} for the two passes of a first-order search step, counted
+    apart after two warm-up steps: "architecture" (``Architect.first_order_grads``: forward and
+    backward on the val batch for the alpha gradients; no weight gradient) and "weight"
+    (``Search.weight_step``: forward, backward for the weight gradients, clipping and SGD; no
+    alpha gradient)."""
+    settings = settings or SETTINGS[space]
+    search, step, _ = make_step(space, f"{backend} eager", "cpu", settings)
+    inputs, targets = make_batch(space, settings)
+    step(), step()
+    passes = {"architecture": lambda: search.architect.first_order_grads(inputs, targets),
+              "weight": lambda: search.weight_step(inputs, targets)}
+    return {name: counted(fn, counter_type) for name, fn in passes.items()}
 
 
 def describe(space, s):
@@ -133,8 +160,17 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--by-op", action="store_true", help="also print the fused backend's ops by name")
+    parser.add_argument("--passes", action="store_true",
+                        help="only the fused backend's architecture and weight passes, op by op")
     parser.add_argument("--space", choices=["darts", "autodeeplab"], action="append")
     args = parser.parse_args(argv)
+    if args.passes:
+        for space in args.space or ["darts", "autodeeplab"]:
+            for name, counter in pass_counters(space, "fused").items():
+                print(f"\n{space}, fused, {name} pass: {counter.total} ops")
+                for op, n in counter.counts.most_common():
+                    print(f"  {n:6d}  {op}")
+        return
     rows = [row for row in run() if row["bench"].split()[0] in (args.space or ["darts", "autodeeplab"])]
     print_table(rows, ["bench", "case", "variant", "ops_fwd_bwd", "ops_step", "ops_ratio"])
     if args.by_op:

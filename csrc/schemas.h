@@ -8,9 +8,13 @@ namespace fastdnas {
 
 inline void define_op_schemas(torch::Library& m) {
   m.def("mixed_sum(Tensor[] inputs, Tensor weights) -> Tensor");
-  m.def("_mixed_sum_backward(Tensor grad, Tensor[] inputs, Tensor weights) -> (Tensor[], Tensor)");
+  // output_mask (here and in _trellis_aggregate_backward): (the inputs' gradients, the weights'
+  // gradient); a masked output is not computed (an empty list, an undefined tensor).
+  m.def("_mixed_sum_backward(Tensor grad, Tensor[] inputs, Tensor weights, bool[2] output_mask=[True, True]) -> "
+        "(Tensor[], Tensor)");
   m.def("trellis_aggregate(Tensor[] blocks, int num_cells, Tensor betas) -> Tensor");
-  m.def("_trellis_aggregate_backward(Tensor grad, Tensor[] blocks, int num_cells, Tensor betas) -> (Tensor[], Tensor)");
+  m.def("_trellis_aggregate_backward(Tensor grad, Tensor[] blocks, int num_cells, Tensor betas, "
+        "bool[2] output_mask=[True, True]) -> (Tensor[], Tensor)");
   // weights has no default: torch 2.11 drops an argument equal to its default before the Python
   // autograd formula runs, which then returns one gradient too many.
   m.def("resize_sum(Tensor[] inputs, SymInt[] size, Tensor? weights) -> Tensor");

@@ -126,7 +126,7 @@ def _mixed_sum_fake(inputs, weights):
 
 
 @torch.library.register_fake("fastdnas::_mixed_sum_backward")
-def _mixed_sum_backward_fake(grad, inputs, weights):
+def _mixed_sum_backward_fake(grad, inputs, weights, output_mask=(True, True)):
     op = "mixed_sum (backward)"
     _check_mixed_sum_args(inputs, weights, op)
     first = inputs[0]
@@ -135,8 +135,9 @@ def _mixed_sum_backward_fake(grad, inputs, weights):
         lambda: f"{op}: grad must match inputs[0] (shape {list(first.shape)}, dtype {first.dtype}, device "
         f"{first.device})",
     )
-    grad_inputs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
-    return grad_inputs, torch.empty_like(weights, memory_format=torch.contiguous_format)
+    # A masked output is not computed: an empty list, None.
+    grad_inputs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs] if output_mask[0] else []
+    return grad_inputs, torch.empty_like(weights, memory_format=torch.contiguous_format) if output_mask[1] else None
 
 
 def _mixed_sum_setup_context(ctx, inputs, output):
@@ -145,10 +146,24 @@ def _mixed_sum_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*tensors, weights)
 
 
+def _needed(flags, count):
+    """One bool per tensor of a Tensor[] argument from its ``ctx.needs_input_grad`` entry (a list,
+    or one bool for the whole list in older torch)."""
+    return list(flags) if isinstance(flags, (list, tuple)) else [bool(flags)] * count
+
+
+def _only_needed(grads, needed):
+    """``grads`` with None where autograd needs no gradient."""
+    return [g if need else None for g, need in zip(grads, needed)]
+
+
 def _mixed_sum_backward(ctx, grad):
     *tensors, weights = ctx.saved_tensors
-    grad_inputs, grad_weights = torch.ops.fastdnas._mixed_sum_backward(grad, tensors, weights)
-    return list(grad_inputs), grad_weights
+    need_inputs = _needed(ctx.needs_input_grad[0], len(tensors))
+    # The kernel leaves out what no one needs: the input gradients, or the weights' sums.
+    grad_inputs, grad_weights = torch.ops.fastdnas._mixed_sum_backward(grad, tensors, weights,
+                                                                       [any(need_inputs), ctx.needs_input_grad[1]])
+    return _only_needed(grad_inputs or [None] * len(tensors), need_inputs), grad_weights
 
 
 torch.library.register_autograd(
@@ -272,7 +287,7 @@ def _trellis_aggregate_fake(blocks, num_cells, betas):
 
 
 @torch.library.register_fake("fastdnas::_trellis_aggregate_backward")
-def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas):
+def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas, output_mask=(True, True)):
     op = "trellis_aggregate (backward)"
     B = _check_trellis_aggregate_args(blocks, num_cells, betas, op)
     shape = _trellis_output_shape(blocks[0], B)
@@ -281,8 +296,8 @@ def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas):
         lambda: f"{op}: grad must have shape {list(shape)}, dtype {blocks[0].dtype} "
         f"and device {blocks[0].device}",
     )
-    grad_blocks = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in blocks]
-    return grad_blocks, torch.empty_like(betas, memory_format=torch.contiguous_format)
+    grad_blocks = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in blocks] if output_mask[0] else []
+    return grad_blocks, torch.empty_like(betas, memory_format=torch.contiguous_format) if output_mask[1] else None
 
 
 def _trellis_aggregate_setup_context(ctx, inputs, output):
@@ -293,8 +308,10 @@ def _trellis_aggregate_setup_context(ctx, inputs, output):
 
 def _trellis_aggregate_backward(ctx, grad):
     *blocks, betas = ctx.saved_tensors
-    grad_blocks, grad_betas = torch.ops.fastdnas._trellis_aggregate_backward(grad, blocks, ctx.num_cells, betas)
-    return list(grad_blocks), None, grad_betas
+    need_blocks = _needed(ctx.needs_input_grad[0], len(blocks))
+    grad_blocks, grad_betas = torch.ops.fastdnas._trellis_aggregate_backward(
+        grad, blocks, ctx.num_cells, betas, [any(need_blocks), ctx.needs_input_grad[2]])
+    return _only_needed(grad_blocks or [None] * len(blocks), need_blocks), None, grad_betas
 
 
 torch.library.register_autograd(
@@ -406,7 +423,9 @@ def _resize_sum_setup_context(ctx, inputs, output):
 def _resize_sum_backward(ctx, grad):
     *tensors, weights = ctx.saved_tensors
     grad_inputs, grad_weights = torch.ops.fastdnas._resize_sum_backward(grad, tensors, weights)
-    return list(grad_inputs), None, grad_weights if ctx.has_weights else None
+    need_inputs = _needed(ctx.needs_input_grad[0], len(tensors))
+    need_weights = ctx.has_weights and ctx.needs_input_grad[2]
+    return _only_needed(grad_inputs, need_inputs), None, grad_weights if need_weights else None
 
 
 torch.library.register_autograd(
@@ -609,8 +628,10 @@ def _mixed_node_backward(ctx, grad, _grad_mean, _grad_var):
     grad_edges, grad_convs, grad_weights = torch.ops.fastdnas._mixed_node_backward(
         grad, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items, mean, var, ctx.eps,
         ctx.batch_stats)
-    return (list(grad_edges), None, list(grad_convs), grad_weights, free_items_grad, free_kinds_grad,
-            conv_items_grad, None, None, None)
+    need_edges, need_convs = (_needed(ctx.needs_input_grad[i], n) for i, n in ((0, E), (2, len(conv_outputs))))
+    return (_only_needed(grad_edges, need_edges), None, _only_needed(grad_convs, need_convs),
+            grad_weights if ctx.needs_input_grad[3] else None, free_items_grad, free_kinds_grad, conv_items_grad,
+            None, None, None)
 
 
 torch.library.register_autograd(
@@ -918,7 +939,8 @@ def _depthwise_conv2d_segments_backward(ctx, grad):
         kernel_sizes = [k for shape in ctx.weight_shapes for k in shape[2:]]
         flat = torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad, input, kernel_sizes, *ctx.geometry)
         numels = [shape[0] * shape[2] * shape[3] for shape in ctx.weight_shapes]
-        grad_weights = [g.view(shape) for g, shape in zip(flat.split(numels), ctx.weight_shapes)]
+        grad_weights = _only_needed([g.view(shape) for g, shape in zip(flat.split(numels), ctx.weight_shapes)],
+                                    _needed(ctx.needs_input_grad[1], len(numels)))
     return grad_input, grad_weights, None, None, None, None
 
 

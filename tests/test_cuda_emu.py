@@ -72,6 +72,11 @@ def mixed_sum_problem(K, shape, dtype, non_contiguous=False):
 
     def run(ns):
         grad_inputs, grad_weights = ns._mixed_sum_backward(grad, inputs, weights)
+        # Each output alone (output_mask) is bitwise the one computed with the other.
+        only_inputs, no_weights = ns._mixed_sum_backward(grad, inputs, weights, [True, False])
+        no_inputs, only_weights = ns._mixed_sum_backward(grad, inputs, weights, [False, True])
+        assert no_weights is None and no_inputs == [] and torch.equal(only_weights, grad_weights)
+        assert len(only_inputs) == K and all(torch.equal(a, b) for a, b in zip(only_inputs, grad_inputs))
         return [ns.mixed_sum(inputs, weights), *grad_inputs, grad_weights]
 
     def ref():
@@ -90,6 +95,11 @@ def trellis_problem(T, B, shape, dtype, non_contiguous=False):
 
     def run(ns):
         grad_blocks, grad_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas)
+        # Each output alone (output_mask) is bitwise the one computed with the other.
+        only_blocks, no_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas, [True, False])
+        no_blocks, only_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas, [False, True])
+        assert no_betas is None and no_blocks == [] and torch.equal(only_betas, grad_betas)
+        assert len(only_blocks) == T * B and all(torch.equal(a, b) for a, b in zip(only_blocks, grad_blocks))
         return [ns.trellis_aggregate(blocks, T, betas), *grad_blocks, grad_betas]
 
     def ref():

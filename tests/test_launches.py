@@ -2,7 +2,7 @@
 deterministic, so the fused backend's count is held to a budget here."""
 import torch
 
-from benchmarks.launches import SETTINGS, LaunchCounter, count, forward_backward_counts
+from benchmarks.launches import SETTINGS, LaunchCounter, count, forward_backward_counts, pass_counters
 
 # Fused DARTS search network (C=16, 8 cells), one training forward+backward with the loss:
 # 7,310 before nodes ran stacked, 2,650 with a depthwise call per kernel geometry and 1x1
@@ -37,3 +37,41 @@ def test_the_count_does_not_depend_on_batch_or_image_size():
     small, _ = forward_backward_counts("autodeeplab", "fused", dict(adl, image_size=32))
     large, _ = forward_backward_counts("autodeeplab", "fused", dict(adl, batch=3, filter_multiplier=2, image_size=32))
     assert small == large
+
+
+class _GradientRequests(LaunchCounter):
+    """Also records what each op is asked to differentiate: the output masks of the aten backward
+    ops (input, weight, bias), and whether the mixing weights of each fastdnas mixed_node call
+    (softmax(alpha)) and the filters of each depthwise call require grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []  # (op, output mask)
+        self.requires_grad = []  # (op, does the op's parameter argument require grad)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in ("aten::convolution_backward", "aten::native_batch_norm_backward"):
+            self.masks.append((name, tuple(args[-1])))
+        elif name == "fastdnas::mixed_node":
+            self.requires_grad.append((name, args[3].requires_grad))
+        elif name == "fastdnas::depthwise_conv2d_segments":
+            self.requires_grad.append((name, any(w.requires_grad for w in args[1])))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def test_each_pass_computes_only_its_own_gradients():
+    # Fused DARTS, first order: the architecture pass launches no weight-gradient op (no
+    # depthwise weight gradient, no convolution or BatchNorm backward with the weight mask set),
+    # the weight pass no alpha gradient (no softmax backward; no mixed_node is asked for one).
+    passes = pass_counters("darts", "fused", dict(SETTINGS["darts"], layers=3), _GradientRequests)
+    arch, weight = passes["architecture"], passes["weight"]
+    assert not [op for op in arch.counts if "weight_grad" in op]
+    assert arch.masks and all(mask[1:] == (False, False) for _, mask in arch.masks), arch.masks
+    assert {name for name, _ in arch.requires_grad} == {"fastdnas::mixed_node", "fastdnas::depthwise_conv2d_segments"}
+    assert all(needed == (name == "fastdnas::mixed_node") for name, needed in arch.requires_grad)
+
+    assert weight.counts["fastdnas::_depthwise_conv2d_segments_weight_grad"] > 0
+    assert any(mask[1] for _, mask in weight.masks)
+    assert weight.counts["aten::_softmax_backward_data"] == 0 < arch.counts["aten::_softmax_backward_data"]
+    assert all(needed == (name != "fastdnas::mixed_node") for name, needed in weight.requires_grad)

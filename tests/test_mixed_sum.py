@@ -114,6 +114,29 @@ def test_opcheck(dtype, device):
     grad = torch.randn(2, 3, 5, 7, dtype=dtype, device=device)
     detached = [x.detach() for x in inputs]
     torch.library.opcheck(torch.ops.fastdnas._mixed_sum_backward, (grad, detached, weights.detach()))
+    for mask in ([True, False], [False, True]):
+        torch.library.opcheck(torch.ops.fastdnas._mixed_sum_backward, (grad, detached, weights.detach(), mask))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_backward_computes_only_what_autograd_needs(dtype, device):
+    # output_mask leaves out the input gradients or the weight sums, bitwise the same otherwise;
+    # the autograd formula asks for the weights' gradient only when they require grad.
+    inputs, weights = make_inputs(5, (2, 3, 9, 7), dtype, device, requires_grad=False)
+    grad = torch.randn(2, 3, 9, 7, dtype=dtype, device=device)
+    grad_inputs, grad_weights = torch.ops.fastdnas._mixed_sum_backward(grad, inputs, weights)
+    only_inputs, none = torch.ops.fastdnas._mixed_sum_backward(grad, inputs, weights, [True, False])
+    empty, only_weights = torch.ops.fastdnas._mixed_sum_backward(grad, inputs, weights, [False, True])
+    assert none is None and empty == [] and torch.equal(only_weights, grad_weights)
+    assert all(torch.equal(a, b) for a, b in zip(only_inputs, grad_inputs, strict=True))
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    assert all(torch.equal(a, b) for a, b in zip(torch.autograd.grad(ops.mixed_sum(leaves, weights), leaves, grad),
+                                                 grad_inputs, strict=True))
+    with torch.no_grad():
+        weights = weights.clone()
+    weights.requires_grad_()
+    assert torch.equal(torch.autograd.grad(ops.mixed_sum(inputs, weights), weights, grad)[0], grad_weights)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -115,6 +115,30 @@ def test_trellis_opcheck(dtype, device):
     grad = torch.randn(2, 6, 5, 7, device=device).to(dtype)
     detached = [x.detach() for x in flat(cells)]
     torch.library.opcheck(torch.ops.fastdnas._trellis_aggregate_backward, (grad, detached, 3, betas.detach()))
+    for mask in ([True, False], [False, True]):
+        torch.library.opcheck(torch.ops.fastdnas._trellis_aggregate_backward, (grad, detached, 3, betas.detach(), mask))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_trellis_backward_computes_only_what_autograd_needs(dtype, device):
+    # output_mask leaves out the block gradients or the betas' sums, bitwise the same otherwise;
+    # the autograd formula asks for the betas' gradient only when they require grad.
+    cells, betas = make_cells(3, 2, (2, 3, 5, 7), dtype, device, requires_grad=False)
+    blocks = flat(cells)
+    grad = torch.randn(2, 6, 5, 7, device=device).to(dtype)
+    backward = torch.ops.fastdnas._trellis_aggregate_backward
+    grad_blocks, grad_betas = backward(grad, blocks, 3, betas)
+    only_blocks, none = backward(grad, blocks, 3, betas, [True, False])
+    empty, only_betas = backward(grad, blocks, 3, betas, [False, True])
+    assert none is None and empty == [] and torch.equal(only_betas, grad_betas)
+    assert all(torch.equal(a, b) for a, b in zip(only_blocks, grad_blocks, strict=True))
+    leaves = [x.clone().requires_grad_() for x in blocks]
+    out = ops.trellis_aggregate([leaves[0:2], leaves[2:4], leaves[4:6]], betas)
+    assert all(torch.equal(a, b) for a, b in zip(torch.autograd.grad(out, leaves, grad), grad_blocks, strict=True))
+    betas = betas.detach().clone().requires_grad_()
+    out = ops.trellis_aggregate(cells, betas)
+    assert torch.equal(torch.autograd.grad(out, betas, grad)[0], grad_betas)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "../common/element_math.h"
@@ -55,11 +56,14 @@ at::Tensor mixed_sum_cpu(at::TensorList inputs_arg, const at::Tensor& weights_ar
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at::Tensor& grad_arg,
                                                                         at::TensorList inputs_arg,
-                                                                        const at::Tensor& weights_arg) {
+                                                                        const at::Tensor& weights_arg,
+                                                                        std::array<bool, 2> output_mask) {
   check_mixed_sum_backward_args(grad_arg, inputs_arg, weights_arg);
+  const auto [need_inputs, need_weights] = output_mask;
   const auto inputs = contiguous_all(inputs_arg);
   const at::Tensor grad = grad_arg.contiguous();
-  auto grad_inputs = empty_like_all(inputs);
+  auto grad_inputs = need_inputs ? empty_like_all(inputs) : std::vector<at::Tensor>{};
+  if (!need_inputs && !need_weights) return {grad_inputs, at::Tensor()};
   const int64_t n = grad.numel();
   const int64_t K = static_cast<int64_t>(inputs.size());
   at::Tensor grad_weights;
@@ -70,11 +74,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
     const at::Tensor weights = weights_arg.to(acc_dtype).contiguous();
     const acc_t* w = weights.const_data_ptr<acc_t>();
     const auto x = data_pointers<scalar_t>(inputs);
-    const auto gx = mutable_data_pointers<scalar_t>(grad_inputs);
+    auto gx = mutable_data_pointers<scalar_t>(grad_inputs);
+    gx.resize(K, nullptr);  // no input gradients: never written
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
     const int64_t chunks = (n + kBackwardChunk - 1) / kBackwardChunk;
-    at::Tensor partials = at::zeros({std::max<int64_t>(chunks, 1), K}, weights.options());
+    // No weight gradient asked for: no dots, no partials.
+    at::Tensor partials = at::zeros({need_weights ? std::max<int64_t>(chunks, 1) : 0, K}, weights.options());
     acc_t* partial = partials.mutable_data_ptr<acc_t>();
     // One pass over each chunk: the chunk's grad stays in cache while every input is visited.
     at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
@@ -83,11 +89,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
         const int64_t start = c * kBackwardChunk;
         const int64_t len = std::min(kBackwardChunk, n - start);
         for (int64_t j = 0; j < len; ++j) g_acc[j] = static_cast<acc_t>(g[start + j]);
-        for (int64_t k = 0; k < K; ++k)
-          partial[c * K + k] = scale_and_dot(w[k], g_acc, x[k] + start, gx[k] + start, len);
+        for (int64_t k = 0; k < K; ++k) {
+          const acc_t dot = scale_and_dot(need_inputs, need_weights, w[k], g_acc, x[k] + start,
+                                          need_inputs ? gx[k] + start : nullptr, len);
+          if (need_weights) partial[c * K + k] = dot;
+        }
       }
     });
-    grad_weights = sum_chunk_partials<acc_t>(partials, chunks).to(weights_arg.scalar_type());
+    if (need_weights) grad_weights = sum_chunk_partials<acc_t>(partials, chunks).to(weights_arg.scalar_type());
   });
   return {grad_inputs, grad_weights};
 }

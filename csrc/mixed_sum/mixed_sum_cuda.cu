@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <vector>
 
 #include "../common/element_math.h"
@@ -49,12 +50,13 @@ __global__ void mixed_sum_forward_kernel(PointerTable<const scalar_t*> inputs, c
   }
 }
 
-// grad_inputs[k] = w[k] * grad, and per block partial sums of grad * inputs[k] into
-// partials[block, k]; grad is read once per group of kGroup inputs.
+// grad_inputs[k] = w[k] * grad (if need_inputs), and per block partial sums of grad * inputs[k]
+// into partials[block, k] (if need_weights); grad is read once per group of kGroup inputs.
 template <typename scalar_t, typename acc_t>
 __global__ void mixed_sum_backward_kernel(const scalar_t* __restrict__ grad, PointerTable<const scalar_t*> inputs,
                                           PointerTable<scalar_t*> grad_inputs, const acc_t* __restrict__ weights,
-                                          int K, int64_t n, acc_t* __restrict__ partials) {
+                                          int K, int64_t n, acc_t* __restrict__ partials, bool need_inputs,
+                                          bool need_weights) {
   __shared__ acc_t w[kMaxMixedSumInputs];
   for (int k = threadIdx.x; k < K; k += blockDim.x) w[k] = weights[k];
   __syncthreads();
@@ -69,12 +71,13 @@ __global__ void mixed_sum_backward_kernel(const scalar_t* __restrict__ grad, Poi
       for (int j = 0; j < kGroup; ++j) {
         const int k = k0 + j;
         if (k < K) {
-          grad_inputs.ptr[k][i] = scaled_gradient<scalar_t>(w[k], g);
-          acc[j] = accumulate_product(acc[j], g, inputs.ptr[k][i]);
+          if (need_inputs) grad_inputs.ptr[k][i] = scaled_gradient<scalar_t>(w[k], g);
+          if (need_weights) acc[j] = accumulate_product(acc[j], g, inputs.ptr[k][i]);
         }
       }
     }
-    block_sums(acc, min(kGroup, K - k0), partials + static_cast<int64_t>(blockIdx.x) * K + k0, 1);
+    // need_weights is the same for the whole grid: every thread of a block reaches the barriers or none.
+    if (need_weights) block_sums(acc, min(kGroup, K - k0), partials + static_cast<int64_t>(blockIdx.x) * K + k0, 1);
   }
 }
 
@@ -101,12 +104,15 @@ at::Tensor mixed_sum_cuda(at::TensorList inputs_arg, const at::Tensor& weights_a
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(const at::Tensor& grad_arg,
                                                                          at::TensorList inputs_arg,
-                                                                         const at::Tensor& weights_arg) {
+                                                                         const at::Tensor& weights_arg,
+                                                                         std::array<bool, 2> output_mask) {
   check_mixed_sum_backward_args(grad_arg, inputs_arg, weights_arg);
+  const auto [need_inputs, need_weights] = output_mask;
   const c10::cuda::CUDAGuard device_guard(grad_arg.device());
   const auto inputs = contiguous_all(inputs_arg);
   const at::Tensor grad = grad_arg.contiguous();
-  auto grad_inputs = empty_like_all(inputs);
+  auto grad_inputs = need_inputs ? empty_like_all(inputs) : std::vector<at::Tensor>{};
+  if (!need_inputs && !need_weights) return {grad_inputs, at::Tensor()};
   const int64_t n = grad.numel();
   const int K = static_cast<int>(inputs.size());
   at::Tensor grad_weights;
@@ -115,20 +121,22 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mixed_sum_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor weights = weights_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    at::Tensor sums = at::zeros({K}, weights.options());
+    at::Tensor sums = need_weights ? at::zeros({K}, weights.options()) : at::Tensor();
     if (n > 0) {
       const int64_t blocks = grid_for(n, kMaxBackwardBlocks);
-      at::Tensor partials = at::empty({blocks, K}, weights.options());
+      at::Tensor partials = at::empty({need_weights ? blocks : 0, K}, weights.options());
       FASTDNAS_LAUNCH((mixed_sum_backward_kernel<scalar_t, acc_t>), blocks, kThreads, 0, stream)(
           grad.const_data_ptr<scalar_t>(), pointer_table<const scalar_t*>(inputs),
           pointer_table<scalar_t*>(grad_inputs), weights.const_data_ptr<acc_t>(), K, n,
-          partials.mutable_data_ptr<acc_t>());
+          partials.mutable_data_ptr<acc_t>(), need_inputs, need_weights);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), K, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), blocks, K,
-                                                            sums.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (need_weights) {
+        FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), K, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), blocks,
+                                                                              K, sums.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
-    grad_weights = sums.to(weights_arg.scalar_type());
+    if (need_weights) grad_weights = sums.to(weights_arg.scalar_type());
   });
   return {grad_inputs, grad_weights};
 }

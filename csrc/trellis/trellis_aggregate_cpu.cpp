@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "../common/element_math.h"
@@ -62,11 +63,14 @@ at::Tensor trellis_aggregate_cpu(at::TensorList blocks_arg, int64_t num_cells, c
 std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cpu(const at::Tensor& grad_arg,
                                                                                 at::TensorList blocks_arg,
                                                                                 int64_t num_cells,
-                                                                                const at::Tensor& betas_arg) {
+                                                                                const at::Tensor& betas_arg,
+                                                                                std::array<bool, 2> output_mask) {
   const int64_t B = check_trellis_aggregate_backward_args(grad_arg, blocks_arg, num_cells, betas_arg);
+  const auto [need_blocks, need_betas] = output_mask;
   const auto blocks = contiguous_all(blocks_arg);
   const at::Tensor grad = grad_arg.contiguous();
-  auto grad_blocks = empty_like_all(blocks);
+  auto grad_blocks = need_blocks ? empty_like_all(blocks) : std::vector<at::Tensor>{};
+  if (!need_blocks && !need_betas) return {grad_blocks, at::Tensor()};
   const int64_t inner = blocks[0].numel() / std::max<int64_t>(blocks[0].size(0), 1);
   const int64_t rows = blocks[0].size(0) * B;
   const int64_t T = num_cells;
@@ -77,12 +81,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cpu(c
     const at::Tensor betas = betas_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* beta = betas.const_data_ptr<acc_t>();
     const auto x = data_pointers<scalar_t>(blocks);
-    const auto gx = mutable_data_pointers<scalar_t>(grad_blocks);
+    auto gx = mutable_data_pointers<scalar_t>(grad_blocks);
+    gx.resize(blocks.size(), nullptr);  // no block gradients: never written
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
     const int64_t chunks_per_row = (inner + kBackwardChunk - 1) / kBackwardChunk;
     const int64_t chunks = rows * chunks_per_row;
-    at::Tensor partials = at::zeros({std::max<int64_t>(chunks, 1), T}, betas.options());
+    // No beta gradient asked for: no dots, no partials.
+    at::Tensor partials = at::zeros({need_betas ? std::max<int64_t>(chunks, 1) : 0, T}, betas.options());
     acc_t* partial = partials.mutable_data_ptr<acc_t>();
     // One pass over each chunk of grad: it stays in cache while every cell's block is visited.
     at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
@@ -95,11 +101,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cpu(c
         const scalar_t* g_row = g + row * inner + start;
         for (int64_t j = 0; j < len; ++j) g_acc[j] = static_cast<acc_t>(g_row[j]);
         const int64_t offset = n * inner + start;
-        for (int64_t t = 0; t < T; ++t)
-          partial[c * T + t] = scale_and_dot(beta[t], g_acc, x[t * B + b] + offset, gx[t * B + b] + offset, len);
+        for (int64_t t = 0; t < T; ++t) {
+          const acc_t dot = scale_and_dot(need_blocks, need_betas, beta[t], g_acc, x[t * B + b] + offset,
+                                          need_blocks ? gx[t * B + b] + offset : nullptr, len);
+          if (need_betas) partial[c * T + t] = dot;
+        }
       }
     });
-    grad_betas = sum_chunk_partials<acc_t>(partials, chunks).to(betas_arg.scalar_type());
+    if (need_betas) grad_betas = sum_chunk_partials<acc_t>(partials, chunks).to(betas_arg.scalar_type());
   });
   return {grad_blocks, grad_betas};
 }

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <vector>
 
 #include "../common/element_math.h"
@@ -65,14 +66,15 @@ __global__ void trellis_aggregate_forward_kernel(BlockTable<const scalar_t*> blo
   }
 }
 
-// grad_blocks[t*B+b] = betas[t] * grad slice b, and per block partial sums of
-// grad slice b * cells[t][b] into partials[block, t]; grad is read once.
+// grad_blocks[t*B+b] = betas[t] * grad slice b (if need_blocks), and per block partial sums of
+// grad slice b * cells[t][b] into partials[block, t] (if need_betas); grad is read once.
 template <typename scalar_t, typename acc_t>
 __global__ void trellis_aggregate_backward_kernel(const scalar_t* __restrict__ grad,
                                                   BlockTable<const scalar_t*> blocks,
                                                   BlockTable<scalar_t*> grad_blocks,
                                                   const acc_t* __restrict__ betas, int T, int B, int64_t inner,
-                                                  int64_t n, acc_t* __restrict__ partials) {
+                                                  int64_t n, acc_t* __restrict__ partials, bool need_blocks,
+                                                  bool need_betas) {
   acc_t beta[kMaxTrellisCells];
   acc_t acc[kMaxTrellisCells];
 #pragma unroll
@@ -87,12 +89,13 @@ __global__ void trellis_aggregate_backward_kernel(const scalar_t* __restrict__ g
 #pragma unroll
     for (int t = 0; t < kMaxTrellisCells; ++t) {
       if (t < T) {
-        grad_blocks.ptr[t * B + where.b][where.source] = scaled_gradient<scalar_t>(beta[t], g);
-        acc[t] = accumulate_product(acc[t], g, blocks.ptr[t * B + where.b][where.source]);
+        if (need_blocks) grad_blocks.ptr[t * B + where.b][where.source] = scaled_gradient<scalar_t>(beta[t], g);
+        if (need_betas) acc[t] = accumulate_product(acc[t], g, blocks.ptr[t * B + where.b][where.source]);
       }
     }
   }
-  block_sums(acc, T, partials + static_cast<int64_t>(blockIdx.x) * T, 1);
+  // need_betas is the same for the whole grid: every thread of a block reaches the barriers or none.
+  if (need_betas) block_sums(acc, T, partials + static_cast<int64_t>(blockIdx.x) * T, 1);
 }
 
 at::Tensor trellis_aggregate_cuda(at::TensorList blocks_arg, int64_t num_cells, const at::Tensor& betas_arg) {
@@ -119,12 +122,15 @@ at::Tensor trellis_aggregate_cuda(at::TensorList blocks_arg, int64_t num_cells, 
 std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cuda(const at::Tensor& grad_arg,
                                                                                  at::TensorList blocks_arg,
                                                                                  int64_t num_cells,
-                                                                                 const at::Tensor& betas_arg) {
+                                                                                 const at::Tensor& betas_arg,
+                                                                                 std::array<bool, 2> output_mask) {
   const int64_t B = check_trellis_aggregate_backward_args(grad_arg, blocks_arg, num_cells, betas_arg);
+  const auto [need_blocks, need_betas] = output_mask;
   const c10::cuda::CUDAGuard device_guard(grad_arg.device());
   const auto blocks = contiguous_all(blocks_arg);
   const at::Tensor grad = grad_arg.contiguous();
-  auto grad_blocks = empty_like_all(blocks);
+  auto grad_blocks = need_blocks ? empty_like_all(blocks) : std::vector<at::Tensor>{};
+  if (!need_blocks && !need_betas) return {grad_blocks, at::Tensor()};
   const int64_t n = grad.numel();
   const int T = static_cast<int>(num_cells);
   at::Tensor grad_betas;
@@ -133,21 +139,23 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "trellis_aggregate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor betas = betas_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    at::Tensor sums = at::zeros({T}, betas.options());
+    at::Tensor sums = need_betas ? at::zeros({T}, betas.options()) : at::Tensor();
     if (n > 0) {
       const int64_t inner = blocks[0].numel() / blocks[0].size(0);
       const int64_t grid = grid_for(n, kMaxBackwardBlocks);
-      at::Tensor partials = at::empty({grid, T}, betas.options());
+      at::Tensor partials = at::empty({need_betas ? grid : 0, T}, betas.options());
       FASTDNAS_LAUNCH((trellis_aggregate_backward_kernel<scalar_t, acc_t>), grid, kThreads, 0, stream)(
           grad.const_data_ptr<scalar_t>(), block_table<const scalar_t*>(blocks),
           block_table<scalar_t*>(grad_blocks), betas.const_data_ptr<acc_t>(), T, static_cast<int>(B), inner, n,
-          partials.mutable_data_ptr<acc_t>());
+          partials.mutable_data_ptr<acc_t>(), need_blocks, need_betas);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), T, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), grid, T,
-                                                            sums.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (need_betas) {
+        FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), T, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), grid,
+                                                                              T, sums.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
-    grad_betas = sums.to(betas_arg.scalar_type());
+    if (need_betas) grad_betas = sums.to(betas_arg.scalar_type());
   });
   return {grad_blocks, grad_betas};
 }

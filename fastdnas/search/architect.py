@@ -1,4 +1,6 @@
 """The architecture step of bilevel search: first order, or second order through one unrolled weight step."""
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +18,23 @@ def split_loss(result):
     if isinstance(result, (tuple, list)):
         return result[0], result[1]
     return result, None
+
+
+@contextmanager
+def differentiating(model, params):
+    """Within it, of ``model``'s parameters only ``params`` require grad (the others are restored
+    on exit): a forward run inside records no gradient path to the other parameters, so its
+    backward computes none of their gradients (no weight-gradient kernels in an architecture pass,
+    no alpha-gradient sums in a weight pass). The values computed are the same."""
+    keep = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 class Architect:
@@ -73,7 +92,13 @@ class Architect:
 
     def first_order_grads(self, val_inputs, val_targets):
         """dL_val(w, alpha) / dalpha (its forward updates BatchNorm running statistics, as in DARTS)."""
-        return self.grad(self.loss(val_inputs, val_targets), self.arch_params)
+        return self.grad_of(self.arch_params, val_inputs, val_targets)
+
+    def grad_of(self, params, inputs, targets):
+        """Gradients of the loss on one batch w.r.t. ``params`` alone: the forward runs with the
+        model's other parameters frozen, so no gradient of theirs is computed."""
+        with differentiating(self.model, params):
+            return self.grad(self.loss(inputs, targets), params)
 
     def unrolled_grads(self, train_inputs, train_targets, val_inputs, val_targets):
         """dL_val(w', alpha)/dalpha - eta * d2L_train(w, alpha)/dalpha dw . dL_val(w', alpha)/dw'.
@@ -95,9 +120,9 @@ class Architect:
         eta = etas.pop()
         inv_scale = 1.0 / self.precision.scaler.get_scale()  # exactly 1.0 without fp16
 
-        train_grads = self.average_gradients(self.grad(self.loss(train_inputs, train_targets), weights))
+        train_grads = self.average_gradients(self.grad_of(weights, train_inputs, train_targets))
         self.virtual_step(torch._foreach_mul(train_grads, inv_scale))
-        grads = self.grad(self.loss(val_inputs, val_targets), self.arch_params + weights)
+        grads = self.grad_of(self.arch_params + weights, val_inputs, val_targets)
         alpha_grads, v = grads[: len(self.arch_params)], self.average_gradients(grads[len(self.arch_params) :])
 
         v_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v))) * inv_scale
@@ -106,11 +131,11 @@ class Architect:
         with torch.no_grad():
             torch._foreach_copy_(weights, saved_weights)
             torch._foreach_add_(weights, step)  # w + R v
-        grads_plus = self.grad(self.loss(train_inputs, train_targets), self.arch_params)
+        grads_plus = self.grad_of(self.arch_params, train_inputs, train_targets)
         with torch.no_grad():
             torch._foreach_copy_(weights, saved_weights)
             torch._foreach_sub_(weights, step)  # w - R v
-        grads_minus = self.grad(self.loss(train_inputs, train_targets), self.arch_params)
+        grads_minus = self.grad_of(self.arch_params, train_inputs, train_targets)
 
         with torch.no_grad():
             torch._foreach_copy_(weights, saved_weights)
@@ -146,6 +171,8 @@ class Architect:
     @staticmethod
     def grad(loss, params):
         """Gradients of ``loss`` w.r.t. ``params``; zeros for parameters the loss does not use."""
+        if not loss.requires_grad:  # it uses none of them
+            return [torch.zeros_like(p) for p in params]
         return list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
 
     def state_dict(self):

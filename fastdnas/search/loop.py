@@ -16,7 +16,7 @@ from torch.nn.utils import clip_grad_norm_
 from ..data.base import epoch_generator, iterate_batches
 from ..precision import AMP_MODES, MixedPrecision
 from ..data.prefetch import DevicePrefetcher
-from .architect import Architect, cross_entropy_loss, split_loss
+from .architect import Architect, cross_entropy_loss, differentiating, split_loss
 from .checkpoint import load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state
 from .distributed import SINGLE, average_, broadcast_, data_parallel, sum_meter_, sync_batch_norm
 from .schedule import cosine_lr, set_lr
@@ -262,13 +262,14 @@ class Search:
         return self.weight_step(inputs, targets)
 
     def weight_step(self, inputs, targets):
-        """SGD on the weights only: the backward pass stops at the weights, the alphas get no gradient.
+        """SGD on the weights only: the forward runs with the architecture parameters frozen
+        (``differentiating``), so the backward computes no alpha gradient, not even inside the fused ops.
 
         The gradient is clipped after the fp16 loss scale is divided out (and, data-parallel, after
         DDP has averaged it); the GradScaler calls pass straight through without fp16.
         """
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
+        with self.precision.autocast(), differentiating(self.model, self.weights):
             loss, logits = split_loss(self.loss_fn(self.train_model, inputs, targets))
         scaler = self.precision.scaler
         scaler.scale(loss).backward(inputs=self.weights)

@@ -1,0 +1,86 @@
+"""Each pass of the search step computes only the gradients it uses (issue 21): the architecture
+pass no weight gradient, the weight pass no architecture gradient (``differentiating``), and the
+custom ops' backward only what autograd asks for. The results are bitwise those of the passes
+that differentiate every parameter."""
+import contextlib
+
+import pytest
+import torch
+
+import fastdnas.search.architect
+import fastdnas.search.loop
+from fastdnas import autodeeplab, darts
+from fastdnas.darts.gdas import GdasNetwork
+from fastdnas.darts.pc_darts import PCDartsNetwork
+from fastdnas.search import Search, SearchConfig, cross_entropy_loss
+from fastdnas.search.architect import differentiating
+from fastdnas.segmentation import segmentation_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _Sized:
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+
+def _network(method, backend):
+    if method == "darts":
+        return darts.SearchNetwork(C=4, num_classes=5, layers=3, backend=backend), 8, (2,), cross_entropy_loss
+    if method == "pc-darts":
+        return PCDartsNetwork(C=8, num_classes=5, layers=3, backend=backend, partial_channels=4), 8, (2,), \
+            cross_entropy_loss
+    if method == "gdas":
+        return GdasNetwork(C=4, num_classes=5, layers=3, backend=backend), 8, (2,), cross_entropy_loss
+    net = autodeeplab.SearchNetwork(5, layers=2, blocks=3, filter_multiplier=2, backend=backend)
+    return net, 16, (2, 16, 16), segmentation_loss
+
+
+def _steps(method, backend, unrolled):
+    """Parameters and buffers after two search steps."""
+    torch.manual_seed(0)
+    net, size, target_shape, loss_fn = _network(method, backend)
+    net = net.double()
+    with torch.no_grad():  # softmaxes far from uniform
+        for p in net.arch_parameters():
+            p.copy_(torch.randn_like(p))
+    batches = [(torch.randn(2, 3, size, size, dtype=torch.float64), torch.randint(0, 5, target_shape),
+                torch.randn(2, 3, size, size, dtype=torch.float64), torch.randint(0, 5, target_shape))
+               for _ in range(2)]
+    search = Search(net, _Sized(2), _Sized(2), SearchConfig(batch_size=2, epochs=1, unrolled=unrolled),
+                    loss_fn=loss_fn, progress=False, log=lambda *a: None)
+    for batch in batches:
+        search.search_step(*batch)
+    return [t.clone() for t in [*net.parameters(), *net.buffers()]]
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+@pytest.mark.parametrize("backend", ["reference", "fused_sum", "fused"])
+@pytest.mark.parametrize("method", ["darts", "pc-darts", "gdas", "autodeeplab"])
+def test_narrowed_passes_give_bitwise_the_same_steps(monkeypatch, method, backend, unrolled):
+    narrowed = _steps(method, backend, unrolled)
+    # As before the passes were narrowed: every parameter requires grad in every pass.
+    everything = lambda model, params: contextlib.nullcontext()  # noqa: E731
+    monkeypatch.setattr(fastdnas.search.architect, "differentiating", everything)
+    monkeypatch.setattr(fastdnas.search.loop, "differentiating", everything)
+    assert len(narrowed) == len(wide := _steps(method, backend, unrolled))
+    for i, (a, b) in enumerate(zip(narrowed, wide)):
+        assert torch.equal(a, b), i
+
+
+def test_differentiating_freezes_the_other_parameters_and_restores_them():
+    net = darts.SearchNetwork(C=4, num_classes=5, layers=3)
+    weights, alphas = list(net.weight_parameters()), list(net.arch_parameters())
+    weights[0].requires_grad_(False)  # frozen by the caller: stays frozen
+    with differentiating(net, alphas):
+        assert all(p.requires_grad for p in alphas) and not any(p.requires_grad for p in weights)
+        loss = net(torch.randn(2, 3, 8, 8)).sum()
+    assert all(p.requires_grad for p in weights[1:]) and not weights[0].requires_grad
+    grads = torch.autograd.grad(loss, alphas)
+    assert all(g is not None for g in grads)
+    with pytest.raises(RuntimeError, match="boom"), differentiating(net, alphas):
+        raise RuntimeError("boom")
+    assert all(p.requires_grad for p in weights[1:])
