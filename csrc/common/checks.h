@@ -48,16 +48,17 @@ inline void check_weight_vector(const at::Tensor& weights, int64_t length, const
 }
 
 // Size arithmetic on int64 that raises instead of wrapping: a * b and a + b, where `what` names
-// the size computed (and the arguments it comes from).
+// the size computed (and the arguments it comes from). The compiler builtins, since c10's int64
+// overloads (add_overflows) are missing from older torch (2.4 has only the uint64 one).
 inline int64_t checked_size_product(const char* op, const char* what, int64_t a, int64_t b) {
   int64_t out = 0;
-  TORCH_CHECK(!c10::mul_overflows(a, b, &out), op, ": ", what, " (", a, " * ", b, ") overflows int64");
+  TORCH_CHECK(!__builtin_mul_overflow(a, b, &out), op, ": ", what, " (", a, " * ", b, ") overflows int64");
   return out;
 }
 
 inline int64_t checked_size_sum(const char* op, const char* what, int64_t a, int64_t b) {
   int64_t out = 0;
-  TORCH_CHECK(!c10::add_overflows(a, b, &out), op, ": ", what, " (", a, " + ", b, ") overflows int64");
+  TORCH_CHECK(!__builtin_add_overflow(a, b, &out), op, ": ", what, " (", a, " + ", b, ") overflows int64");
   return out;
 }
 
