@@ -61,7 +61,7 @@ __global__ void resize_sum_forward_kernel(ResizeInputTable<scalar_t, acc_t> inpu
 // Backward: the adjoint at one input pixel gathers grad over the output rectangle that reads it
 // (about (2 * out / in)^2 pixels: ~3,400 for the 11 x 11 ASPP level resized to 321 x 321). Each
 // pixel gets a group of `lanes` lanes (a power of two up to a warp, chosen per input from the
-// largest rectangle so each lane gathers a few to ~120 elements), laid out as row_lanes x
+// largest rectangle so each lane gathers a few to ~200 elements), laid out as row_lanes x
 // col_lanes over the rectangle: a lane takes every row_lanes-th row and every col_lanes-th column
 // from its offset (consecutive lanes read consecutive columns), and the group's shares are added
 // in a fixed shuffle tree. A warp does 32 / lanes pixels at a time, groups_per_warp times per tile;
