@@ -61,22 +61,26 @@ __global__ void resize_sum_forward_kernel(ResizeInputTable<scalar_t, acc_t> inpu
 // Backward: the adjoint at one input pixel gathers grad over the output rectangle that reads it
 // (about (2 * out / in)^2 pixels: ~3,400 for the 11 x 11 ASPP level resized to 321 x 321). Each
 // pixel gets a group of `lanes` lanes (a power of two up to a warp, chosen per input from the
-// largest rectangle so each lane gathers a few to ~200 elements), laid out as row_lanes x
-// col_lanes over the rectangle: a lane takes every row_lanes-th row and every col_lanes-th column
-// from its offset (consecutive lanes read consecutive columns), and the group's shares are added
-// in a fixed shuffle tree. A warp does 32 / lanes pixels at a time, groups_per_warp times per tile;
-// a tile (kWarps warps) writes one partial sum of the weight gradient. The gather was chosen over
-// output tiles in shared memory: no staging or halo logic, and a coarse input's rectangle spreads
-// over a whole warp, which is where the parallelism was missing. Every split depends on the sizes
-// only, so the results are bitwise the same for any grid (the grid follows the device).
+// largest rectangle so each lane gathers up to 16 elements where a warp suffices, else more: up
+// to 185 at the 11 x 11 level), laid out as row_lanes x col_lanes over the rectangle: a lane
+// takes every row_lanes-th row and every col_lanes-th column from its offset (consecutive lanes
+// read consecutive columns), and the group's shares are added in a fixed shuffle tree. A warp does
+// 32 / lanes pixels at a time, groups_per_warp times per tile; a tile (kWarps warps) writes one
+// partial sum of the weight gradient. The gather was chosen over output tiles in shared memory:
+// no staging or halo logic, and a coarse input's rectangle spreads over a whole warp, which is
+// where the parallelism was missing. Every split depends on the sizes only, so the results are
+// bitwise the same for any grid (the grid follows the device).
 struct GatherLayout {
   int lanes_log2;       // lanes per pixel: 1 << lanes_log2
   int col_lanes_log2;   // of them along the columns; the rest along the rows
   int groups_per_warp;  // pixel steps per warp and tile
 };
 
-// The most elements one lane gathers that still leaves a group narrower than a warp.
-constexpr int64_t kGatherPerLane = 4;
+// The most elements one lane gathers (for the widest rectangle) that still leaves a group
+// narrower than a warp: 16 keeps the lanes busy where rectangles are small (the 81 x 81 level
+// resized to 321 x 321: 8 lanes as 2 x 4 over up to 10 x 10) and spreads the large ones over a
+// warp (41 x 41 and coarser: 32 lanes).
+constexpr int64_t kGatherPerLane = 16;
 
 // The longest run of outputs that read one input index along an axis.
 template <typename acc_t>
@@ -254,11 +258,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> resize_sum_backward_cuda(const a
       at::Tensor partials = at::empty({tiles}, weights.options());
       with_index_type(std::max(n, grad.numel()), [&](auto index_zero) {
         using index_t = decltype(index_zero);
-        FASTDNAS_LAUNCH((resize_sum_backward_kernel<scalar_t, acc_t, index_t>), device_grid_for(tiles), kThreads, 0,
-                        stream)(grad.const_data_ptr<scalar_t>(), inputs[k].const_data_ptr<scalar_t>(),
-                                grad_inputs[k].mutable_data_ptr<scalar_t>(), weights.const_data_ptr<acc_t>() + k,
-                                rows, cols, layout, static_cast<index_t>(n), static_cast<index_t>(tiles),
-                                partials.mutable_data_ptr<acc_t>());
+        FASTDNAS_LAUNCH((resize_sum_backward_kernel<scalar_t, acc_t, index_t>),
+                        device_grid_for(tiles, kTileBlocksPerSM), kThreads, 0, stream)(
+            grad.const_data_ptr<scalar_t>(), inputs[k].const_data_ptr<scalar_t>(),
+            grad_inputs[k].mutable_data_ptr<scalar_t>(), weights.const_data_ptr<acc_t>() + k, rows, cols, layout,
+            static_cast<index_t>(n), static_cast<index_t>(tiles), partials.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), 1, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), tiles,

@@ -156,9 +156,10 @@ at::Tensor trellis_aggregate_cuda(at::TensorList blocks_arg, int64_t num_cells, 
     with_index_type(n, [&](auto index_zero) {
       using index_t = decltype(index_zero);
       const auto tiles = trellis_tiles<index_t>(n, inner, B);
-      FASTDNAS_LAUNCH((trellis_aggregate_forward_kernel<scalar_t, acc_t, index_t>), device_grid_for(tiles.tiles),
-                      kThreads, 0, stream)(block_table<const scalar_t*>(blocks), betas.const_data_ptr<acc_t>(),
-                                           static_cast<int>(num_cells), tiles, out.mutable_data_ptr<scalar_t>());
+      FASTDNAS_LAUNCH((trellis_aggregate_forward_kernel<scalar_t, acc_t, index_t>),
+                      device_grid_for(tiles.tiles, kTileBlocksPerSM), kThreads, 0, stream)(
+          block_table<const scalar_t*>(blocks), betas.const_data_ptr<acc_t>(), static_cast<int>(num_cells), tiles,
+          out.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -189,10 +190,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cuda(
         using index_t = decltype(index_zero);
         const auto tiles = trellis_tiles<index_t>(n, inner, B);
         at::Tensor partials = at::empty({static_cast<int64_t>(tiles.tiles), T}, betas.options());
-        FASTDNAS_LAUNCH((trellis_aggregate_backward_kernel<scalar_t, acc_t, index_t>), device_grid_for(tiles.tiles),
-                        kThreads, 0, stream)(grad.const_data_ptr<scalar_t>(), block_table<const scalar_t*>(blocks),
-                                             block_table<scalar_t*>(grad_blocks), betas.const_data_ptr<acc_t>(), T,
-                                             tiles, partials.mutable_data_ptr<acc_t>());
+        FASTDNAS_LAUNCH((trellis_aggregate_backward_kernel<scalar_t, acc_t, index_t>),
+                        device_grid_for(tiles.tiles, kTileBlocksPerSM), kThreads, 0, stream)(
+            grad.const_data_ptr<scalar_t>(), block_table<const scalar_t*>(blocks),
+            block_table<scalar_t*>(grad_blocks), betas.const_data_ptr<acc_t>(), T, tiles,
+            partials.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), T, kThreads, 0, stream)(
             partials.const_data_ptr<acc_t>(), tiles.tiles, T, sums.mutable_data_ptr<acc_t>());
