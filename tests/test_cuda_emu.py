@@ -232,6 +232,10 @@ TRELLIS = named("trellis_aggregate", [
     *[(f"empty-{'x'.join(map(str, shape))}", lambda shape=shape: trellis_problem(2, 3, shape, torch.float32))
       for shape in ((0, 3, 4, 4), (2, 0, 4, 4), (2, 3, 0, 5))],
     ("non_contiguous", lambda: trellis_problem(3, 2, (2, 3, 5, 4), torch.float64, non_contiguous=True)),
+    # The Auto-DeepLab node at 1/32 of a 321 x 321 crop (F=8: C=64, 11 x 11), several tiles per
+    # plane; and one large enough for tiles of 2 elements per thread.
+    ("paper-level3-T3-B5", lambda: trellis_problem(3, 5, (2, 64, 11, 11), torch.float32)),
+    ("two-items-per-thread", lambda: trellis_problem(1, 1, (1, 1, 1025, 1025), torch.float32)),
 ])
 
 RESIZE = named("resize_sum", [
@@ -243,6 +247,17 @@ RESIZE = named("resize_sum", [
     ("empty-batch", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, N=0)),
     ("empty-channels", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, C=0)),
     ("non_contiguous", lambda: resize_problem([(5, 4), (3, 7)], (6, 5), torch.float64, non_contiguous=True)),
+    # Large upsampling factors (the ASPP merge's 41 -> 321 scaled down): one input pixel's gather
+    # spread over 1, 2, 4, 8, 16 and 32 lanes (67 x 61, 33 x 31, 25 x 23, 17 x 13, 13 x 11 and 5 x 5
+    # into 67 x 61), rows and columns reaching far apart (3 x 11 -> 67 x 23), K = 1..3, every dtype.
+    *[(f"upsample-K{K}-{dtype_name(dt)}", lambda K=K, dt=dt: resize_problem(
+        [(5, 5), (3, 11), (17, 13)][:K], (67, 23) if K == 2 else (67, 61), dt, N=1, C=2))
+      for dt in DTYPES for K in (1, 2, 3)],
+    ("upsample-lanes-1-to-32", lambda: resize_problem([(67, 61), (33, 31), (25, 23), (17, 13), (13, 11), (5, 5)],
+                                                      (67, 61), torch.float32, N=1, C=2)),
+    ("upsample-empty-batch", lambda: resize_problem([(5, 5), (3, 11)], (67, 61), torch.float32, N=0)),
+    # A 2x downsampling with enough pixels for 2 pixel steps per warp and tile.
+    ("groups-per-warp-2", lambda: resize_problem([(1024, 1025)], (512, 511), torch.float32, N=1, C=1)),
 ])
 
 MIXED_NODE = named("mixed_node", [
@@ -310,6 +325,10 @@ DETERMINISM_CASES = [
     pytest.param(lambda: trellis_problem(3, 4, (2, 3, 11, 13), torch.float32), id="trellis_aggregate"),
     pytest.param(lambda: resize_problem([(7, 9), (13, 5), (3, 4)], (13, 11), torch.float32, N=3, C=5),
                  id="resize_sum"),
+    # More tiles than the 32 blocks one multiprocessor gets (the 67 x 61 input): blocks loop.
+    pytest.param(lambda: resize_problem([(5, 5), (17, 13), (3, 11), (67, 61)], (67, 61), torch.float32, N=1, C=3),
+                 id="resize_sum-upsample"),
+    pytest.param(lambda: trellis_problem(3, 5, (2, 16, 11, 11), torch.float32), id="trellis_aggregate-tiles"),
     pytest.param(lambda: mixed_node_problem((2, 1), torch.float32, N=3, C=4, out_size=(9, 7)), id="mixed_node"),
     pytest.param(lambda: depthwise_problem((3, 5, 13, 11, 3, 2, 1, 1), torch.float32), id="depthwise_conv2d"),
     pytest.param(lambda: depthwise_segments_problem((3, 5, 13, 11, 2, test_depthwise_segments.CASES[0][5]),

@@ -20,10 +20,42 @@ inline int64_t grid_for(int64_t n, int64_t max_blocks) {
   return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, max_blocks));
 }
 
-// Grid of an element-wise forward kernel: a few blocks per SM. Only kernels whose results do
-// not depend on the grid may size it by the device.
-inline int64_t forward_grid_for(int64_t n) {
-  return grid_for(n, static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8);
+// A grid of `tasks` blocks at most that fills the device: blocks_per_sm per SM at most. Only
+// kernels whose results do not depend on the grid may size it by the device: element-wise ones,
+// and reductions that write one partial sum per fixed tile of the data (a block loops over
+// tiles), never one per block. Kernels of many small tiles pass a higher blocks_per_sm: blocks
+// beyond the resident ones start as others finish, which balances the load better than a block
+// looping over a second, partly filled round of tiles; the cap only bounds huge tensors' grids.
+inline int64_t device_grid_for(int64_t tasks, int64_t blocks_per_sm = 8) {
+  const int64_t most =
+      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * blocks_per_sm;
+  return std::max<int64_t>(1, std::min<int64_t>(tasks, most));
+}
+
+// blocks_per_sm of the kernels that loop over fixed tiles.
+constexpr int64_t kTileBlocksPerSM = 32;
+
+// Grid of an element-wise forward kernel of n elements, kThreads per block.
+inline int64_t forward_grid_for(int64_t n) { return device_grid_for((n + kThreads - 1) / kThreads); }
+
+// Reductions by fixed tiles: about kTargetTiles tiles (enough to fill a 132-SM GPU several times
+// over) of `per_tile(items)` elements, items growing with the element count n up to max_items.
+// Sized by n only, never by the device, so the partial sums (one per tile) and their order are
+// the same on every GPU.
+constexpr int64_t kTargetTiles = 2048;
+inline int64_t items_per_tile(int64_t n, int64_t unit, int64_t max_items) {
+  return std::max<int64_t>(1, std::min<int64_t>(n / (unit * kTargetTiles), max_items));
+}
+
+// Calls f(int32_t{}) when every offset a kernel forms stays below n <= 2^30 (so a tile's
+// overshoot past the end cannot overflow either), else f(int64_t{}): 32-bit index math where the
+// tensors fit.
+template <typename F>
+void with_index_type(int64_t n, F&& f) {
+  if (n <= (int64_t{1} << 30))
+    f(int32_t{});
+  else
+    f(int64_t{});
 }
 
 template <typename acc_t>

@@ -80,6 +80,17 @@ FASTDNAS_HOST_DEVICE int64_t first_output_from(const ResizeAxis<acc_t>& axis, in
   return o;
 }
 
+// The outputs that read input index `index` along an axis: [begin, end).
+struct OutputRange {
+  int64_t begin;
+  int64_t end;
+};
+
+template <typename acc_t>
+FASTDNAS_HOST_DEVICE OutputRange outputs_reading(const ResizeAxis<acc_t>& axis, int64_t index) {
+  return {first_output_from(axis, index - 1), first_output_from(axis, index + 1)};
+}
+
 // One output pixel of a bilinear resize of `plane` (input_width wide), in PyTorch's CUDA order.
 template <typename acc_t, typename scalar_t>
 FASTDNAS_HOST_DEVICE acc_t bilinear_sample(const scalar_t* plane, int64_t input_width, const LinearTaps<acc_t>& row,
@@ -97,15 +108,12 @@ FASTDNAS_HOST_DEVICE acc_t bilinear_sample(const scalar_t* plane, int64_t input_
 template <typename acc_t, typename scalar_t>
 FASTDNAS_HOST_DEVICE acc_t bilinear_adjoint_at(const scalar_t* grad_plane, const ResizeAxis<acc_t>& rows,
                                                const ResizeAxis<acc_t>& cols, int64_t y, int64_t x) {
-  const int64_t row_begin = first_output_from(rows, y - 1);
-  const int64_t row_end = first_output_from(rows, y + 1);
-  const int64_t col_begin = first_output_from(cols, x - 1);
-  const int64_t col_end = first_output_from(cols, x + 1);
+  const OutputRange out_rows = outputs_reading(rows, y), out_cols = outputs_reading(cols, x);
   acc_t total = static_cast<acc_t>(0);
-  for (int64_t oy = row_begin; oy < row_end; ++oy) {
+  for (int64_t oy = out_rows.begin; oy < out_rows.end; ++oy) {
     const scalar_t* grad_row = grad_plane + oy * cols.output_size;
     acc_t row_sum = static_cast<acc_t>(0);
-    for (int64_t ox = col_begin; ox < col_end; ++ox)
+    for (int64_t ox = out_cols.begin; ox < out_cols.end; ++ox)
       row_sum = accumulate_product(row_sum, tap_weight(linear_taps(cols, ox), x), grad_row[ox]);
     total += tap_weight(linear_taps(rows, oy), y) * row_sum;
   }

@@ -35,67 +35,111 @@ BlockTable<T> block_table(const std::vector<at::Tensor>& tensors) {
   return table;
 }
 
-// The output viewed as [N, B, inner]: element i is block b of sample n at offset j, and reads
-// element n * inner + j of cells[t][b] = blocks[t * B + b].
-struct TrellisIndex {
-  int b;
-  int64_t source;
+// The output viewed as [N * B planes, inner]: plane n * B + b is block b of sample n, and its
+// element j reads element n * inner + j of cells[t][b] = blocks[t * B + b]. Both kernels walk
+// fixed tiles of one plane (tile_elems = items * kThreads consecutive elements), a block looping
+// over tiles: the plane, sample and block index are found once per tile, and the elements of a
+// tile are plain offsets from its plane (no division per element), in index_t (32 bits where the
+// output fits). The tiles depend on the sizes only, so the backward kernel's partial sums, one
+// per tile, are the same for any grid; the grids follow the device.
+template <typename index_t>
+struct TrellisTiles {
+  index_t inner;           // elements per plane
+  index_t tile_elems;      // elements per tile
+  index_t tiles_per_plane;
+  index_t tiles;           // N * B * tiles_per_plane
+  int B;
 };
 
-__device__ __forceinline__ TrellisIndex trellis_index(int64_t i, int64_t inner, int B) {
-  const int64_t row = i / inner;
-  const int64_t j = i - row * inner;
-  return {static_cast<int>(row % B), (row / B) * inner + j};
+template <typename index_t>
+TrellisTiles<index_t> trellis_tiles(int64_t n, int64_t inner, int64_t B) {
+  const int64_t tile_elems = items_per_tile(n, kThreads, 8) * kThreads;
+  const int64_t tiles_per_plane = (inner + tile_elems - 1) / tile_elems;
+  return {static_cast<index_t>(inner), static_cast<index_t>(tile_elems), static_cast<index_t>(tiles_per_plane),
+          static_cast<index_t>(n / inner * tiles_per_plane), static_cast<int>(B)};
 }
 
-template <typename scalar_t, typename acc_t>
+// Where one tile lies: its plane's offset in the output and in the blocks, and its elements
+// [begin, end) within the plane (begin already includes the thread's offset).
+template <typename index_t>
+struct TrellisTile {
+  index_t out_offset;
+  index_t source_offset;
+  int b;
+  index_t begin;
+  index_t end;
+};
+
+template <typename index_t>
+__device__ __forceinline__ TrellisTile<index_t> trellis_tile(const TrellisTiles<index_t>& tiles, index_t tile) {
+  const index_t plane = tile / tiles.tiles_per_plane;
+  const index_t chunk = tile - plane * tiles.tiles_per_plane;
+  const index_t sample = plane / tiles.B;
+  const index_t begin = chunk * tiles.tile_elems;
+  const index_t end = begin + tiles.tile_elems < tiles.inner ? begin + tiles.tile_elems : tiles.inner;
+  return {plane * tiles.inner, sample * tiles.inner, static_cast<int>(plane - sample * tiles.B),
+          begin + static_cast<index_t>(threadIdx.x), end};
+}
+
+template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void trellis_aggregate_forward_kernel(BlockTable<const scalar_t*> blocks, const acc_t* __restrict__ betas,
-                                                 int T, int B, int64_t inner, int64_t n,
-                                                 scalar_t* __restrict__ out) {
+                                                 int T, TrellisTiles<index_t> tiles, scalar_t* __restrict__ out) {
   acc_t beta[kMaxTrellisCells];
 #pragma unroll
   for (int t = 0; t < kMaxTrellisCells; ++t) beta[t] = t < T ? betas[t] : acc_t(0);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const TrellisIndex where = trellis_index(i, inner, B);
-    acc_t acc = 0;
+  for (index_t tile = blockIdx.x; tile < tiles.tiles; tile += gridDim.x) {
+    const TrellisTile<index_t> where = trellis_tile(tiles, tile);
+    const scalar_t* source[kMaxTrellisCells];
 #pragma unroll
     for (int t = 0; t < kMaxTrellisCells; ++t)
-      if (t < T) acc = accumulate_product(acc, beta[t], blocks.ptr[t * B + where.b][where.source]);
-    out[i] = static_cast<scalar_t>(acc);
+      source[t] = t < T ? blocks.ptr[t * tiles.B + where.b] + where.source_offset : nullptr;
+    scalar_t* out_plane = out + where.out_offset;
+    for (index_t j = where.begin; j < where.end; j += kThreads) {
+      acc_t acc = 0;
+#pragma unroll
+      for (int t = 0; t < kMaxTrellisCells; ++t)
+        if (t < T) acc = accumulate_product(acc, beta[t], source[t][j]);
+      out_plane[j] = static_cast<scalar_t>(acc);
+    }
   }
 }
 
-// grad_blocks[t*B+b] = betas[t] * grad slice b (if need_blocks), and per block partial sums of
-// grad slice b * cells[t][b] into partials[block, t] (if need_betas); grad is read once.
-template <typename scalar_t, typename acc_t>
+// grad_blocks[t*B+b] = betas[t] * grad slice b (if need_blocks), and per tile partial sums of
+// grad slice b * cells[t][b] into partials[tile, t] (if need_betas); grad is read once.
+template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void trellis_aggregate_backward_kernel(const scalar_t* __restrict__ grad,
                                                   BlockTable<const scalar_t*> blocks,
                                                   BlockTable<scalar_t*> grad_blocks,
-                                                  const acc_t* __restrict__ betas, int T, int B, int64_t inner,
-                                                  int64_t n, acc_t* __restrict__ partials, bool need_blocks,
-                                                  bool need_betas) {
+                                                  const acc_t* __restrict__ betas, int T, TrellisTiles<index_t> tiles,
+                                                  acc_t* __restrict__ partials, bool need_blocks, bool need_betas) {
   acc_t beta[kMaxTrellisCells];
-  acc_t acc[kMaxTrellisCells];
 #pragma unroll
-  for (int t = 0; t < kMaxTrellisCells; ++t) {
-    beta[t] = t < T ? betas[t] : acc_t(0);
-    acc[t] = 0;
-  }
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const TrellisIndex where = trellis_index(i, inner, B);
-    const acc_t g = static_cast<acc_t>(grad[i]);
+  for (int t = 0; t < kMaxTrellisCells; ++t) beta[t] = t < T ? betas[t] : acc_t(0);
+  for (index_t tile = blockIdx.x; tile < tiles.tiles; tile += gridDim.x) {
+    const TrellisTile<index_t> where = trellis_tile(tiles, tile);
+    const scalar_t* source[kMaxTrellisCells];
+    scalar_t* grad_source[kMaxTrellisCells];
+    acc_t acc[kMaxTrellisCells];
 #pragma unroll
     for (int t = 0; t < kMaxTrellisCells; ++t) {
-      if (t < T) {
-        if (need_blocks) grad_blocks.ptr[t * B + where.b][where.source] = scaled_gradient<scalar_t>(beta[t], g);
-        if (need_betas) acc[t] = accumulate_product(acc[t], g, blocks.ptr[t * B + where.b][where.source]);
+      source[t] = t < T ? blocks.ptr[t * tiles.B + where.b] + where.source_offset : nullptr;
+      grad_source[t] = need_blocks && t < T ? grad_blocks.ptr[t * tiles.B + where.b] + where.source_offset : nullptr;
+      acc[t] = 0;
+    }
+    const scalar_t* grad_plane = grad + where.out_offset;
+    for (index_t j = where.begin; j < where.end; j += kThreads) {
+      const acc_t g = static_cast<acc_t>(grad_plane[j]);
+#pragma unroll
+      for (int t = 0; t < kMaxTrellisCells; ++t) {
+        if (t < T) {
+          if (need_blocks) grad_source[t][j] = scaled_gradient<scalar_t>(beta[t], g);
+          if (need_betas) acc[t] = accumulate_product(acc[t], g, source[t][j]);
+        }
       }
     }
+    // need_betas is the same for the whole grid: every thread of a block reaches the barriers or none.
+    if (need_betas) block_sums(acc, T, partials + static_cast<int64_t>(tile) * T, 1);
   }
-  // need_betas is the same for the whole grid: every thread of a block reaches the barriers or none.
-  if (need_betas) block_sums(acc, T, partials + static_cast<int64_t>(blockIdx.x) * T, 1);
 }
 
 at::Tensor trellis_aggregate_cuda(at::TensorList blocks_arg, int64_t num_cells, const at::Tensor& betas_arg) {
@@ -111,10 +155,15 @@ at::Tensor trellis_aggregate_cuda(at::TensorList blocks_arg, int64_t num_cells, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "trellis_aggregate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor betas = betas_arg.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    FASTDNAS_LAUNCH((trellis_aggregate_forward_kernel<scalar_t, acc_t>), forward_grid_for(n), kThreads, 0, stream)(
-        block_table<const scalar_t*>(blocks), betas.const_data_ptr<acc_t>(), static_cast<int>(num_cells),
-        static_cast<int>(B), inner, n, out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_index_type(n, [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      const auto tiles = trellis_tiles<index_t>(n, inner, B);
+      FASTDNAS_LAUNCH((trellis_aggregate_forward_kernel<scalar_t, acc_t, index_t>),
+                      device_grid_for(tiles.tiles, kTileBlocksPerSM), kThreads, 0, stream)(
+          block_table<const scalar_t*>(blocks), betas.const_data_ptr<acc_t>(), static_cast<int>(num_cells), tiles,
+          out.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -142,18 +191,22 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> trellis_aggregate_backward_cuda(
     at::Tensor sums = need_betas ? at::zeros({T}, betas.options()) : at::Tensor();
     if (n > 0) {
       const int64_t inner = blocks[0].numel() / blocks[0].size(0);
-      const int64_t grid = grid_for(n, kMaxBackwardBlocks);
-      at::Tensor partials = at::empty({need_betas ? grid : 0, T}, betas.options());
-      FASTDNAS_LAUNCH((trellis_aggregate_backward_kernel<scalar_t, acc_t>), grid, kThreads, 0, stream)(
-          grad.const_data_ptr<scalar_t>(), block_table<const scalar_t*>(blocks),
-          block_table<scalar_t*>(grad_blocks), betas.const_data_ptr<acc_t>(), T, static_cast<int>(B), inner, n,
-          partials.mutable_data_ptr<acc_t>(), need_blocks, need_betas);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (need_betas) {
-        FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), T, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), grid,
-                                                                              T, sums.mutable_data_ptr<acc_t>());
+      with_index_type(n, [&](auto index_zero) {
+        using index_t = decltype(index_zero);
+        const auto tiles = trellis_tiles<index_t>(n, inner, B);
+        at::Tensor partials = at::empty({need_betas ? static_cast<int64_t>(tiles.tiles) : 0, T}, betas.options());
+        FASTDNAS_LAUNCH((trellis_aggregate_backward_kernel<scalar_t, acc_t, index_t>),
+                        device_grid_for(tiles.tiles, kTileBlocksPerSM), kThreads, 0, stream)(
+            grad.const_data_ptr<scalar_t>(), block_table<const scalar_t*>(blocks),
+            block_table<scalar_t*>(grad_blocks), betas.const_data_ptr<acc_t>(), T, tiles,
+            partials.mutable_data_ptr<acc_t>(), need_blocks, need_betas);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+        if (need_betas) {
+          FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), T, kThreads, 0, stream)(
+              partials.const_data_ptr<acc_t>(), tiles.tiles, T, sums.mutable_data_ptr<acc_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
     }
     if (need_betas) grad_betas = sums.to(betas_arg.scalar_type());
   });
