@@ -6,7 +6,6 @@ test compares to out/rank{rank}.pt.
 """
 import faulthandler
 import os
-import sys
 
 import torch
 import torch.nn as nn
@@ -25,12 +24,16 @@ TOY_VARIANTS = {
 }
 
 
-def with_watchdog(rank, scenario, seconds, *args):
-    """Run ``scenario(rank, *args)`` under a watchdog: a rank still alive ``seconds`` from now (in
-    the scenario or in the process's teardown after it) prints the stack of each of its threads
-    and exits with status 1, so a hang fails the test instead of stopping it for good."""
-    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
-    scenario(rank, *args)
+def with_watchdog(rank, scenario, seconds, world_size, port, out):
+    """Run ``scenario(rank, world_size, port, out)`` under a watchdog: a rank still alive
+    ``seconds`` from now (in the scenario or in the process's teardown after it) writes the stack
+    of each of its threads to out/rank{rank}.stack and exits with status 1, so a hang fails the
+    test instead of stopping it for good. (One file per rank: on a shared stderr the ranks' stacks
+    interleave.)"""
+    global _stack_file  # open until the process ends: the watchdog may fire during its teardown
+    _stack_file = open(os.path.join(out, f"rank{rank}.stack"), "w")
+    faulthandler.dump_traceback_later(seconds, exit=True, file=_stack_file)
+    scenario(rank, world_size, port, out)
 
 
 def announce_rank(rank, world_size, port):

@@ -55,14 +55,25 @@ def spawn(scenario, out, rank_seconds=RANK_SECONDS, parent_seconds=PARENT_SECOND
     context = mp.start_processes(with_watchdog, args=(scenario, rank_seconds, WORLD_SIZE, free_port(), str(out)),
                                  nprocs=WORLD_SIZE, join=False, start_method="spawn")
     deadline = time.monotonic() + parent_seconds
-    # join() raises ProcessRaisedException / ProcessExitedException (with the rank's exit code)
-    # when a rank fails, its watchdog included; it returns True once all ranks exited cleanly.
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"{scenario.__name__}: ranks still running after {parent_seconds} s (killed)")
+    try:
+        # join() raises ProcessRaisedException / ProcessExitedException (with the rank's exit
+        # code) when a rank fails, its watchdog included; it returns True once all ranks exited.
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail(f"{scenario.__name__}: ranks still running after {parent_seconds} s (killed)\n"
+                            + watchdog_stacks(out))
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+        error.args = (f"{error.args[0]}\n{watchdog_stacks(out)}", *error.args[1:])
+        raise
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+
+
+def watchdog_stacks(out):
+    """The stacks the ranks' watchdogs wrote (empty when none fired)."""
+    stacks = [(path.name, path.read_text()) for path in sorted(out.glob("rank*.stack"))]
+    return "".join(f"--- {name} (watchdog)\n{text}" for name, text in stacks if text)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +91,12 @@ def toy_runs(tmp_path_factory):
     return ranks, single
 
 
-def test_a_hanging_rank_fails_in_seconds_with_its_stack(tmp_path, capfd):
+def test_a_hanging_rank_fails_in_seconds_with_its_stack(tmp_path):
     start = time.monotonic()
-    with pytest.raises(mp.ProcessExitedException, match="exit code 1"):
+    with pytest.raises(mp.ProcessExitedException, match="exit code 1") as failure:
         spawn(hang, tmp_path, rank_seconds=3, parent_seconds=120)
     assert time.monotonic() - start < 100
-    assert "in hang" in capfd.readouterr().err  # the watchdog's stack of the rank
+    assert "Timeout (0:00:03)!" in str(failure.value) and " in hang" in str(failure.value)  # a rank's stack
 
 
 def test_shutdown_releases_the_ddp_wrappers_before_the_group(toy_runs):
