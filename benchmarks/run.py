@@ -4,7 +4,8 @@ and CUDA rows where a GPU is present), prints one table and writes JSON.
     python -m benchmarks.run [--quick] [--skip-compile] [--compile-on-cpu] [--only SECTION ...]
                              [--device cpu|cuda] [--threads N] [--min-run-time SECONDS] [--out FILE]
 
-Sections: kernels (fused ops vs their references, bandwidth vs a copy), steps (DARTS and
+Sections: kernels (fused ops vs their references, bandwidth vs a copy), passes (the depthwise
+kernels' forward, input and weight gradients one by one against torch's), steps (DARTS and
 Auto-DeepLab search steps in every variant), memory (saved-for-backward bytes, peak memory and
 step time of a DARTS search step per backend), methods (DARTS, PC-DARTS and GDAS search steps,
 reference and fused, timed interleaved), launches (compute ops dispatched per forward+backward and
@@ -17,13 +18,14 @@ import os
 
 import torch
 
-from . import kernels, launches, memory, methods, search_step
+from . import kernel_passes, kernels, launches, memory, methods, search_step
 from .common import machine, print_table, write_json
 
 # name -> run(device, quick=..., min_run_time=..., skip_compile=...) returning table rows. A new
 # section is one more entry here.
 SECTIONS = {
     "kernels": kernels.run,
+    "passes": kernel_passes.run,
     "steps": search_step.run,
     "memory": memory.run,
     "methods": methods.run,
@@ -32,7 +34,7 @@ SECTIONS = {
 # The columns of the one table, in order; a row leaves out what does not apply to it. Columns a
 # section adds that are not listed here are printed after these.
 COLUMNS = ["bench", "case", "device", "variant", "ms", "speedup", "vs_darts", "GBps", "copy_fraction", "peak_MB",
-           "saved_MB", "mem_ratio", "search_h", "ops_fwd_bwd", "ops_step", "ops_ratio", "note"]
+           "saved_MB", "mem_ratio", "torch_ms", "fp32_fraction", "search_h", "ops_fwd_bwd", "ops_step", "ops_ratio", "note"]
 
 
 def table_columns(rows):

@@ -25,6 +25,9 @@
 #                         kernels per step (table: profile-darts-fused-eager-cuda.txt)
 #   bench-kernels (25)    the kernel rows (python -m benchmarks.run --only kernels): ms of reference
 #                         and fused forward+backward, fused bandwidth as a fraction of a copy's
+#   bench-passes (30)     the depthwise kernels pass by pass (forward, input gradient, weight gradient)
+#                         against F.conv2d(groups=C) / convolution_backward at the DARTS sizes
+#                         (python -m benchmarks.kernel_passes): worst and geometric-mean speedups
 #   kernel-tests (45)     CUDA cases of the five kernel test files (-k cuda)
 #   graph-tests (80)      tests/test_graphed.py (CUDA-graph replay == eager)
 #   other-cuda-tests (30) the CUDA cases of every other test file (not the CPU-only CUDA emulator's)
@@ -41,7 +44,7 @@
 #
 # RESULTS_DIR ends with 3 files: summary.txt (versions, one line per phase, the SUMMARY block),
 # logs.tar (every phase's log and the benchmarks' JSON: bench-steps-darts1.json, ...,
-# bench-kernels.json, bench-compile.json; appended as each phase ends) and the profile table.
+# bench-kernels.json, bench-passes.json, bench-compile.json; appended as each phase ends) and the profile table.
 # A prebuilt library (scripts/build_gpu_library.sh: Python 3.12, torch 2.11.0, sm_90) is used as
 # it is; without a GPU the script checks the library and stops before the GPU phases (exit 3).
 # Uses the current python3 (PYTHON=... to choose another).
@@ -184,7 +187,9 @@ run_phase profile 30 "$PYTHON" -m benchmarks.profile_step --space darts --varian
   --out "$dest"
 run_phase bench-kernels 25 "$PYTHON" -m benchmarks.run --only kernels --device cuda --min-run-time 0.25 \
   --out "$work/bench-kernels.json"
-keep $(cd "$work" && ls bench-steps-*.json bench-kernels.json 2>/dev/null)
+run_phase bench-passes 30 "$PYTHON" -m benchmarks.kernel_passes --device cuda --min-run-time 0.1 \
+  --out "$work/bench-passes.json"
+keep $(cd "$work" && ls bench-steps-*.json bench-kernels.json bench-passes.json 2>/dev/null)
 
 # --- tests ---
 kernel_tests="$repo/tests/test_mixed_sum.py $repo/tests/test_trellis_ops.py $repo/tests/test_mixed_node.py $repo/tests/test_depthwise_conv.py $repo/tests/test_depthwise_segments.py"

@@ -275,11 +275,14 @@ MIXED_NODE = named("mixed_node", [
     ("non_contiguous", lambda: mixed_node_problem((2, 1), torch.float64, N=2, C=3, non_contiguous=True)),
 ])
 
+CHUNKED = (7, 150, 12, 12, 3, 1, 1, 1)
 DEPTHWISE = named("depthwise_conv2d", [
     *[(f"case{i}-{dtype_name(dt)}", lambda case=case, dt=dt: depthwise_problem(case, dt))
       for dt in DTYPES for i, case in enumerate(test_depthwise_conv.CASES)],
     ("empty-batch", lambda: depthwise_problem((0, 4, 8, 8, 3, 1, 1, 1), torch.float32)),
     ("non_contiguous", lambda: depthwise_problem((2, 3, 9, 8, 3, 2, 1, 1), torch.float64, non_contiguous=True)),
+    # Enough channels and positions for the weight gradient's batch chunks (3 of 3, 3 and 1 images).
+    ("chunks", lambda: depthwise_problem(CHUNKED, torch.float32)),
 ])
 
 DEPTHWISE_SEGMENTS = named("depthwise_conv2d_segments", [
@@ -333,6 +336,7 @@ DETERMINISM_CASES = [
     pytest.param(lambda: depthwise_problem((3, 5, 13, 11, 3, 2, 1, 1), torch.float32), id="depthwise_conv2d"),
     pytest.param(lambda: depthwise_segments_problem((3, 5, 13, 11, 2, test_depthwise_segments.CASES[0][5]),
                                                     torch.float32), id="depthwise_conv2d_segments"),
+    pytest.param(lambda: depthwise_problem(CHUNKED, torch.float32), id="depthwise_conv2d-chunks"),
 ]
 
 
@@ -354,6 +358,30 @@ def test_bitwise_identical_in_every_schedule_and_multiprocessor_count(emu, build
     for mode, sms, result in results[1:]:
         for i, (a, b) in enumerate(zip(first, result)):
             assert torch.equal(a, b), f"output {i} differs in schedule {mode} with {sms} multiprocessors"
+
+
+# The depthwise kernels' 64-bit index path, taken by tensors of over 2^30 elements (too large to
+# emulate), on small ones: FASTDNAS_EMU_INDEX64 sends every call there. It adds the same products
+# in the same order as the 32-bit paths (constant geometries included): bitwise their results.
+INDEX64_CASES = [
+    *[pytest.param(lambda case=case: depthwise_problem(case, torch.float32), id=f"depthwise_conv2d-case{i}")
+      for i, case in enumerate(test_depthwise_conv.CASES[:4])],
+    pytest.param(lambda: depthwise_problem(CHUNKED, torch.float32), id="depthwise_conv2d-chunks"),
+    *[pytest.param(lambda case=case: depthwise_segments_problem(case, torch.float64),
+                   id=f"depthwise_conv2d_segments-case{i}") for i, case in enumerate(test_depthwise_segments.CASES)
+      if i in (0, 2, 5)],
+]
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+@pytest.mark.parametrize("build_problem", INDEX64_CASES)
+def test_depthwise_64_bit_indices_give_the_32_bit_results(emu, monkeypatch, build_problem):
+    problem = build_problem()
+    narrow = problem.run(torch.ops.fastdnas_emu)
+    monkeypatch.setenv("FASTDNAS_EMU_INDEX64", "1")
+    wide = problem.run(torch.ops.fastdnas_emu)
+    for i, (a, b) in enumerate(zip(narrow, wide)):
+        assert torch.equal(a, b), f"output {i} differs between the 32-bit and 64-bit index paths"
 
 
 @pytest.mark.parametrize("kinds", ["all", (test_mixed_node.MAX,), (test_mixed_node.AVG,)],

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks import kernels, report, search_step
+from benchmarks import kernel_passes, kernels, report, search_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,10 +112,13 @@ def realistic_run():
                 for name, shape, *_ in kernels.DEPTHWISE_CASES])
     for op, case in cases:
         lines += [f"PERF {op}.{report.token(case)}.{m}=0.1234 unit=ms" for m in ("ref_ms", "fused_ms", "frac")]
+    lines += ["PERF fp32_matmul.cuda.GMACps=12345 unit=G multiply-adds/s"]
+    lines += [f"PERF dw_passes.cuda.{p}_{m}=1.234 unit=x torch" for p in kernel_passes.PASSES
+              for m in ("min", "geomean")]
     phases = ["library: prebuilt", "  NVIDIA H100 80GB HBM3, 570.124.06, 81559 MiB",
               "  python 3.12.3 torch 2.11.0+cu130 cuda 13.0 cudnn 91300 gpu True", "versions: ok, 3s",
               "steps-darts1: ok, 41s", "steps-darts2: ok, 55s", "steps-adl1: TIMED OUT at 110s, 120s",
-              "profile: ok, 20s", "bench-kernels: ok, 14s",
+              "profile: ok, 20s", "bench-kernels: ok, 14s", "bench-passes: ok, 25s",
               "kernel-tests: ok, 41s; 238 passed 0 failed 12 skipped",
               "graph-tests: FAILED (exit 1), 79s; 17 passed 3 failed; first failed: " + ",".join(
                   ["test_graph_replay_equals_eager_with_a_longer_name[autodeeplab-second-order]"[:70]] * 2),
@@ -159,3 +162,31 @@ def test_gpu_check_stops_cleanly_without_a_gpu(tmp_path):
     assert summary.rstrip().endswith("=== END SUMMARY")
     assert "versions: ok" in summary and "stopped before the GPU phases" in summary
     assert sorted(os.listdir(tmp_path)) == ["logs.tar", "summary.txt"]
+
+
+def test_kernel_pass_rows_compare_equal_computations(capsys, one_thread):
+    """Each pass's two sides compute the same tensors (else the speedup means nothing), and a quick
+    CPU run gives a row per case and pass and the PERF lines."""
+    stride, N, C, H = kernel_passes.CPU_SIZES[1]
+    x = torch.randn(2, C, H, H, dtype=torch.float64)
+    weights = [torch.randn(C, 1, k, k, dtype=torch.float64) for _, k, _, _ in kernel_passes.GEOMETRIES]
+    grads = [torch.randn_like(torch.nn.functional.conv2d(x, w, None, stride, p, d, C))
+             for w, (_, _, p, d) in zip(weights, kernel_passes.GEOMETRIES)]
+    sides = [kernel_passes.depthwise_sides(x, w, g, stride, p, d)
+             for w, g, (_, _, p, d) in zip(weights, grads, kernel_passes.GEOMETRIES)]
+    sides.append(kernel_passes.segments_sides(x, weights, grads, stride))
+    for case in sides:
+        for name in kernel_passes.PASSES:
+            theirs, ours = (side() for side in case[name])
+            if name == "igrad":
+                theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+            elif name == "wgrad":
+                theirs = torch.cat([t.flatten() for t in theirs]) if isinstance(theirs, list) else theirs[1]
+                ours = ours.flatten()
+                theirs = theirs.flatten()
+            assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-10), name
+    rows = kernel_passes.run("cpu", quick=True, min_run_time=0.001)
+    assert len(rows) == 3 * (len(kernel_passes.GEOMETRIES) + 1)
+    out = capsys.readouterr().out
+    for p in kernel_passes.PASSES:
+        assert f"PERF dw_passes.cpu.{p}_min=" in out and f"PERF dw_passes.cpu.{p}_geomean=" in out
