@@ -185,7 +185,8 @@ FLAGS = [
     ("--cuda-graphs", {"action": argparse.BooleanOptionalAction},
      "replay each search step from CUDA graphs (CUDA devices only; same results, far fewer kernel launches)",
      SEARCHES),
-    ("--genotype", {"metavar": "FILE"}, "genotype.json or genotype.txt written by a search (required)", (TRAIN_DARTS,)),
+    ("--genotype", {"metavar": "FILE|NAME"}, "genotype.json or genotype.txt written by a search, or a published cell "
+     "(fastdnas genotypes lists them) (required)", (TRAIN_DARTS,)),
     ("--auxiliary", {"action": argparse.BooleanOptionalAction}, "auxiliary head", (TRAIN_DARTS,)),
     ("--auxiliary-weight", {"type": float}, "", (TRAIN_DARTS,)),
     ("--drop-path-prob", {"type": float}, "drop-path probability reached at the last epoch", (TRAIN_DARTS,)),
@@ -295,6 +296,9 @@ def build_parser():
                     text = f"{text} ({note})" if text and note else text or note
                     leaf.add_argument(flag, **options, help=text or None)
             leaf.set_defaults(run=run_search if command == "search" else run_train)
+    from .compat_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -825,10 +829,10 @@ def run_train(args):
 
 def read_architecture(space, path, flag):
     from .autodeeplab import load_arch
-    from .darts import load_genotype
+    from .darts.genotypes import resolve_genotype
 
     try:
-        return load_genotype(path) if space == "darts" else load_arch(path)
+        return resolve_genotype(path) if space == "darts" else load_arch(path)
     except OSError as error:
         raise UsageError(f"--{flag}: cannot read {path!r}: {error.strerror}") from error
     except ValueError as error:

@@ -139,3 +139,93 @@ class OriginalNetwork(nn.Module):
 
     def _loss(self, input, target):
         return self._criterion(self(input), target)
+
+
+class OriginalFinalCell(nn.Module):
+    """The original final-network cell: two chosen ops per node (no drop-path here: eval only)."""
+
+    def __init__(self, genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
+        super().__init__()
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+        pairs = genotype.reduce if reduction else genotype.normal
+        self._concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        self.multiplier = len(self._concat)
+        self._indices = [index for _, index in pairs]
+        self._ops = nn.ModuleList(FINAL_OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in pairs)
+
+    def forward(self, s0, s1, drop_prob):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(len(self._ops) // 2):
+            states.append(sum(self._ops[k](states[self._indices[k]]) for k in (2 * i, 2 * i + 1)))
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+def original_auxiliary_head(C, num_classes, imagenet):
+    """The original AuxiliaryHeadCIFAR / AuxiliaryHeadImageNet (the latter without its second BN)."""
+    layers = [nn.ReLU(inplace=False), nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False),
+              nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+              nn.Conv2d(128, 768, 2, bias=False)]
+    layers += [nn.ReLU(inplace=True)] if imagenet else [nn.BatchNorm2d(768), nn.ReLU(inplace=True)]
+    head = nn.Module()
+    head.features = nn.Sequential(*layers)
+    head.classifier = nn.Linear(768, num_classes)
+    return head
+
+
+class OriginalFinalNetwork(nn.Module):
+    """The original NetworkCIFAR (``imagenet=False``) or NetworkImageNet, in eval mode."""
+
+    def __init__(self, C, num_classes, layers, auxiliary, genotype, imagenet=False):
+        super().__init__()
+        self._layers = layers
+        if imagenet:
+            self.stem0 = nn.Sequential(nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+                                       nn.ReLU(inplace=True), nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(C))
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(C))
+            C_prev_prev, C_prev, C_curr, reduction_prev = C, C, C, True
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(3, 3 * C, 3, padding=1, bias=False), nn.BatchNorm2d(3 * C))
+            C_prev_prev, C_prev, C_curr, reduction_prev = 3 * C, 3 * C, C, False
+        self.cells = nn.ModuleList()
+        for i in range(layers):
+            reduction = i in [layers // 3, 2 * layers // 3]
+            C_curr = C_curr * 2 if reduction else C_curr
+            cell = OriginalFinalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == 2 * layers // 3:
+                C_aux = C_prev
+        if auxiliary:
+            self.auxiliary_head = original_auxiliary_head(C_aux, num_classes, imagenet)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        if hasattr(self, "stem0"):
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, 0.0)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+def randomise(module, std=0.5):
+    """Random weights and BatchNorm statistics, as a trained network has."""
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 2.0)
+            elif name.endswith("num_batches_tracked"):
+                tensor.fill_(7)
+            else:
+                tensor.normal_(0, std)
+    return module

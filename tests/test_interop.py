@@ -3,21 +3,13 @@ import pytest
 import torch
 
 from fastdnas.darts import SearchNetwork, convert_state_dict, search_config_from_state_dict
-from original_layout import OriginalNetwork  # the original model_search.Network's layout
+from original_layout import OriginalNetwork, randomise  # the original model_search.Network's layout
 
 
 def trained_looking_original(**kwargs):
     """An original network with random weights and random BatchNorm statistics."""
     torch.manual_seed(0)
-    net = OriginalNetwork(**kwargs).double()
-    with torch.no_grad():
-        for name, tensor in net.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 2.0)
-            elif name.endswith("num_batches_tracked"):
-                tensor.fill_(7)
-            else:
-                tensor.normal_()
+    net = randomise(OriginalNetwork(**kwargs).double(), std=1.0)
     net.set_arch([torch.randn_like(a.double()) for a in net.arch_parameters()])
     return net
 
