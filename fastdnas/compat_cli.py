@@ -148,14 +148,14 @@ def run_eval(args):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     device = pick_device(args.device, args.threads)
-    data = load_eval_data(args.dataset, args.data)
-    if args.limit is not None and args.limit < len(data):
-        data = subset(data, args.limit)
-    num_classes = defaults["num_classes"] or len(data.classes)
     try:
         checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     except OSError as error:
         raise UsageError(f"--checkpoint: cannot read {args.checkpoint!r}: {error.strerror}") from error
+    data = load_eval_data(args.dataset, args.data)
+    if args.limit is not None and args.limit < len(data):
+        data = subset(data, args.limit)
+    num_classes = defaults["num_classes"] or len(data.classes)
     try:
         model = build_final_network(args.dataset, C, num_classes, layers, genotype, checkpoint)
     except ValueError as error:

@@ -23,7 +23,7 @@ COUNTS = {
     "PC_DARTS_image": (3721510, 5342464), "PDARTS": (3433798, 4944352), "GDAS_V1": (3368782, 4969216),
     "DrNAS_cifar10": (4099294, 5738464), "DrNAS_imagenet": (4048750, 5726368),
 }
-# The paper's table gives 3.3 M for the first-order DARTS cell too; its network has 3.17 M.
+# The paper's table gives 3.3 M for the first-order DARTS cell; the released cell's network has 3.17 M.
 PAPER_ROUNDS_DIFFERENTLY = {("DARTS_V1", "cifar")}
 
 
