@@ -94,6 +94,16 @@ def test_label_smoothing_is_the_original_loss():
     smoothed = 0.9 * torch.nn.functional.one_hot(target, 10) + 0.1 / 10
     expected = (-smoothed * logits.log_softmax(1)).mean(0).sum()
     assert torch.allclose(label_smoothing_loss(logits, target), expected)
+    from fastdnas.darts.imagenet_network import imagenet_training_loss
+
+    net = ImageNetNetwork(8, 10, 3, genotypes.DARTS_V2, auxiliary=True).double().train()
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    torch.manual_seed(1)
+    loss, main_logits = imagenet_training_loss(net, x, target, auxiliary_weight=0.4)
+    torch.manual_seed(1)
+    out, aux = net(x)
+    assert torch.allclose(main_logits, out)
+    assert torch.allclose(loss, label_smoothing_loss(out, target) + 0.4 * label_smoothing_loss(aux, target))
 
 
 @pytest.mark.parametrize("name", list(genotypes.PUBLISHED))
@@ -151,12 +161,12 @@ def test_cli_trains_a_published_cell_by_name(tmp_path, capsys):
     assert json.loads((tmp_path / "result.json").read_text())["genotype"] == genotype_to_dict(genotypes.DARTS_V2)
 
 
-def write_image_folder(root, classes=3, per_class=2):
+def write_image_folder(root, classes=3, per_class=2, split="val"):
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)
     for c in range(classes):
-        folder = root / "val" / f"n{c:08d}"
+        folder = root / split / f"n{c:08d}"
         folder.mkdir(parents=True)
         for i in range(per_class):
             pixels = torch.randint(0, 256, (40 + 8 * i, 48, 3), dtype=torch.uint8, generator=generator)
@@ -189,3 +199,32 @@ def test_cli_evaluates_an_original_imagenet_checkpoint(tmp_path, capsys):
                   "--dataset", "imagenet", "--data", str(tmp_path / "imagenet"), "--init-channels", "8",
                   "--layers", "3", "--threads", "1", "--device", "cpu"])
     assert "wrong shape" in capsys.readouterr().err
+
+
+def test_imagenet_training_batches_are_augmented_reproducibly(tmp_path):
+    from fastdnas.data import iterate_batches, load_dataset
+
+    write_image_folder(tmp_path, split="train")
+    write_image_folder(tmp_path, split="val")
+    data = load_dataset("imagenet", root=str(tmp_path))
+    assert (data.num_classes, len(data.train), len(data.test)) == (3, 6, 6) and data.train.augments
+    assert "imagenet: 3 classes, 3x224x224, train 6, test 6" == data.summary()
+    draws = [next(iterate_batches(data.train, 4, torch.Generator().manual_seed(seed), shuffle=True))[0]
+             for seed in (5, 5, 6)]
+    assert draws[0].shape == (4, 3, 224, 224) and torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    plain, _ = next(iterate_batches(data.test, 6))
+    again, _ = next(iterate_batches(data.test, 6))
+    assert torch.equal(plain, again)  # evaluation: resize and centre crop only
+
+
+def test_cli_retrains_on_imagenet_with_the_mobile_network(tmp_path, capsys):
+    write_image_folder(tmp_path / "imagenet", split="train")
+    write_image_folder(tmp_path / "imagenet", split="val")
+    assert cli.main(["train", "darts", "--dataset", "imagenet", "--data", str(tmp_path / "imagenet"), "--genotype",
+                     "DARTS_V2", "--epochs", "1", "--batch-size", "3", "--init-channels", "8", "--layers", "3",
+                     "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    state = torch.load(tmp_path / "run" / "model.pt")
+    assert "stem0.0.weight" in state and "auxiliary_head.classifier.weight" in state
+    assert "auxiliary_head.features.6.weight" not in state  # no BatchNorm after the head's 2x2 convolution
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert 0.0 <= result["test_acc"] <= 1.0 and result["settings"]["weight_decay"] == 3e-5

@@ -51,3 +51,13 @@ def label_smoothing_loss(logits, target, smoothing=0.1):
     """The original ImageNet training loss: cross entropy against (1 - smoothing) * one-hot +
     smoothing / num_classes."""
     return F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+
+def imagenet_training_loss(model, inputs, targets, auxiliary_weight, smoothing=0.1):
+    """The original train_imagenet.py's loss: label-smoothed cross entropy of the logits, plus
+    ``auxiliary_weight`` times that of the auxiliary logits; returns (loss, logits)."""
+    logits, logits_aux = model(inputs)
+    loss = label_smoothing_loss(logits, targets, smoothing)
+    if logits_aux is not None:
+        loss = loss + auxiliary_weight * label_smoothing_loss(logits_aux, targets, smoothing)
+    return loss, logits
