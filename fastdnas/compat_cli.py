@@ -6,7 +6,7 @@
                                                    top-1 (and top-5 on ImageNet) of a trained final network
 """
 import json
-import os
+import pickle
 import sys
 
 FORMS = ("text", "json", "nni", "nni2")
@@ -57,6 +57,9 @@ def add_commands(commands):
     darts.add_argument("--layers", type=int, help="cells (default: 20 on CIFAR, 14 on ImageNet)")
     darts.add_argument("--batch-size", type=int, default=96, help="(default: 96)")
     darts.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
+    darts.add_argument("--allow-pickle", action="store_true",
+                       help="load a checkpoint that pickles more than tensors (a whole module, as the original "
+                            "train.py's released CIFAR model): runs code from the file, so only for trusted files")
     darts.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
     darts.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: free cores)")
     darts.set_defaults(run=run_eval)
@@ -149,9 +152,13 @@ def run_eval(args):
             raise UsageError(f"{flag} must be >= 1, got {value}")
     device = pick_device(args.device, args.threads)
     try:
-        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=not args.allow_pickle)
     except OSError as error:
         raise UsageError(f"--checkpoint: cannot read {args.checkpoint!r}: {error.strerror}") from error
+    except pickle.UnpicklingError as error:
+        raise UsageError(f"--checkpoint {args.checkpoint!r} holds more than tensors and plain values (a pickled "
+                         "module?): loading it runs code from the file; if you trust it, add --allow-pickle "
+                         f"({str(error).splitlines()[0]})") from error
     data = load_eval_data(args.dataset, args.data)
     if args.limit is not None and args.limit < len(data):
         data = subset(data, args.limit)

@@ -199,6 +199,16 @@ def test_cli_evaluates_an_original_imagenet_checkpoint(tmp_path, capsys):
                   "--dataset", "imagenet", "--data", str(tmp_path / "imagenet"), "--init-channels", "8",
                   "--layers", "3", "--threads", "1", "--device", "cpu"])
     assert "wrong shape" in capsys.readouterr().err
+    # A pickled module (as the original train.py saves its model) loads only when allowed.
+    torch.save(original, tmp_path / "model.pt")
+    command = ["eval", "darts", "--genotype", "PDARTS", "--checkpoint", str(tmp_path / "model.pt"), "--dataset",
+               "imagenet", "--data", str(tmp_path / "imagenet"), "--init-channels", "8", "--layers", "3",
+               "--threads", "1", "--device", "cpu"]
+    with pytest.raises(SystemExit):
+        cli.main(command)
+    assert "add --allow-pickle" in capsys.readouterr().err
+    assert cli.main(command + ["--allow-pickle"]) == 0
+    assert f"top-1 {top1:.4f}, top-5 {top5:.4f} (6 images)" in capsys.readouterr().out
 
 
 def test_imagenet_training_batches_are_augmented_reproducibly(tmp_path):
@@ -223,7 +233,7 @@ def test_cli_retrains_on_imagenet_with_the_mobile_network(tmp_path, capsys):
     assert cli.main(["train", "darts", "--dataset", "imagenet", "--data", str(tmp_path / "imagenet"), "--genotype",
                      "DARTS_V2", "--epochs", "1", "--batch-size", "3", "--init-channels", "8", "--layers", "3",
                      "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
-    state = torch.load(tmp_path / "run" / "model.pt")
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert "stem0.0.weight" in state and "auxiliary_head.classifier.weight" in state
     assert "auxiliary_head.features.6.weight" not in state  # no BatchNorm after the head's 2x2 convolution
     result = json.loads((tmp_path / "run" / "result.json").read_text())
