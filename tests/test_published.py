@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 COUNTS = {
     "DARTS_V1": (3169414, 4510432), "DARTS_V2": (3349342, 4718752), "PC_DARTS_cifar": (3634678, 5270560),
     "PC_DARTS_image": (3721510, 5342464), "PDARTS": (3433798, 4944352), "GDAS_V1": (3368782, 4969216),
-    "DrNAS_cifar10": (4099294, 5738464), "DrNAS_imagenet": (4048750, 5726368),
+    "DrNAS_cifar10": (4099294, 5738464), "DrNAS_imagenet": (4048750, 5726368), "SDARTS_RS": (3606166, 5120320),
+    "SDARTS_ADV": (3344806, 4768864), "DARTS_minus": (3454318, 4860256),
 }
 # The paper's table gives 3.3 M for the first-order DARTS cell; the released cell's network has 3.17 M.
 PAPER_ROUNDS_DIFFERENTLY = {("DARTS_V1", "cifar")}

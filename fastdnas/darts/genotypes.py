@@ -1,6 +1,6 @@
 """Published DARTS-space cells by name, as the papers' code releases them (their ``genotypes.py``).
 
-``fastdnas.darts.genotypes.DARTS_V2`` and so on; ``PUBLISHED`` maps each name to a
+``fastdnas.darts.genotypes.DARTS_V2`` and so on (``DARTS_minus`` is DARTS-'s cell); ``PUBLISHED`` maps each name to a
 ``Published`` record (the genotype, the paper, the file it is taken from and the parameter
 counts the paper reports for it, in millions, of the CIFAR-10 network (C=36, 20 cells) and the
 ImageNet mobile network (C=48, 14 cells), auxiliary heads not counted; None where the paper
@@ -62,8 +62,37 @@ DrNAS_imagenet = Genotype(
     reduce_concat=range(2, 6),
 )
 
+# SDARTS's cells of the DARTS space (its "s5"): random smoothing (RS) and adversarial (ADV).
+SDARTS_RS = Genotype(
+    normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 1), ('skip_connect', 0),
+            ('sep_conv_3x3', 3), ('skip_connect', 1), ('sep_conv_3x3', 1), ('dil_conv_3x3', 2)],
+    normal_concat=range(2, 6),
+    reduce=[('max_pool_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0),
+            ('dil_conv_5x5', 3), ('max_pool_3x3', 0), ('sep_conv_3x3', 2), ('sep_conv_5x5', 3)],
+    reduce_concat=range(2, 6),
+)
+SDARTS_ADV = Genotype(
+    normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0),
+            ('sep_conv_5x5', 0), ('dil_conv_3x3', 3), ('dil_conv_3x3', 4), ('skip_connect', 0)],
+    normal_concat=range(2, 6),
+    reduce=[('max_pool_3x3', 0), ('sep_conv_5x5', 1), ('skip_connect', 2), ('max_pool_3x3', 0),
+            ('skip_connect', 3), ('skip_connect', 2), ('skip_connect', 2), ('sep_conv_5x5', 4)],
+    reduce_concat=range(2, 6),
+)
+# DARTS-'s best CIFAR-10 cell of the DARTS space.
+DARTS_minus = Genotype(
+    normal=[('sep_conv_3x3', 0), ('sep_conv_5x5', 1), ('sep_conv_3x3', 1), ('dil_conv_3x3', 2),
+            ('skip_connect', 1), ('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_conv_3x3', 0)],
+    normal_concat=range(2, 6),
+    reduce=[('sep_conv_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0),
+            ('skip_connect', 2), ('skip_connect', 3), ('skip_connect', 2), ('skip_connect', 3)],
+    reduce_concat=range(2, 6),
+)
+
 _DARTS = ("DARTS (Liu, Simonyan and Yang, ICLR 2019)", "github.com/quark0/darts cnn/genotypes.py")
 _PC_DARTS = ("PC-DARTS (Xu et al., ICLR 2020)", "github.com/yuhuixu1993/PC-DARTS genotypes.py")
+_SDARTS = "SDARTS (Chen and Hsieh, ICML 2020)"
+_SDARTS_FILE = "github.com/xiangning-chen/SmoothDARTS sota/cnn/genotypes.py"
 _DRNAS = ("DrNAS (Chen et al., ICLR 2021)", "github.com/xiangning-chen/DrNAS DARTS-space/genotypes.py")
 PUBLISHED = {
     "DARTS_V1": Published(DARTS_V1, *_DARTS, 3.3, None),  # first-order search
@@ -76,6 +105,10 @@ PUBLISHED = {
                          "github.com/D-X-Y/AutoDL-Projects lib/nas_infer_model/DXYs/genotypes.py", 3.4, None),
     "DrNAS_cifar10": Published(DrNAS_cifar10, *_DRNAS, None, None),
     "DrNAS_imagenet": Published(DrNAS_imagenet, *_DRNAS, None, 5.7),  # searched on ImageNet
+    "SDARTS_RS": Published(SDARTS_RS, _SDARTS, f"{_SDARTS_FILE} (c10_s5_random)", None, None),
+    "SDARTS_ADV": Published(SDARTS_ADV, _SDARTS, f"{_SDARTS_FILE} (c10_s5_pgd)", 3.3, None),
+    "DARTS_minus": Published(DARTS_minus, "DARTS- (Chu et al., ICLR 2021)",
+                             "github.com/Meituan-AutoML/DARTS- src/eval/genotypes.py (cifar10_s0_best)", 3.5, 4.9),
 }
 # The other names the releases give the same cells.
 ALIASES = {"DARTS": "DARTS_V2", "PCDARTS": "PC_DARTS_cifar"}
