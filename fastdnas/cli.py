@@ -64,6 +64,9 @@ TRAIN_DATASET_DEFAULTS = {
     # Sized for a CPU (times and accuracy measured: README, "The two commands").
     "digits": {"epochs": 20, "batch_size": 64, "init_channels": 16, "layers": 5, "lr": 0.05, "drop_path_prob": 0.1},
     "synthetic": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 3, "drop_path_prob": 0.0},
+    # The DARTS ImageNet mobile recipe (train_imagenet.py): 14 cells at C=48, label smoothing 0.1.
+    "imagenet": {"epochs": 250, "batch_size": 128, "init_channels": 48, "layers": 14, "lr": 0.1,
+                 "weight_decay": 3e-5, "auxiliary": True, "drop_path_prob": 0.0},
 }
 # Auto-DeepLab (SPEC section 4): first order; alphas and betas share one Adam; architecture
 # updates only in the second half. crop_size None: the dataset's own (shapes: the whole image).
@@ -185,7 +188,8 @@ FLAGS = [
     ("--cuda-graphs", {"action": argparse.BooleanOptionalAction},
      "replay each search step from CUDA graphs (CUDA devices only; same results, far fewer kernel launches)",
      SEARCHES),
-    ("--genotype", {"metavar": "FILE"}, "genotype.json or genotype.txt written by a search (required)", (TRAIN_DARTS,)),
+    ("--genotype", {"metavar": "FILE|NAME"}, "genotype.json or genotype.txt written by a search, or a published cell "
+     "(fastdnas genotypes lists them) (required)", (TRAIN_DARTS,)),
     ("--auxiliary", {"action": argparse.BooleanOptionalAction}, "auxiliary head", (TRAIN_DARTS,)),
     ("--auxiliary-weight", {"type": float}, "", (TRAIN_DARTS,)),
     ("--drop-path-prob", {"type": float}, "drop-path probability reached at the last epoch", (TRAIN_DARTS,)),
@@ -198,6 +202,7 @@ NONE_MEANS = {"device": "cuda when available, else cpu", "threads": "free cores"
 DATASET_HELP = {
     "digits": "8x8 handwritten digits bundled with scikit-learn (20%% held out for testing)",
     "cifar10": "CIFAR-10 from --data", "cifar100": "CIFAR-100 from --data", "synthetic": "random images (tests)",
+    "imagenet": "ImageNet from --data/train and --data/val (ImageFolder layout: one folder per class)",
     "shapes": "generated textured shapes, 96x96, nothing to download", "cityscapes": "Cityscapes from --data",
     "voc": "PASCAL VOC 2012 from --data",
 }
@@ -295,6 +300,9 @@ def build_parser():
                     text = f"{text} ({note})" if text and note else text or note
                     leaf.add_argument(flag, **options, help=text or None)
             leaf.set_defaults(run=run_search if command == "search" else run_train)
+    from .compat_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -825,10 +833,10 @@ def run_train(args):
 
 def read_architecture(space, path, flag):
     from .autodeeplab import load_arch
-    from .darts import load_genotype
+    from .darts.genotypes import resolve_genotype
 
     try:
-        return load_genotype(path) if space == "darts" else load_arch(path)
+        return resolve_genotype(path) if space == "darts" else load_arch(path)
     except OSError as error:
         raise UsageError(f"--{flag}: cannot read {path!r}: {error.strerror}") from error
     except ValueError as error:
@@ -836,17 +844,30 @@ def read_architecture(space, path, flag):
 
 
 def darts_train(settings, data, genotype):
-    from .darts import FinalNetwork, genotype_to_dict
+    from functools import partial
+
+    from .darts import FinalNetwork, ImageNetNetwork, genotype_to_dict
+    from .darts.imagenet_network import imagenet_training_loss
+    from .train import classification_eval_loss
+
+    imagenet = settings["dataset"] == "imagenet"
 
     def build():
         try:
+            if imagenet:  # the DARTS paper's mobile network: stems to 28x28, its own auxiliary head
+                return ImageNetNetwork(settings["init_channels"], data.num_classes, settings["layers"], genotype,
+                                       auxiliary=settings["auxiliary"])
             return FinalNetwork(settings["init_channels"], data.num_classes, settings["layers"], genotype,
                                 auxiliary=settings["auxiliary"], in_channels=data.in_channels)
         except ValueError as error:
             raise UsageError(f"--genotype {settings['genotype']!r}: {error}") from error
 
+    train_options = {}
+    if imagenet:  # label smoothing 0.1 on both heads, as train_imagenet.py
+        train_options = {"loss_fn": partial(imagenet_training_loss, auxiliary_weight=settings["auxiliary_weight"]),
+                         "eval_loss_fn": classification_eval_loss}
     return TrainRun(build, report=lambda result: f"test accuracy {result['test_acc']:.4f}",
-                    extra=lambda records: {"genotype": genotype_to_dict(genotype)},
+                    extra=lambda records: {"genotype": genotype_to_dict(genotype)}, train_options=train_options,
                     config_options={k: settings[k] for k in ("auxiliary_weight", "drop_path_prob")})
 
 

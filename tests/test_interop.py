@@ -1,97 +1,16 @@
 """Checkpoints of the original DARTS search network load into SearchNetwork and give the same logits."""
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from fastdnas.darts import SearchNetwork, convert_state_dict, search_config_from_state_dict
-from fastdnas.nn import FINAL_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
-
-
-# A stand-in for the original model_search.py, written independently of fastdnas.darts: the same
-# module tree and attribute names (pools are wrapped with their BN inside the mixed op; a cell
-# keeps an empty `_bns` list), its per-edge eager sum, and alphas kept outside the state dict.
-# The candidate ops come from FINAL_OPS, whose classes carry the original operations.py names.
-class OriginalMixedOp(nn.Module):
-    def __init__(self, C, stride):
-        super().__init__()
-        self._ops = nn.ModuleList()
-        for primitive in PRIMITIVES:
-            op = FINAL_OPS[primitive](C, stride, False)
-            if "pool" in primitive:
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
-            self._ops.append(op)
-
-    def forward(self, x, weights):
-        return sum(w * op(x) for w, op in zip(weights, self._ops))
-
-
-class OriginalCell(nn.Module):
-    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev):
-        super().__init__()
-        self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
-        self._steps, self._multiplier = steps, multiplier
-        self._ops = nn.ModuleList()
-        self._bns = nn.ModuleList()
-        for i in range(steps):
-            for j in range(2 + i):
-                self._ops.append(OriginalMixedOp(C, 2 if reduction and j < 2 else 1))
-
-    def forward(self, s0, s1, weights):
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self._steps):
-            states.append(sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
-            offset += len(states) - 1
-        return torch.cat(states[-self._multiplier:], dim=1)
-
-
-class OriginalNetwork(nn.Module):
-    def __init__(self, C, num_classes, layers, steps=4, multiplier=4, stem_multiplier=3):
-        super().__init__()
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in [layers // 3, 2 * layers // 3]
-            C_curr = C_curr * 2 if reduction else C_curr
-            self.cells.append(OriginalCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev))
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, multiplier * C_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
-        edges = sum(2 + i for i in range(steps))
-        # Plain tensors, as the original keeps them: not in parameters() or state_dict().
-        self.alphas_normal = torch.randn(edges, len(PRIMITIVES), dtype=torch.float64)
-        self.alphas_reduce = torch.randn(edges, len(PRIMITIVES), dtype=torch.float64)
-
-    def forward(self, x):
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            weights = F.softmax(self.alphas_reduce if cell.reduction else self.alphas_normal, dim=-1)
-            s0, s1 = s1, cell(s0, s1, weights)
-        return self.classifier(self.global_pooling(s1).flatten(1))
+from original_layout import OriginalNetwork, randomise  # the original model_search.Network's layout
 
 
 def trained_looking_original(**kwargs):
     """An original network with random weights and random BatchNorm statistics."""
     torch.manual_seed(0)
-    net = OriginalNetwork(**kwargs).double()
-    with torch.no_grad():
-        for name, tensor in net.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 2.0)
-            elif name.endswith("num_batches_tracked"):
-                tensor.fill_(7)
-            else:
-                tensor.normal_()
+    net = randomise(OriginalNetwork(**kwargs).double(), std=1.0)
+    net.set_arch([torch.randn_like(a.double()) for a in net.arch_parameters()])
     return net
 
 

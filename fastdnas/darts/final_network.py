@@ -33,6 +33,12 @@ def _check_cell(name, pairs, concat):
         raise ValueError(f"genotype.{name}_concat: expected state indices in 0..{num_states - 1}, got {list(concat)}")
 
 
+def check_genotype(genotype):
+    """ValueError naming the first field of ``genotype`` that no final network can build."""
+    _check_cell("normal", genotype.normal, genotype.normal_concat)
+    _check_cell("reduce", genotype.reduce, genotype.reduce_concat)
+
+
 class FinalCell(nn.Module):
     def __init__(self, genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
         super().__init__()
@@ -70,28 +76,35 @@ class FinalCell(nn.Module):
 
 
 class _AuxiliaryPool(nn.Module):
-    """The original head pools an 8x8 map with a 5x5 window at stride 3 to 2x2; any other size
-    (small inputs, other resolutions) is average pooled adaptively to the same 2x2."""
+    """The original head pools its map (CIFAR: 8x8, ImageNet: 7x7) with a 5x5 window (stride 3,
+    ImageNet: 2) to 2x2; any other size (small inputs, other resolutions) is average pooled
+    adaptively to the same 2x2."""
+
+    def __init__(self, size=8, stride=3):
+        super().__init__()
+        self.size, self.stride = size, stride
 
     def forward(self, x):
-        if tuple(x.shape[-2:]) == (8, 8):
-            return F.avg_pool2d(x, 5, stride=3, padding=0, count_include_pad=False)
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return F.avg_pool2d(x, 5, stride=self.stride, padding=0, count_include_pad=False)
         return F.adaptive_avg_pool2d(x, 2)
 
 
 class AuxiliaryHead(nn.Module):
-    """Extra classifier on the features after the second reduction (CIFAR: 8x8 there)."""
+    """Extra classifier on the features after the second reduction (CIFAR: 8x8 there). The
+    ImageNet head (``imagenet=True``) pools 7x7 maps at stride 2 and, as the original code, has no
+    BatchNorm after its 2x2 convolution."""
 
-    def __init__(self, C, num_classes):
+    def __init__(self, C, num_classes, imagenet=False):
         super().__init__()
         self.features = nn.Sequential(
             nn.ReLU(inplace=False),  # its input also feeds the next cells: leave it unchanged
-            _AuxiliaryPool(),
+            _AuxiliaryPool(7, 2) if imagenet else _AuxiliaryPool(8, 3),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            *([] if imagenet else [nn.BatchNorm2d(768)]),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -113,45 +126,54 @@ class FinalNetwork(nn.Module):
     def __init__(self, C, num_classes, layers, genotype, auxiliary=False, drop_path_prob=0.0, in_channels=3,
                  stem_multiplier=3):
         super().__init__()
-        for name, value in [("C", C), ("num_classes", num_classes), ("layers", layers),
-                            ("in_channels", in_channels), ("stem_multiplier", stem_multiplier)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= drop_path_prob < 1.0:
-            raise ValueError(f"drop_path_prob must be in [0, 1), got {drop_path_prob}")
-        _check_cell("normal", genotype.normal, genotype.normal_concat)
-        _check_cell("reduce", genotype.reduce, genotype.reduce_concat)
-        self.layers = layers
-        self.auxiliary = auxiliary
-        self.drop_path_prob = drop_path_prob
-        self.genotype = genotype
-
+        self._set_up(C, num_classes, layers, genotype, auxiliary, drop_path_prob, in_channels=in_channels,
+                     stem_multiplier=stem_multiplier)
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
             nn.BatchNorm2d(C_curr),
         )
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self._build_cells(C_curr, C_curr, C, False, num_classes, AuxiliaryHead)
+
+    def _set_up(self, C, num_classes, layers, genotype, auxiliary, drop_path_prob, **sizes):
+        for name, value in [("C", C), ("num_classes", num_classes), ("layers", layers), *sizes.items()]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= drop_path_prob < 1.0:
+            raise ValueError(f"drop_path_prob must be in [0, 1), got {drop_path_prob}")
+        check_genotype(genotype)
+        self.layers = layers
+        self.auxiliary = auxiliary
+        self.drop_path_prob = drop_path_prob
+        self.genotype = genotype
+
+    def _build_cells(self, C_prev_prev, C_prev, C_curr, reduction_prev, num_classes, head):
+        """The cells (reductions at layers//3 and 2*layers//3), the ``head`` class of auxiliary head
+        after cell 2*layers//3 when ``auxiliary``, the pooling and the classifier."""
         self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+        for i in range(self.layers):
+            reduction = i in (self.layers // 3, 2 * self.layers // 3)
             if reduction:
                 C_curr *= 2
-            cell = FinalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            cell = FinalCell(self.genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
+            if i == 2 * self.layers // 3:
                 C_auxiliary = C_prev
-        if auxiliary:
-            self.auxiliary_head = AuxiliaryHead(C_auxiliary, num_classes)
+        if self.auxiliary:
+            self.auxiliary_head = head(C_auxiliary, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
+    def stems(self, x):
+        """(s0, s1) of the first cell."""
+        s = self.stem(x)
+        return s, s
+
     def forward(self, x):
         logits_aux = None
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stems(x)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == 2 * self.layers // 3 and self.auxiliary and self.training:

@@ -116,22 +116,82 @@ def genotype_from_text(text):
     return genotype_from_dict(fields)
 
 
+NNI_SIDES = ("normal", "reduce")
+
+
+def genotype_to_nni(genotype, input_as_list=False):
+    """NNI's exported form of a DARTS-space architecture: ``{'normal/op_2_0': 'sep_conv_3x3',
+    'normal/input_2_0': 0, ...}``, node n (2, 3, ...) taking its k-th (0, 1) op from state
+    ``input_n_k``. ``input_as_list``: inputs as one-element lists, as NNI 2.x exports them.
+    NNI's DARTS space concatenates every node, so the concats must be all nodes."""
+    arch = {}
+    for side in NNI_SIDES:
+        pairs = getattr(genotype, side)
+        if len(pairs) % 2:
+            raise ValueError(f"genotype.{side}: NNI's form needs two (op, input) pairs per node, got {len(pairs)} pairs")
+        nodes = list(range(2, 2 + len(pairs) // 2))
+        if list(getattr(genotype, side + "_concat")) != nodes:
+            raise ValueError(f"genotype.{side}_concat must be every node {nodes} for NNI's form (its DARTS space "
+                             f"concatenates them all), got {list(getattr(genotype, side + '_concat'))}")
+        for k, (op, index) in enumerate(pairs):
+            node, slot = 2 + k // 2, k % 2
+            arch[f"{side}/op_{node}_{slot}"] = op
+            arch[f"{side}/input_{node}_{slot}"] = [index] if input_as_list else index
+    return arch
+
+
+def genotype_from_nni(arch):
+    """The Genotype of NNI's exported dict (inputs as ints or one-element lists; other keys, such
+    as NNI 3's ``width`` and ``depth``, are the network's, not the cell's, and are ignored)."""
+    if not isinstance(arch, dict):
+        raise ValueError(f"an NNI architecture is a dict, got {type(arch).__name__}")
+    fields = {}
+    for side in NNI_SIDES:
+        ops = {key for key in arch if key.startswith(f"{side}/op_")}
+        pairs = []
+        for node in range(2, 2 + len(ops) // 2):
+            for slot in (0, 1):
+                op_key, input_key = f"{side}/op_{node}_{slot}", f"{side}/input_{node}_{slot}"
+                if op_key not in arch or input_key not in arch:
+                    raise ValueError(f"not an NNI DARTS architecture: {op_key!r} or {input_key!r} is missing")
+                index = arch[input_key]
+                if isinstance(index, (list, tuple)):
+                    if len(index) != 1:
+                        raise ValueError(f"{input_key}: expected one chosen input, got {index!r}")
+                    index = index[0]
+                pairs.append((arch[op_key], index))
+        if not pairs or len(pairs) != len(ops):
+            raise ValueError(f"not an NNI DARTS architecture: its {side!r} ops {sorted(ops)} are not "
+                             f"{side}/op_N_0 and {side}/op_N_1 for the nodes N = 2, 3, ...")
+        fields[side] = pairs
+        fields[side + "_concat"] = list(range(2, 2 + len(pairs) // 2))
+    return genotype_from_dict(fields)
+
+
 def save_genotype(genotype, path):
     """Writes the genotype as JSON."""
     with open(path, "w") as f:
         f.write(genotype_to_json(genotype, indent=2) + "\n")
 
 
-def load_genotype(path):
-    """Reads a genotype file: JSON, or the printed text form of the original code."""
-    with open(path) as f:
-        text = f.read()
+def genotype_from_any_text(text, what="genotype"):
+    """A genotype in any of the three forms: the original ``Genotype(...)`` text, fastdnas's JSON,
+    or NNI's exported dict as JSON."""
     if text.lstrip().startswith("Genotype"):
         return genotype_from_text(text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError("not a genotype file: expected the genotype.json a search writes (a JSON object with "
-                         f"{', '.join(Genotype._fields)}) or its genotype.txt (Genotype(normal=[...], ...)); "
-                         f"this file is neither (JSON: {error})") from error
+        raise ValueError(f"not a {what}: expected the genotype.json a search writes (a JSON object with "
+                         f"{', '.join(Genotype._fields)}), its genotype.txt (Genotype(normal=[...], ...)) or NNI's "
+                         f"exported dict ({{\"normal/op_2_0\": ...}}); this is none of them (JSON: {error})") from error
+    if isinstance(data, dict) and any(key.startswith(("normal/", "reduce/")) for key in data):
+        return genotype_from_nni(data)
     return genotype_from_dict(data)
+
+
+def load_genotype(path):
+    """Reads a genotype file: fastdnas's JSON, the printed text form of the original code, or NNI's
+    exported dict (JSON)."""
+    with open(path) as f:
+        return genotype_from_any_text(f.read(), "genotype file")

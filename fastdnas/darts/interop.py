@@ -51,6 +51,36 @@ def search_config_from_state_dict(state_dict):
                 stem_multiplier=stem_channels // C_first, in_channels=in_channels)
 
 
+def _normalise(state_dict):
+    """The DataParallel prefix gone, the BatchNorm counters of PyTorch >= 0.4.1 added."""
+    converted = _strip_data_parallel_prefix(state_dict)
+    # BatchNorm counters appeared in PyTorch 0.4.1; older checkpoints lack them.
+    for key in list(converted):
+        if key.endswith(".running_mean"):
+            counter = key[: -len("running_mean")] + "num_batches_tracked"
+            converted.setdefault(counter, torch.tensor(0, dtype=torch.long))
+    return converted
+
+
+def _check_keys(converted, expected, description, optional=()):
+    """ValueError naming every missing, unexpected or misshapen key of ``converted``."""
+    missing = [key for key in expected if key not in converted and key not in optional]
+    unexpected = [key for key in converted if key not in expected]
+    misshapen = [
+        f"{key}: {list(converted[key].shape)} instead of {list(expected[key].shape)}"
+        for key in converted
+        if key in expected and converted[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or misshapen:
+        shown = 8  # a checkpoint of another genotype differs in hundreds of keys: the first few say it
+        problems = [
+            f"{title}: {', '.join(keys[:shown])}" + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+            for title, keys in [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)]
+            if keys
+        ]
+        raise ValueError(f"the state dict does not match {description}; " + "; ".join(problems))
+
+
 def convert_state_dict(state_dict, primitives=PRIMITIVES):
     """A state dict of the original DARTS search network, in fastdnas.darts.SearchNetwork naming.
 
@@ -59,31 +89,43 @@ def convert_state_dict(state_dict, primitives=PRIMITIVES):
     saved alphas use ``strict=False`` and the network keeps its own. Raises ValueError naming every
     missing, unexpected or misshapen key.
     """
-    converted = _strip_data_parallel_prefix(state_dict)
-    # BatchNorm counters appeared in PyTorch 0.4.1; older checkpoints lack them.
-    for key in list(converted):
-        if key.endswith(".running_mean"):
-            counter = key[: -len("running_mean")] + "num_batches_tracked"
-            converted.setdefault(counter, torch.tensor(0, dtype=torch.long))
-
+    converted = _normalise(state_dict)
     config = search_config_from_state_dict(converted)
     with torch.random.fork_rng(devices=[]):  # building the network to compare with must not move the user's seed
         expected = SearchNetwork(**config, primitives=primitives).state_dict()
-    missing = [key for key in expected if key not in converted and key not in ALPHA_KEYS]
-    unexpected = [key for key in converted if key not in expected]
-    misshapen = [
-        f"{key}: {list(converted[key].shape)} instead of {list(expected[key].shape)}"
-        for key in converted
-        if key in expected and converted[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or misshapen:
-        problems = [
-            f"{title}: {', '.join(keys)}"
-            for title, keys in [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)]
-            if keys
-        ]
-        raise ValueError(
-            f"the state dict does not match a DARTS search network with {config} and {len(primitives)} "
-            "primitives; " + "; ".join(problems)
-        )
+    _check_keys(converted, expected, f"a DARTS search network with {config} and {len(primitives)} primitives",
+                optional=ALPHA_KEYS)
     return converted
+
+
+def unwrap_checkpoint(checkpoint):
+    """The state dict inside what the original scripts save: a state dict, a training checkpoint
+    ({'state_dict': ..., 'epoch': ...}, as train_imagenet.py writes) or a whole pickled module."""
+    if isinstance(checkpoint, torch.nn.Module):
+        return checkpoint.state_dict()
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        return checkpoint["state_dict"]
+    if isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise ValueError("not a checkpoint: expected a state dict, a dict with a 'state_dict' entry or a module, got "
+                     + (f"a dict with keys {sorted(checkpoint)[:8]}" if isinstance(checkpoint, dict)
+                        else type(checkpoint).__name__))
+
+
+def convert_final_state_dict(checkpoint, network):
+    """A checkpoint of the original NetworkCIFAR / NetworkImageNet (see ``unwrap_checkpoint``; with
+    or without nn.DataParallel's ``module.`` prefix) as a state dict that ``network`` (a
+    FinalNetwork or ImageNetNetwork of the same genotype and sizes) loads strictly. Raises
+    ValueError naming every missing, unexpected or misshapen key."""
+    converted = _normalise(unwrap_checkpoint(checkpoint))
+    expected = network.state_dict()
+    heads = sorted({key.split(".")[0] for key in converted} - {key.split(".")[0] for key in expected})
+    hint = " (the checkpoint has an auxiliary head: build the network with auxiliary=True)" if heads == [
+        "auxiliary_head"] else ""
+    _check_keys(converted, expected, f"this {type(network).__name__}{hint}")
+    return converted
+
+
+def has_auxiliary_head(checkpoint):
+    """Whether an original final-network checkpoint holds auxiliary head weights."""
+    return any(key.startswith(("auxiliary_head.", "module.auxiliary_head.")) for key in unwrap_checkpoint(checkpoint))

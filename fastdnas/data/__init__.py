@@ -1,6 +1,7 @@
 """Datasets and a deterministic batch iterator.
 
-Classification sets (digits, CIFAR, synthetic) are held as one tensor in memory; segmentation
+Classification sets (digits, CIFAR, synthetic) are held as one tensor in memory (ImageNet, in
+the ImageFolder layout, is read from files per batch); segmentation
 sets (shapes, generated in memory; Cityscapes and VOC, read from files per batch) carry per-pixel
 labels. Batches are index slices, so a run's data order is a pure function of the generator it
 is given (no worker processes, no hidden RNG).
@@ -9,15 +10,16 @@ from .base import DataSplits, ImageSet, epoch_generator, iterate_batches, split_
 from .cifar import load_cifar
 from .cityscapes import load_cityscapes
 from .digits import load_digits
+from .imagenet import load_image_folder, load_imagenet
 from .segmentation import IGNORE_INDEX, SegmentationSet
 from .shapes import generate_shapes, load_shapes
 from .synthetic import load_synthetic
 from .voc import load_voc
 
-CLASSIFICATION_DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+CLASSIFICATION_DATASETS = ("digits", "cifar10", "cifar100", "synthetic", "imagenet")
 SEGMENTATION_DATASETS = ("shapes", "cityscapes", "voc")
 DATASETS = CLASSIFICATION_DATASETS + SEGMENTATION_DATASETS
-NEEDS_ROOT = ("cifar10", "cifar100", "cityscapes", "voc")
+NEEDS_ROOT = ("cifar10", "cifar100", "cityscapes", "voc", "imagenet")
 
 
 def load_dataset(name, root=None, **kwargs):
@@ -32,6 +34,8 @@ def load_dataset(name, root=None, **kwargs):
         return load_cifar(root, classes=10 if name == "cifar10" else 100, **kwargs)
     if name == "synthetic":
         return load_synthetic(**kwargs)
+    if name == "imagenet":
+        return load_imagenet(root, **kwargs)
     if name == "shapes":
         return load_shapes(**kwargs)
     if name == "cityscapes":
