@@ -45,6 +45,13 @@ class SearchConfig:
     log_interval: int = 50  # steps between progress-bar updates (each one reads the device once)
     amp: str = None  # None (float32), "bf16" or "fp16" (autocast; fp16 with loss scaling)
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the batches of all ranks
+    # Variants of the step that other authors' code takes (NAS-Bench-201: DARTS first order and
+    # GDAS): the weight step before the architecture step, Nesterov momentum (the unrolled step's
+    # virtual step stays plain momentum, as in their code), and the clip norm over the weights'
+    # gradients together with the alphas' gradients of the same training loss.
+    weight_step_first: bool = False
+    nesterov: bool = False
+    clip_with_arch: bool = False
 
     def __post_init__(self):
         self.arch_betas = tuple(self.arch_betas)
@@ -156,14 +163,15 @@ class Search:
         # On CUDA each optimizer step is one fused kernel; on the CPU the foreach ops do as well.
         fused = self.device.type == "cuda"
         self.weight_optimizer = torch.optim.SGD(self.weights, lr=config.lr, momentum=config.momentum,
-                                                weight_decay=config.weight_decay, **optimizer_kind(fused))
+                                                weight_decay=config.weight_decay, nesterov=config.nesterov,
+                                                **optimizer_kind(fused))
         self.precision = MixedPrecision(config.amp, self.device)
         # The weight step's forward goes through DDP (the model itself with one process).
         self.train_model = data_parallel(self.model, distributed, self.device)
         self.architect = Architect(model, self.weight_optimizer, loss_fn, lr=config.arch_lr, betas=config.arch_betas,
                                    weight_decay=config.arch_weight_decay, unrolled=config.unrolled,
                                    average_gradients=partial(average_, context=distributed), precision=self.precision,
-                                   fused=fused)
+                                   fused=fused, plain_virtual_step=config.nesterov)
         self.epoch = 0  # epochs completed
         self.history = {"epochs": [], "alphas": []}
         self.prefetcher = DevicePrefetcher(self.device)
@@ -172,6 +180,9 @@ class Search:
             if not getattr(model, "uses_all_weights", True):
                 raise ValueError("cuda_graphs: this network chooses on the host which operations to run (GDAS with "
                                  "sampled_only=True); build it with sampled_only=False to capture the step")
+            if config.weight_step_first or config.clip_with_arch:
+                raise ValueError("cuda_graphs: the captured step runs the architecture step first and clips the "
+                                 "weights' gradients alone; run this search without CUDA graphs")
             if distributed.enabled or config.amp:
                 # DDP's gradient buckets and the fp16 loss scaler's overflow check sync with the host.
                 raise ValueError("cuda_graphs: supported for one process in float32; drop --amp and run "
@@ -257,6 +268,11 @@ class Search:
         (loss, logits). Nothing in it reads the device from the host."""
         if self.graphed_step is not None:
             return self.graphed_step(inputs, targets, val_inputs, val_targets, update_arch)
+        if self.config.weight_step_first:
+            result = self.weight_step(inputs, targets)
+            if update_arch:
+                self.architect.step(inputs, targets, val_inputs, val_targets)
+            return result
         if update_arch:
             self.architect.step(inputs, targets, val_inputs, val_targets)
         return self.weight_step(inputs, targets)
@@ -269,12 +285,21 @@ class Search:
         DDP has averaged it); the GradScaler calls pass straight through without fp16.
         """
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast(), differentiating(self.model, self.weights):
+        arch = list(self.model.arch_parameters()) if self.config.clip_with_arch else []
+        params = self.weights + arch
+        with self.precision.autocast(), differentiating(self.model, params):
             loss, logits = split_loss(self.loss_fn(self.train_model, inputs, targets))
         scaler = self.precision.scaler
-        scaler.scale(loss).backward(inputs=self.weights)
+        scaler.scale(loss).backward(inputs=params)
         scaler.unscale_(self.weight_optimizer)
-        clip_grad_norm_(self.weights, self.config.grad_clip, foreach=True)
+        if arch:  # the alphas' gradients count in the norm, then go (the architecture step sets its own)
+            if self.precision.scaler.is_enabled():
+                torch._foreach_mul_([a.grad for a in arch if a.grad is not None], 1.0 / scaler.get_scale())
+            clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+            for a in arch:
+                a.grad = None
+        else:
+            clip_grad_norm_(self.weights, self.config.grad_clip, foreach=True)
         scaler.step(self.weight_optimizer)
         scaler.update()  # once per iteration: after the architecture step and this one
         return loss.detach(), logits
