@@ -136,7 +136,7 @@ class Search:
 
     def __init__(self, model, train_data, val_data, config=None, loss_fn=cross_entropy_loss, device="cpu",
                  describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics,
-                 distributed=SINGLE, cuda_graphs=False):
+                 distributed=SINGLE, cuda_graphs=False, epoch_note=None):
         self.config = config = config or SearchConfig()
         self.distributed = distributed
         world = distributed.world_size
@@ -155,6 +155,7 @@ class Search:
         self.loss_fn = loss_fn
         self.metrics = metrics
         self.describe = describe
+        self.epoch_note = epoch_note  # record -> text appended to the epoch's line
         self.out_dir = out_dir
         self.extra = extra or {}
         self.progress = progress_mode(progress) if distributed.is_main else None
@@ -222,7 +223,8 @@ class Search:
                 self.save(self.checkpoint_path)
                 write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
             self.log(f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train {format_metrics(train)} "
-                     f"val {format_metrics(val)} ({record['time']:.1f} s)")
+                     f"val {format_metrics(val)} ({record['time']:.1f} s)"
+                     f"{self.epoch_note(record) if self.epoch_note is not None else ''}")
             steps = self.steps_per_epoch()
             if epoch == 0 and BN_KEEPS ** steps > 0.05:
                 # As in the DARTS code, val is measured in eval mode. After a short first epoch the
