@@ -60,7 +60,11 @@ class Benchmark:
             infos = {}
             for key, (dataset, entry) in FIGURES.items():
                 if dataset not in infos:
-                    infos[dataset] = self.api.get_more_info(index, dataset, hp=self.hp, is_random=self.is_random)
+                    try:
+                        infos[dataset] = self.api.get_more_info(index, dataset, hp=self.hp, is_random=self.is_random)
+                    except Exception as error:  # the packages raise ValueError, AssertionError, KeyError, ...
+                        raise BenchmarkError(f"the benchmark {self.path!r} has no results for the cell {genotype} "
+                                             f"on {dataset} ({type(error).__name__}: {str(error)[:200]})") from error
                 value = infos[dataset].get(entry)
                 result[key] = None if value is None else float(value)
             self._cache[genotype] = result
