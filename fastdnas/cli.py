@@ -98,7 +98,7 @@ AUTODEEPLAB_TRAIN_DATASET_DEFAULTS = {
 NB201_SEARCH_DEFAULTS = {
     "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 5e-4, "grad_clip": 5.0,
     "arch_lr": 3e-4, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3, "unrolled": False, "arch_start_epoch": 0,
-    "sync_bn": False, "backend": "fused_sum", "seed": 2, "epochs": 50, "batch_size": 64, "init_channels": 16,
+    "sync_bn": False, "backend": "fused", "seed": 2, "epochs": 50, "batch_size": 64, "init_channels": 16,
     "layers": 5, "cuda_graphs": False, "method": "darts", "tau_max": 10.0, "tau_min": 0.1,
     "track_running_stats": True, "benchmark": None, "split_file": None,
 }
@@ -197,10 +197,7 @@ FLAGS = [
     ("--unrolled", {"action": argparse.BooleanOptionalAction}, "second-order architecture step", SEARCHES),
     ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates in the first N epochs", SEARCHES),
     ("--backend", {"choices": ["fused", "fused_sum", "reference"]},
-     "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager",
-     (SEARCH_DARTS, SEARCH_ADL)),
-    ("--backend", {"choices": ["fused_sum", "reference"]},
-     "fused_sum: each node's sum one kernel; reference: eager", (SEARCH_NB201,)),
+     "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager", SEARCHES),
     ("--method", {"choices": NB201_METHODS}, "darts (--unrolled: second order) or gdas", (SEARCH_NB201,)),
     ("--track-running-stats", {"action": argparse.BooleanOptionalAction},
      "the cells' BatchNorms keep running statistics (the NAS-Bench-201 runs) or not (NATS-Bench's script)",
@@ -1076,8 +1073,6 @@ def check_nb201_settings(settings):
             raise UsageError(f"gdas needs 0 < --tau-min <= --tau-max, got {settings['tau_min']} and {settings['tau_max']}")
         if settings["unrolled"]:
             raise UsageError("--unrolled does not apply to --method gdas (a first-order method)")
-    if settings["backend"] not in ("fused_sum", "reference"):
-        raise UsageError(f"--backend must be fused_sum or reference for nb201, got {settings['backend']!r}")
     if settings["cuda_graphs"]:
         raise UsageError("--cuda-graphs does not apply to nb201 (its step takes the weight step first or clips "
                          "with the alphas, which the captured step does not)")

@@ -62,26 +62,32 @@ def test_space_structure():
     assert not NB201Network(C=4, N=1, track_running_stats=False).cells[0].edges[0]._ops[2].op[2].track_running_stats
     block = net.cells[5]
     assert block.conv_a.op[2].affine and block.downsample[1].bias is None
-    with pytest.raises(ValueError, match="fused"):
-        NB201Network(C=4, N=1, backend="fused")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        NB201Network(C=4, N=1, backend="fast")
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_fused_sum_equals_reference_float64(train):
-    net = tiny()
+@pytest.mark.parametrize("backend", ["fused", "fused_sum"])
+@pytest.mark.parametrize("train,track", [(True, True), (False, True), (True, False), (False, False)])
+def test_backends_equal_reference_float64(backend, train, track):
+    """Output, the gradients of the alphas and of every weight, and the running statistics after
+    the step (training) or the running statistics used (eval), in float64."""
+    net = tiny(track_running_stats=track)
+    if not train and track:  # eval on running statistics away from their initial values
+        with torch.no_grad():
+            net(torch.randn(6, 2, 8, 8, dtype=torch.float64))
     x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
     results = {}
-    for backend in ("reference", "fused_sum"):
+    for name in ("reference", backend):
         model = copy.deepcopy(net)
-        model.backend = backend
+        model.backend = name
         model.train(train)
         out = model(x)
-        results[backend] = (out, grads(model, (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()),
-                            [b.clone() for b in model.buffers()])
-    ref, fused = results["reference"], results["fused_sum"]
+        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        results[name] = (out, grads(model, (out * weight).sum()), [b.clone() for b in model.buffers()])
+    ref, fused = results["reference"], results[backend]
     assert rel_err(fused[0], ref[0]) <= 1e-12
-    for a, b in zip(fused[1], ref[1]):
-        assert rel_err(a, b) <= 1e-10
+    for (name, _), a, b in zip(net.named_parameters(), fused[1], ref[1]):
+        assert rel_err(a, b) <= 1e-10, name
     for a, b in zip(fused[2], ref[2]):
         assert torch.allclose(a.double(), b.double(), rtol=1e-12, atol=1e-12)
     alpha_grad = fused[1][[n for n, _ in net.named_parameters()].index("alphas")]
@@ -117,7 +123,7 @@ def test_reference_is_the_authors_darts_supernet():
     assert rel_err(a, b) <= 1e-13
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused_sum"])
+@pytest.mark.parametrize("backend", ["reference", "fused_sum", "fused"])
 def test_gdas_against_the_authors_formula(backend):
     net = tiny(NB201GdasNetwork, tau_max=5.0)
     net.backend = backend
@@ -237,7 +243,6 @@ def authors_first_order_step(net, x, y, vx, vy, lr, gumbels=None):
 def test_first_order_step_equals_the_authors(method, monkeypatch):
     cls = NB201Network if method == "darts" else NB201GdasNetwork
     net = tiny(cls)
-    net.backend = "fused_sum"
     authors = copy.deepcopy(net)
     authors.backend = "reference"
     x, vx = torch.randn(4, 2, 8, 8, dtype=torch.float64), torch.randn(4, 2, 8, 8, dtype=torch.float64)
@@ -261,8 +266,7 @@ def test_first_order_step_equals_the_authors(method, monkeypatch):
 def test_second_order_step_equals_the_authors():
     """DARTS-V2: the unrolled architecture step first (virtual step with plain momentum, the
     finite-difference Hessian term), then the weight step (Nesterov SGD, clip with the alphas)."""
-    net = tiny()
-    net.backend = "fused_sum"
+    net = tiny()  # the fused backend, the default
     authors = copy.deepcopy(net)
     authors.backend = "reference"
     x, vx = torch.randn(4, 2, 8, 8, dtype=torch.float64), torch.randn(4, 2, 8, 8, dtype=torch.float64)

@@ -1,6 +1,7 @@
 """`search nb201` / `score nb201` end to end on a tiny synthetic search, and the benchmark lookups
 through nats_bench on archives written in its exact format (proved by nats_bench reading them)."""
 import json
+import math
 import os
 import pickle
 
@@ -158,3 +159,11 @@ def test_cifar10_uses_the_authors_split_file(tmp_path):
         load_nb201_data("cifar10", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="--split-file"):
         load_nb201_data("cifar10", str(tmp_path), split_file=str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_search_runs(tmp_path, capsys, no_plots, amp):
+    text = run(["search", "nb201", *TINY, "--epochs", "1", "--amp", amp, "--out", str(tmp_path / amp)], capsys)
+    assert f"amp {amp}" in text
+    record = epochs(tmp_path / amp)[0]
+    assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])

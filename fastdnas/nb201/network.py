@@ -7,10 +7,11 @@ all 3N cells. In the cells every BatchNorm has ``affine=False``; ``track_running
 authors' command-line choice (True: their NAS-Bench-201 runs; False: NATS-Bench's script). Every
 convolution is bias-free.
 
-Backends: ``"reference"`` (every candidate eager, the node a Python sum) and ``"fused_sum"``
-(every candidate eager, each node one ``mixed_sum`` call, 'none' never computed). The ``"fused"``
-backend of the DARTS space computes pools inside ``mixed_node`` always followed by a BatchNorm,
-which this space's average pool does not have: it is refused here.
+Backends: ``"fused"`` (default: each node one ``mixed_node`` call: the skips, the average pools
+(without BatchNorm, ``mixed_node``'s kind 3) and the convolutions' final BatchNorms computed
+inside it; the convolutions' ReLU once per edge input), ``"fused_sum"`` (every candidate eager,
+each node one ``mixed_sum`` call, 'none' never computed) and ``"reference"`` (every candidate
+eager, the node a Python sum, as the authors' code writes it).
 """
 import torch
 import torch.nn as nn
@@ -18,16 +19,17 @@ import torch.nn.functional as F
 
 from ..darts.gdas import hard_gumbel_softmax
 from ..nn.mixed_op import MixedOp, mixed_sum_chunked, node_sum
-from ..nn.operations import Identity, Zero
+from ..nn.operations import Identity, Zero, _run_layers
 from .space import EDGES, NB201_PRIMITIVES, NUM_EDGES, NUM_NODES, decode_argmax, genotype_string
 
-NB201_BACKENDS = ("fused_sum", "reference")
+NB201_BACKENDS = ("fused", "fused_sum", "reference")
+# The candidates mixed_node computes itself, by kind (fastdnas.ops.FREE_SKIP, FREE_PLAIN_AVG_POOL).
+NB201_FREE_KINDS = {"skip_connect": 2, "avg_pool_3x3": 3}
 
 
 def check_nb201_backend(backend):
     if backend not in NB201_BACKENDS:
-        raise ValueError(f"backend must be one of {NB201_BACKENDS} for the NAS-Bench-201 space, got {backend!r} "
-                         "(the 'fused' node kernel has no average pool without BatchNorm)")
+        raise ValueError(f"backend must be one of {NB201_BACKENDS}, got {backend!r}")
     return backend
 
 
@@ -58,6 +60,14 @@ class ReLUConvBN(nn.Module):
 
     def forward(self, x):
         return self.op(x)
+
+    def pre_bn(self, x_relu):
+        """The output before the BatchNorm, from the already ReLU'd input (the fused backend)."""
+        return _run_layers(self.op, 1, 2, x_relu)
+
+    @property
+    def output_bn(self):
+        return self.op[2]
 
 
 def nb201_ops(track_running_stats=True):
@@ -96,10 +106,10 @@ class NB201Cell(_Switchable):
     """A search cell: ``forward(x, weights)`` with weights [6, 5] (softmax(alpha) for DARTS);
     ``forward_sampled(x, hardwts, index)`` runs only the sampled operation of every edge (GDAS)."""
 
-    def __init__(self, C, backend="fused_sum", track_running_stats=True):
+    def __init__(self, C, backend="fused", track_running_stats=True):
         super().__init__()
         ops = nb201_ops(track_running_stats)
-        self.edges = nn.ModuleList(MixedOp(C, 1, NB201_PRIMITIVES, "fused_sum", ops=ops, free_kinds={})
+        self.edges = nn.ModuleList(MixedOp(C, 1, NB201_PRIMITIVES, backend, ops=ops, free_kinds=NB201_FREE_KINDS)
                                    for _ in EDGES)
         self.backend = backend
 
@@ -160,7 +170,7 @@ class NB201Network(_Switchable):
     parameters ``arch_parameters`` [6, 5] start at 1e-3 * N(0, 1).
     """
 
-    def __init__(self, C=16, N=5, num_classes=10, in_channels=3, backend="fused_sum", track_running_stats=True):
+    def __init__(self, C=16, N=5, num_classes=10, in_channels=3, backend="fused", track_running_stats=True):
         super().__init__()
         for name, value in [("C", C), ("N", N), ("num_classes", num_classes), ("in_channels", in_channels)]:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -219,7 +229,7 @@ class NB201GdasNetwork(NB201Network):
     sample of the alphas (shared by all cells and images), ``tau`` falls linearly from
     ``tau_max`` to ``tau_min`` over the epochs (``set_search_epoch``)."""
 
-    def __init__(self, C=16, N=5, num_classes=10, in_channels=3, backend="fused_sum", track_running_stats=True,
+    def __init__(self, C=16, N=5, num_classes=10, in_channels=3, backend="fused", track_running_stats=True,
                  tau_max=10.0, tau_min=0.1):
         if not 0 < tau_min <= tau_max:
             raise ValueError(f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")

@@ -26,6 +26,7 @@ BACKENDS = ("fused", "fused_sum", "reference")
 # skip_connect only at stride 1 (at stride 2 it is a FactorizedReduce, a convolution).
 _FREE_KINDS = {"max_pool_3x3": 0, "avg_pool_3x3": 1, "skip_connect": 2}
 _FREE_SKIP = 2
+_FREE_WITH_BN = (0, 1)  # the pools followed by a BatchNorm (kind 3, a pool without one, has none)
 
 
 def check_backend(backend):
@@ -174,7 +175,7 @@ def _edge_batch_norms(op):
     only when all are plain nn.BatchNorm2d, not, say, a SyncBatchNorm put in their place). Looked
     up on every call, so replaced modules count."""
     children = list(op._ops)  # one pass: indexing a ModuleList takes microseconds each time
-    pools = [children[i][1] for i, kind in op.free_primitives if kind != _FREE_SKIP]  # Sequential(pool, BN)
+    pools = [children[i][1] for i, kind in op.free_primitives if kind in _FREE_WITH_BN]  # Sequential(pool, BN)
     convs = [children[i].output_bn for i in op.conv_primitives]
     return pools, convs
 

@@ -295,8 +295,13 @@ class Search:
         scaler.scale(loss).backward(inputs=params)
         scaler.unscale_(self.weight_optimizer)
         if arch:  # the alphas' gradients count in the norm, then go (the architecture step sets its own)
+            for a in arch:
+                if a.grad is None:
+                    a.grad = torch.zeros_like(a)
+            # DDP leaves the alphas out: their gradients averaged here, so every rank clips alike.
+            average_([a.grad for a in arch], context=self.distributed)
             if self.precision.scaler.is_enabled():
-                torch._foreach_mul_([a.grad for a in arch if a.grad is not None], 1.0 / scaler.get_scale())
+                torch._foreach_mul_([a.grad for a in arch], 1.0 / scaler.get_scale())
             clip_grad_norm_(params, self.config.grad_clip, foreach=True)
             for a in arch:
                 a.grad = None
