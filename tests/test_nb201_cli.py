@@ -167,3 +167,26 @@ def test_mixed_precision_search_runs(tmp_path, capsys, no_plots, amp):
     assert f"amp {amp}" in text
     record = epochs(tmp_path / amp)[0]
     assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
+
+
+def test_cifar100_and_imagenet16_take_the_alphas_from_the_xvalid_half_of_the_test_set(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 6), ("test", 8)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"fine_labels": list(range(n))}, f)
+    (tmp_path / "cifar100-test-split.txt").write_text(json.dumps({"xvalid": ["int", [5, 1]], "xtest": ["int", [0, 2]]}))
+    data = load_nb201_data("cifar100", str(tmp_path))
+    assert len(data.search_train) == 6 and torch.equal(data.search_val.images, data.test.images[[5, 1]])
+    assert data.search_val.flip and data.search_val.crop_padding == 4
+    imagenet = tmp_path / "ImageNet16"
+    imagenet.mkdir()
+    for name in [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
+        with open(imagenet / name, "wb") as f:  # labels 1..1000: only 1..120 are kept, as 0..119
+            pickle.dump({"data": rng.integers(0, 256, (3, 768), dtype=np.uint8), "labels": [1, 120, 121]}, f)
+    (tmp_path / "imagenet-16-120-test-split.txt").write_text(json.dumps({"xvalid": ["int", [0]], "xtest": ["int", [1]]}))
+    data = load_nb201_data("ImageNet16-120", str(tmp_path))
+    assert len(data.search_train) == 20 and data.train.labels.max() == 119 and data.search_train.crop_padding == 2
+    assert data.image_size == 16 and torch.equal(data.search_val.images, data.test.images[[0]])

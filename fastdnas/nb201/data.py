@@ -55,7 +55,7 @@ def load_nb201_data(name, root, split_file=None):
         search_train, search_val = augmented.subset(first), augmented.subset(second)
     else:  # the architecture's half of the test set, augmented as the training images (the authors' loader)
         search_train, search_val = augmented, test.with_augmentation(padding, True).subset(first)
-    classes = int(train.labels.max()) + 1 if name == "ImageNet16-120" else (10 if name == "cifar10" else 100)
+    classes = {"cifar10": 10, "cifar100": 100, "ImageNet16-120": 120}[name]
     size = train.images.shape[-1]
     return DataSplits(name, classes, 3, size, search_train, search_val, augmented, test)
 
