@@ -1,4 +1,5 @@
-"""Command line: fastdnas search darts|autodeeplab ... and fastdnas train darts|autodeeplab ....
+"""Command line: fastdnas search darts|autodeeplab|nb201 ..., fastdnas train darts|autodeeplab ... and
+fastdnas score nb201 ....
 
 Settings come, later ones winning, from: built-in defaults, the dataset's defaults, ``--config
 FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the command line.
@@ -154,7 +155,8 @@ SEARCH_DARTS, TRAIN_DARTS = ("search", "darts"), ("train", "darts")
 SEARCH_ADL, TRAIN_ADL = ("search", "autodeeplab"), ("train", "autodeeplab")
 SEARCH_NB201 = ("search", "nb201")
 EVERY = (SEARCH_DARTS, SEARCH_ADL, TRAIN_DARTS, TRAIN_ADL, SEARCH_NB201)
-SEARCHES, DARTS, AUTODEEPLAB = (SEARCH_DARTS, SEARCH_ADL, SEARCH_NB201), (SEARCH_DARTS, TRAIN_DARTS), (SEARCH_ADL, TRAIN_ADL)
+SEARCHES = (SEARCH_DARTS, SEARCH_ADL, SEARCH_NB201)
+DARTS, AUTODEEPLAB = (SEARCH_DARTS, TRAIN_DARTS), (SEARCH_ADL, TRAIN_ADL)
 # The flags: (flag, argparse options, help, the (command, space) pairs that have it).
 FLAGS = [
     ("--config", {"metavar": "FILE.json"}, "settings file (keys as the flags); flags override it", EVERY),
@@ -314,7 +316,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser():
     parser = OneLineParser(
-        prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab) on fused "
+        prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab, "
+                                     "NAS-Bench-201) on fused "
                                      "C++/CUDA kernels.",
         epilog="fastdnas search darts --help (and so on) lists each command's settings with their defaults. "
                "Settings come, later ones winning, from the built-in defaults (sized per dataset), "

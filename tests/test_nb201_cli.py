@@ -126,12 +126,13 @@ def fails(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_bad_arguments_fail_clearly(tmp_path, capsys):
+def test_bad_arguments_fail_clearly(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a command that wrongly ran would write its default --out here
     fails(capsys, ["search", "nb201", *TINY, "--benchmark", str(tmp_path / "nope"), "--out", str(tmp_path / "a")],
           "--benchmark")
     fails(capsys, ["search", "nb201", *TINY, "--seeds", "1,x"], "--seeds must be comma-separated integers")
     fails(capsys, ["search", "nb201", *TINY, "--seeds", "1,2", "--seed", "3"], "--seed and --seeds")
-    fails(capsys, ["search", "nb201", *TINY, "--backend", "fused"], "invalid choice: 'fused'")
+    fails(capsys, ["search", "nb201", *TINY, "--backend", "fast"], "invalid choice: 'fast'")
     fails(capsys, ["search", "nb201", *TINY, "--method", "gdas", "--unrolled"], "--unrolled does not apply")
     fails(capsys, ["search", "nb201", *TINY, "--tau-max", "3"], "apply to --method gdas only")
     fails(capsys, ["search", "nb201", "--dataset", "cifar10", "--data", str(tmp_path)], "CIFAR-10 not found")
