@@ -191,3 +191,15 @@ def test_cifar100_and_imagenet16_take_the_alphas_from_the_xvalid_half_of_the_tes
     data = load_nb201_data("ImageNet16-120", str(tmp_path))
     assert len(data.search_train) == 20 and data.train.labels.max() == 119 and data.search_train.crop_padding == 2
     assert data.image_size == 16 and torch.equal(data.search_val.images, data.test.images[[0]])
+
+
+def test_a_cell_without_results_is_named_and_the_search_goes_on(tmp_path, capsys, no_plots):
+    # An archive whose meta data lists every cell but that holds results for one only (a cut file).
+    absent = genotype_string(cell_from_index(7))
+    bench = write_archive(str(tmp_path / "bench"), {absent: figures(50.0)})
+    text = run(["search", "nb201", *TINY, "--out", str(tmp_path / "run"), "--benchmark", bench], capsys)
+    records = epochs(tmp_path / "run")
+    assert absent not in {r["genotype"] for r in records}  # cell 7: none x 4, skip_connect, nor_conv_1x1
+    assert "| benchmark: the benchmark" in text and "has no results for the cell" in text
+    assert all("benchmark_error" in r and "benchmark" not in r for r in records)
+    assert "benchmark" not in json.loads((tmp_path / "run" / "genotype.json").read_text())

@@ -49,18 +49,23 @@ def nb201_search(settings, data, search_run, benchmark=None):
         if settings["method"] == "gdas":
             record["tau"] = float(model.tau)
         if benchmark is not None:
-            record["benchmark"] = benchmark.lookup(genotype)
+            try:
+                record["benchmark"] = benchmark.lookup(genotype)
+            except BenchmarkError as error:  # a file without this cell: said on the epoch's line, the search goes on
+                record["benchmark_error"] = str(error)
         return record
 
     def epoch_note(record):
+        if "benchmark_error" in record:
+            return f" | benchmark: {record['benchmark_error']}"
         return f" | {format_figures(record['benchmark'])}" if "benchmark" in record else ""
 
     def finish(model, search, out):
         genotype = model.genotype()
         result = {"genotype": genotype, "ops": model.cell_ops(), "cell_index": cell_index(model.cell_ops()),
                   "method": settings["method"], "seed": settings["seed"]}
-        if benchmark is not None:
-            result["benchmark"] = benchmark.lookup(genotype)
+        if benchmark is not None and "benchmark" in search.history["epochs"][-1]:
+            result["benchmark"] = search.history["epochs"][-1]["benchmark"]
         with open(os.path.join(out, "genotype.json"), "w") as f:
             json.dump(result, f, indent=2)
         with open(os.path.join(out, "genotype.txt"), "w") as f:
@@ -72,7 +77,8 @@ def nb201_search(settings, data, search_run, benchmark=None):
         if benchmark is not None:
             plot_benchmark(search.history["epochs"], os.path.join(out, "benchmark.png"))
             written.append("benchmark.png")
-            print(f"benchmark (200 epochs, mean of its seeds): {format_figures(result['benchmark'])}")
+            if "benchmark" in result:
+                print(f"benchmark (200 epochs, mean of its seeds): {format_figures(result['benchmark'])}")
         else:
             print(f"to score it by the benchmark: fastdnas score nb201 {out} --benchmark PATH")
         return written
