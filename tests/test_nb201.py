@@ -128,7 +128,10 @@ def test_gdas_against_the_authors_formula(backend):
     net = tiny(NB201GdasNetwork, tau_max=5.0)
     net.backend = backend
     x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    # Gumbel noise that makes every edge sample an operation other than 'none' (skip, the convolutions,
+    # the pool), so the gradient reaches every alpha; the rest of it random.
     g = -torch.empty(6, 5, dtype=torch.float64).exponential_().log()
+    g[torch.arange(6), torch.tensor([1, 2, 3, 4, 3, 2])] += 40.0
     out = net(x, gumbels=g)
     # The authors' sample: h = one_hot(argmax) - p.detach() + p, p = softmax((log_softmax(a) + g) / tau).
     probs = F.softmax((net.alphas.log_softmax(dim=1) + g) / 5.0, dim=1)
