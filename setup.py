@@ -129,7 +129,8 @@ def main():
         install_requires=["torch>=2.4.0,<2.15", "numpy"],
         extras_require={
             "search": ["scikit-learn", "matplotlib", "tqdm"],
-            "test": ["pytest", "pytest-benchmark", "expecttest"],
+            "nb201": ["nats_bench"],  # --benchmark: the NATS-Bench reader, imported only when asked
+            "test": ["pytest", "pytest-benchmark", "expecttest", "nats_bench"],
         },
         entry_points={"console_scripts": ["fastdnas=fastdnas.cli:main"]},
     )

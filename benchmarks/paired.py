@@ -16,6 +16,16 @@ from .search_step import SETTINGS, describe, make_step
 def paired_steps(space, device="cpu", pairs=10, warmup=2):
     settings = SETTINGS[space][device]
     steps = {variant: make_step(space, variant, device, settings)[1] for variant in ("reference eager", "fused eager")}
+    times = interleaved_times(steps, device, pairs, warmup)
+    ratios = [r / f for r, f in zip(times["reference eager"], times["fused eager"])]
+    return {"space": space, "case": describe(space, settings), "device": device, "pairs": pairs,
+            "reference_ms": 1e3 * statistics.median(times["reference eager"]),
+            "fused_ms": 1e3 * statistics.median(times["fused eager"]), "ratio": statistics.median(ratios)}
+
+
+def interleaved_times(steps, device="cpu", pairs=10, warmup=2):
+    """{name: [seconds of each call]}: ``warmup`` calls of every step, then ``pairs`` rounds in
+    which each step runs once, the order alternating round by round."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -30,10 +40,7 @@ def paired_steps(space, device="cpu", pairs=10, warmup=2):
             if device == "cuda":
                 torch.cuda.synchronize()
             times[variant].append(time.perf_counter() - start)
-    ratios = [r / f for r, f in zip(times["reference eager"], times["fused eager"])]
-    return {"space": space, "case": describe(space, settings), "device": device, "pairs": pairs,
-            "reference_ms": 1e3 * statistics.median(times["reference eager"]),
-            "fused_ms": 1e3 * statistics.median(times["fused eager"]), "ratio": statistics.median(ratios)}
+    return times
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
-"""Command line: fastdnas search darts|autodeeplab ... and fastdnas train darts|autodeeplab ....
+"""Command line: fastdnas search darts|autodeeplab|nb201 ..., fastdnas train darts|autodeeplab ... and
+fastdnas score nb201 ....
 
 Settings come, later ones winning, from: built-in defaults, the dataset's defaults, ``--config
 FILE.json`` (same keys as the flags, '-' or '_'), and the flags given on the command line.
@@ -96,19 +97,42 @@ AUTODEEPLAB_TRAIN_DATASET_DEFAULTS = {
     # Sized for a CPU (time and val mIoU of the default search's network measured: README).
     "shapes": {"epochs": 40, "batch_size": 16, "filter_multiplier": 16, "lr": 0.1, "threads": 1},
 }
+# NAS-Bench-201 (SPEC section 7): the authors' settings for the space (C=16, N=5; SGD Nesterov
+# lr 0.025 -> 0.001, wd 5e-4, clip 5; Adam 3e-4 on the alphas; DARTS 50 epochs, GDAS 250).
+NB201_SEARCH_DEFAULTS = {
+    "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "weight_decay": 5e-4, "grad_clip": 5.0,
+    "arch_lr": 3e-4, "arch_betas": [0.5, 0.999], "arch_weight_decay": 1e-3, "unrolled": False, "arch_start_epoch": 0,
+    "sync_bn": False, "backend": "fused", "seed": 2, "epochs": 50, "batch_size": 64, "init_channels": 16,
+    "layers": 5, "cuda_graphs": False, "method": "darts", "tau_max": 10.0, "tau_min": 0.1,
+    "track_running_stats": True, "benchmark": None, "split_file": None,
+}
+NB201_SEARCH_DATASET_DEFAULTS = {
+    "cifar10": {}, "cifar100": {}, "ImageNet16-120": {},
+    # A CPU-sized supernet on 8x8 digits: C=8, 2 cells per stage, 12 epochs of 11 steps, the arch lr
+    # 10x the paper's (as for search darts on digits).
+    "digits": {"epochs": 12, "init_channels": 8, "layers": 2, "arch_lr": 3e-3},
+    "synthetic": {"epochs": 2, "batch_size": 16, "init_channels": 4, "layers": 1, "arch_lr": 3e-3},
+}
+NB201_METHODS = ("darts", "gdas")
+NB201_METHOD_DEFAULTS = {("gdas", d): {"epochs": 250} for d in ("cifar10", "cifar100", "ImageNet16-120")}
 # (command, space) -> (defaults, dataset defaults): the settings each command knows.
 SETTINGS = {
     ("search", "darts"): (SEARCH_DEFAULTS, SEARCH_DATASET_DEFAULTS),
     ("train", "darts"): (TRAIN_DEFAULTS, TRAIN_DATASET_DEFAULTS),
     ("search", "autodeeplab"): (AUTODEEPLAB_SEARCH_DEFAULTS, AUTODEEPLAB_SEARCH_DATASET_DEFAULTS),
     ("train", "autodeeplab"): (AUTODEEPLAB_TRAIN_DEFAULTS, AUTODEEPLAB_TRAIN_DATASET_DEFAULTS),
+    ("search", "nb201"): (NB201_SEARCH_DEFAULTS, NB201_SEARCH_DATASET_DEFAULTS),
 }
+# Per space: (method, dataset) -> the method's own defaults.
+METHOD_DEFAULTS = {"darts": SEARCH_METHOD_DEFAULTS, "nb201": NB201_METHOD_DEFAULTS}
+# The spaces of each command.
+COMMAND_SPACES = {"search": ("darts", "autodeeplab", "nb201"), "train": ("darts", "autodeeplab")}
 # Settings that name a file to read rather than a number (known to the train commands).
 FILE_SETTINGS = {"darts": "genotype", "autodeeplab": "arch"}
 # What --resume may change; every other setting must match the interrupted run. How the run is
 # executed may change (the checkpoint does not depend on the precision or the number of ranks).
 RESUME_MAY_CHANGE = {"out", "device", "threads", "log_interval", "data", "resume", "config", "amp", "sync_bn", "cuda_graphs",
-                     "allow_unverified_checkpoint"}
+                     "allow_unverified_checkpoint", "benchmark"}
 # Flags about this invocation only: not settings of the run (kept out of settings.json and the checkpoint).
 INVOCATION_ONLY = ("resume", "config", "allow_unverified_checkpoint")
 SEARCH_CONFIG_KEYS = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
@@ -132,12 +156,16 @@ def raise_terminated(signum, frame):
 
 SEARCH_DARTS, TRAIN_DARTS = ("search", "darts"), ("train", "darts")
 SEARCH_ADL, TRAIN_ADL = ("search", "autodeeplab"), ("train", "autodeeplab")
-EVERY = (SEARCH_DARTS, SEARCH_ADL, TRAIN_DARTS, TRAIN_ADL)
-SEARCHES, DARTS, AUTODEEPLAB = (SEARCH_DARTS, SEARCH_ADL), (SEARCH_DARTS, TRAIN_DARTS), (SEARCH_ADL, TRAIN_ADL)
+SEARCH_NB201 = ("search", "nb201")
+EVERY = (SEARCH_DARTS, SEARCH_ADL, TRAIN_DARTS, TRAIN_ADL, SEARCH_NB201)
+SEARCHES = (SEARCH_DARTS, SEARCH_ADL, SEARCH_NB201)
+DARTS, AUTODEEPLAB = (SEARCH_DARTS, TRAIN_DARTS), (SEARCH_ADL, TRAIN_ADL)
 # The flags: (flag, argparse options, help, the (command, space) pairs that have it).
 FLAGS = [
     ("--config", {"metavar": "FILE.json"}, "settings file (keys as the flags); flags override it", EVERY),
     ("--data", {"metavar": "PATH"}, "folder with the CIFAR-10/100 files in the torchvision layout", DARTS),
+    ("--data", {"metavar": "PATH"}, "folder with the CIFAR-10/100 files in the torchvision layout or ImageNet16/, "
+     "and the authors' split files", (SEARCH_NB201,)),
     ("--data", {"metavar": "PATH"}, "folder with the Cityscapes (leftImg8bit/, gtFine/) or VOC (VOC2012/) files",
      AUTODEEPLAB),
     ("--out", {"metavar": "DIR"}, "output folder", EVERY),
@@ -149,7 +177,9 @@ FLAGS = [
     ("--momentum", {"type": float}, "", EVERY),
     ("--weight-decay", {"type": float}, "", EVERY),
     ("--grad-clip", {"type": float}, "max gradient norm of the weights", EVERY),
-    ("--init-channels", {"type": int}, "channels C of the first cells", DARTS),
+    ("--init-channels", {"type": int}, "channels C of the first cells", DARTS + (SEARCH_NB201,)),
+    ("--layers", {"type": int}, "search cells N per stage (3 stages of N cells, 2 residual blocks between them)",
+     (SEARCH_NB201,)),
     ("--layers", {"type": int}, "number of cells", DARTS),
     ("--layers", {"type": int}, "trellis layers L", (SEARCH_ADL,)),
     ("--blocks", {"type": int}, "blocks B per cell", (SEARCH_ADL,)),
@@ -173,12 +203,23 @@ FLAGS = [
     ("--arch-start-epoch", {"type": int, "metavar": "N"}, "no architecture updates in the first N epochs", SEARCHES),
     ("--backend", {"choices": ["fused", "fused_sum", "reference"]},
      "fused: nodes in one kernel (least memory); fused_sum: only node sums fused; reference: eager", SEARCHES),
+    ("--method", {"choices": NB201_METHODS}, "darts (--unrolled: second order) or gdas", (SEARCH_NB201,)),
+    ("--track-running-stats", {"action": argparse.BooleanOptionalAction},
+     "the cells' BatchNorms keep running statistics (the NAS-Bench-201 runs) or not (NATS-Bench's script)",
+     (SEARCH_NB201,)),
+    ("--benchmark", {"metavar": "PATH"}, "NATS-Bench topology archive (folder NATS-tss-v1_0-3ffb9-simple: lazy) or "
+     "file, or a NAS-Bench-201 .pth: every epoch's cell is looked up (needs the package nats_bench)",
+     (SEARCH_NB201,)),
+    ("--seeds", {"metavar": "S1,S2,..."}, "one search per seed, in OUT/seed-S, then OUT/summary.json and "
+     "summary.md (mean and std over seeds)", (SEARCH_NB201,)),
+    ("--split-file", {"metavar": "FILE"}, "the authors' split file (default: DATA/cifar-split.txt for cifar10, "
+     "DATA/cifar100-test-split.txt, DATA/imagenet-16-120-test-split.txt)", (SEARCH_NB201,)),
     ("--method", {"choices": SEARCH_METHODS}, "the search method: darts, pc-darts (partial channels, edge normalisation) or "
      "gdas (one sampled operation per edge)", (SEARCH_DARTS,)),
     ("--partial-channels", {"type": int, "metavar": "K"}, "pc-darts: 1/K of each edge's channels go through its "
      "operations", (SEARCH_DARTS,)),
-    ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS,)),
-    ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS,)),
+    ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS, SEARCH_NB201)),
+    ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS, SEARCH_NB201)),
     ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
     ("--allow-unverified-checkpoint", {"action": "store_true"},
      "with --resume: load a checkpoint whose checksum is missing or damaged (an older fastdnas, or a file cut "
@@ -205,6 +246,7 @@ DATASET_HELP = {
     "imagenet": "ImageNet from --data/train and --data/val (ImageFolder layout: one folder per class)",
     "shapes": "generated textured shapes, 96x96, nothing to download", "cityscapes": "Cityscapes from --data",
     "voc": "PASCAL VOC 2012 from --data",
+    "ImageNet16-120": "ImageNet16-120 from --data",
 }
 DESCRIPTIONS = {
     SEARCH_DARTS: "The DARTS bilevel search: per step an Adam step of the alphas on a search-val batch, then an "
@@ -214,6 +256,8 @@ DESCRIPTIONS = {
     TRAIN_DARTS: "Retrain a DARTS genotype from scratch (two ops per node, drop-path, optional auxiliary head) and "
                  "report test accuracy.",
     TRAIN_ADL: "Retrain a decoded Auto-DeepLab network (path, cell, ASPP head) and report val mIoU.",
+    SEARCH_NB201: "Search the NAS-Bench-201 cell space with DARTS or GDAS (the authors' settings), scoring every "
+                  "epoch's cell by the benchmark's tables with --benchmark.",
 }
 
 
@@ -252,11 +296,13 @@ def default_text(name, command, space):
         value = show_value(name, dataset_defaults[dataset].get(name, base.get(name)), dataset)
         values.setdefault(value, []).append(dataset)
     text = f"default: {next(iter(values))}" if len(values) == 1 else f"default: {on_datasets(values)}"
-    for method in SEARCH_METHODS if (command, space) == SEARCH_DARTS else ():
+    methods = {SEARCH_DARTS: SEARCH_METHODS, SEARCH_NB201: NB201_METHODS}.get((command, space), ())
+    for method in methods:
         values = {}
+        own_defaults = METHOD_DEFAULTS[space]
         for dataset in datasets:
-            if name in SEARCH_METHOD_DEFAULTS.get((method, dataset), {}):
-                value = show_value(name, SEARCH_METHOD_DEFAULTS[method, dataset][name], dataset)
+            if name in own_defaults.get((method, dataset), {}):
+                value = show_value(name, own_defaults[method, dataset][name], dataset)
                 values.setdefault(value, []).append(dataset)
         if values:
             text += f"; --method {method}: {on_datasets(values)}"
@@ -275,7 +321,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser():
     parser = OneLineParser(
-        prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab) on fused "
+        prog="fastdnas", description="fastdnas: differentiable architecture search (DARTS, Auto-DeepLab, "
+                                     "NAS-Bench-201) on fused "
                                      "C++/CUDA kernels.",
         epilog="fastdnas search darts --help (and so on) lists each command's settings with their defaults. "
                "Settings come, later ones winning, from the built-in defaults (sized per dataset), "
@@ -285,7 +332,7 @@ def build_parser():
     for command in ("search", "train"):
         sub = commands.add_parser(command, help=command_help[command], description=command_help[command] + ".")
         spaces = sub.add_subparsers(dest="space", required=True, metavar="SPACE")
-        for space in ("darts", "autodeeplab"):
+        for space in COMMAND_SPACES[command]:
             key = command, space
             _, dataset_defaults = SETTINGS[key]
             # SUPPRESS: only the flags actually given appear in the namespace, so they can override the rest.
@@ -300,10 +347,27 @@ def build_parser():
                     text = f"{text} ({note})" if text and note else text or note
                     leaf.add_argument(flag, **options, help=text or None)
             leaf.set_defaults(run=run_search if command == "search" else run_train)
+            if key == SEARCH_NB201:
+                leaf.set_defaults(run=run_nb201_search)
+    add_score_command(commands)
     from .compat_cli import add_commands
 
     add_commands(commands)
     return parser
+
+
+def add_score_command(commands):
+    score = commands.add_parser("score", help="score a finished search by a benchmark's tables",
+                                description="Score a finished search by a benchmark's tables.")
+    spaces = score.add_subparsers(dest="space", required=True, metavar="SPACE")
+    leaf = spaces.add_parser("nb201", help="look up every epoch's cell of a `search nb201` run",
+                             description="Look up every epoch's cell of a `fastdnas search nb201` run (or of each "
+                                         "seed of a --seeds run) in NAS-Bench-201: log.jsonl, genotype.json and "
+                                         "benchmark.png get the accuracies; a --seeds run's summary is rewritten.")
+    leaf.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of the search")
+    leaf.add_argument("--benchmark", metavar="PATH", required=True,
+                      help="NATS-Bench topology archive (folder: lazy) or file, or a NAS-Bench-201 .pth")
+    leaf.set_defaults(run=run_nb201_score)
 
 
 def every_flag():
@@ -358,7 +422,7 @@ def resolve_settings(args, defaults, dataset_defaults):
     settings = {**COMMON_DEFAULTS, **defaults, **dataset_defaults[dataset]}
     if "method" in defaults:
         method = given.get("method", from_file.get("method", settings["method"]))
-        settings.update(SEARCH_METHOD_DEFAULTS.get((method, dataset), {}))
+        settings.update(METHOD_DEFAULTS[args.space].get((method, dataset), {}))
     settings.update({**from_file, **given})
     settings.setdefault("out", os.path.join("runs", f"{args.command}-{args.space}-{dataset}"))
     return settings, given
@@ -435,6 +499,7 @@ class SearchRun:
     metrics: object = None  # default: loss and accuracy
     describe: object = None  # model -> JSON-able dict for every epoch's record
     finish: object = None  # (model, search, out) -> names of the files written
+    epoch_note: object = None  # epoch record -> text appended to the epoch's line
 
 
 def run_search(args):
@@ -463,7 +528,7 @@ def run_search(args):
                          "so the ranks' BatchNorms would not meet")
     if settings["cuda_graphs"] and (context.enabled or settings["amp"]):
         raise UsageError("--cuda-graphs captures a single-process float32 step: drop --amp, or run without torchrun")
-    config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS)
+    config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS, **space_config_options(args.space, settings))
     if settings["batch_size"] % context.world_size:
         raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
                          f"{context.world_size} ranks")
@@ -472,7 +537,7 @@ def run_search(args):
                          "image-pooling branch normalises over the batch (give a larger batch, or --sync-bn)")
     say = print if context.is_main else (lambda *args, **kwargs: None)
 
-    data = load_data(settings)
+    data = load_data(settings) if args.space != "nb201" else load_nb201(settings)
     torch.manual_seed(config.seed)  # the same initial network on every rank
     space = SEARCH_SPACES[args.space](settings, data)
     model = space.model
@@ -489,7 +554,8 @@ def run_search(args):
         f"device {describe_device(device)}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
     options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
     search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
-                    out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"], **options)
+                    out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"],
+                    epoch_note=space.epoch_note, **options)
     steps = search.steps_per_epoch() * config.epochs
     if settings.get("method") == "gdas" and steps < GDAS_FEW_STEPS:
         say(f"  (gdas: each of the {steps} steps trains one sampled operation per edge, so each candidate gets "
@@ -520,7 +586,13 @@ def run_search(args):
 def describe_method(space, settings):
     """'method pc-darts: K=4, C=16, 5 cells, 12 epochs, arch lr 0.006, architecture updates from epoch 5/12'."""
     epochs, start = settings["epochs"], settings["arch_start_epoch"]
-    if space == "darts":
+    if space == "nb201":
+        method = settings["method"]
+        own = f"tau {settings['tau_max']} -> {settings['tau_min']}" if method == "gdas" else (
+            f"{'second' if settings['unrolled'] else 'first'} order")
+        network = (f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cell(s) per stage, "
+                   f"BatchNorm running statistics {'on' if settings['track_running_stats'] else 'off'}")
+    elif space == "darts":
         method = settings["method"]
         own = {"darts": f"{'second' if settings['unrolled'] else 'first'} order",
                "pc-darts": f"K={settings['partial_channels']}",
@@ -778,7 +850,86 @@ def autodeeplab_search(settings, data):
                      describe=lambda m: arch_to_dict(m.decode()), finish=finish)
 
 
-SEARCH_SPACES = {"darts": darts_search, "autodeeplab": autodeeplab_search}
+def nb201_search(settings, data):
+    from .nb201.benchmark import BenchmarkError
+    from .nb201.runs import nb201_search as make, open_benchmark
+
+    try:
+        benchmark = open_benchmark(settings)
+    except BenchmarkError as error:
+        raise UsageError(str(error)) from error
+    return make(settings, data, SearchRun, benchmark)
+
+
+def load_nb201(settings):
+    from .nb201.data import load_nb201_data
+
+    try:
+        return load_nb201_data(settings["dataset"], settings["data"], settings["split_file"])
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def space_config_options(space, settings):
+    """SearchConfig settings a space fixes (NAS-Bench-201: the authors' step for the method)."""
+    if space != "nb201":
+        return {}
+    from .nb201.runs import search_config_options
+
+    return search_config_options(settings)
+
+
+def run_nb201_search(args):
+    """`search nb201`: one search, or with --seeds one per seed (OUT/seed-S) and their summary."""
+    from .nb201.runs import parse_seeds, seed_args, summarise
+
+    if "seeds" not in vars(args):
+        return run_search(args)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if "seed" in vars(args):
+        raise UsageError("--seed and --seeds exclude each other (--seeds runs one search per seed)")
+    single = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "seeds"})
+    out = resolve_settings(single, *SETTINGS["search", "nb201"])[0]["out"]  # checks the settings once, too
+    from .search import distributed
+
+    main = not distributed.from_environment().enabled or int(os.environ.get("RANK", "0")) == 0
+    for i, seed in enumerate(seeds):
+        if main:
+            print(f"seed {seed} ({i + 1}/{len(seeds)}): output in {os.path.join(out, f'seed-{seed}')}")
+        run_search(seed_args(args, seed, os.path.join(out, f"seed-{seed}")))
+    if main:
+        _, table = summarise(out, seeds)
+        print(table)
+        print(f"wrote summary.json and summary.md in {out}")
+    return 0
+
+
+def run_nb201_score(args):
+    """`score nb201 RUN_DIR --benchmark PATH`: one run, or every seed of a --seeds run and its summary."""
+    from .nb201.benchmark import Benchmark, BenchmarkError, format_figures
+    from .nb201.runs import score_run, summarise
+
+    try:
+        benchmark = Benchmark(args.benchmark)
+        seeds = sorted(int(name[5:]) for name in os.listdir(args.run_dir)
+                       if name.startswith("seed-") and name[5:].isdigit()) if os.path.isdir(args.run_dir) else []
+        for folder in [os.path.join(args.run_dir, f"seed-{s}") for s in seeds] or [args.run_dir]:
+            last = score_run(folder, benchmark)
+            print(f"{folder}: {last['genotype']}: {format_figures(last['benchmark'])}")
+        if seeds:
+            _, table = summarise(args.run_dir, seeds)
+            print(table)
+    except (BenchmarkError, OSError) as error:
+        raise UsageError(str(error)) from error
+    return 0
+
+
+SEARCH_SPACES = {"darts": darts_search, "autodeeplab": autodeeplab_search, "nb201": nb201_search}
 
 
 @dataclass
@@ -904,7 +1055,10 @@ def check_space_settings(command, space, settings):
     """The settings only one search space has, checked before any data is read."""
     if (command, space) == ("search", "darts"):
         check_method_settings(settings)
+    if (command, space) == SEARCH_NB201:
+        check_nb201_settings(settings)
     check_positive(settings, {("search", "darts"): ["init_channels"], ("train", "darts"): ["init_channels", "layers"],
+                              SEARCH_NB201: ["init_channels"],
                               ("search", "autodeeplab"): ["blocks", "filter_multiplier"],
                               ("train", "autodeeplab"): ["filter_multiplier"]}[command, space])
     if space == "autodeeplab" and settings["batch_size"] < 2:
@@ -930,6 +1084,22 @@ def check_method_settings(settings):
         if settings["unrolled"]:
             raise UsageError("--unrolled does not apply to --method gdas (a first-order method: every forward "
                              "pass draws a new sample)")
+
+
+def check_nb201_settings(settings):
+    method = settings["method"]
+    if method not in NB201_METHODS:
+        raise UsageError(f"--method must be one of {list(NB201_METHODS)} for nb201, got {method!r}")
+    if method != "gdas" and (settings["tau_max"], settings["tau_min"]) != (10.0, 0.1):
+        raise UsageError("--tau-max and --tau-min apply to --method gdas only")
+    if method == "gdas":
+        if not 0 < settings["tau_min"] <= settings["tau_max"]:
+            raise UsageError(f"gdas needs 0 < --tau-min <= --tau-max, got {settings['tau_min']} and {settings['tau_max']}")
+        if settings["unrolled"]:
+            raise UsageError("--unrolled does not apply to --method gdas (a first-order method)")
+    if settings["cuda_graphs"]:
+        raise UsageError("--cuda-graphs does not apply to nb201 (its step takes the weight step first or clips "
+                         "with the alphas, which the captured step does not)")
 
 
 def load_data(settings, cutout=0):

@@ -38,7 +38,7 @@ def resize_sum(inputs, size, weights=None):
 
 
 # Kinds of the parameter-free candidates of mixed_node (csrc/mixed_node/mixed_node.h).
-FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP = 0, 1, 2
+FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP, FREE_PLAIN_AVG_POOL = 0, 1, 2, 3
 
 
 def mixed_node(edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items,
@@ -48,7 +48,8 @@ def mixed_node(edge_inputs, strides, conv_outputs, weights, free_items, free_kin
     ``weights`` is [E, P] (one row of primitive weights per edge input). Free item i is the
     primitive ``free_items[i] = e * P + p`` (weight ``weights[e, p]``) applied to
     ``edge_inputs[e]``: kind 0 BN(max_pool2d(3, strides[e], 1)), kind 1
-    BN(avg_pool2d(3, strides[e], 1, count_include_pad=False)), kind 2 the identity (stride 1).
+    BN(avg_pool2d(3, strides[e], 1, count_include_pad=False)), kind 2 the identity (stride 1),
+    kind 3 avg_pool2d(3, strides[e], 1, count_include_pad=False) without BN.
     ``conv_outputs[k]`` is a conv op's output before its final BatchNorm, weighted by the flat
     entry ``conv_items[k]`` of weights. Every BN is BatchNorm(affine=False, eps) on the batch
     statistics, or on ``running_mean``/``running_var`` [B, C] when given. BN rows: the pooled free
@@ -87,6 +88,8 @@ def mixed_node(edge_inputs, strides, conv_outputs, weights, free_items, free_kin
             value = batch_norm(F.max_pool2d(x, 3, stride, 1))
         elif kind == FREE_AVG_POOL:
             value = batch_norm(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False))
+        elif kind == FREE_PLAIN_AVG_POOL:  # the NAS-Bench-201 pool: no BatchNorm
+            value = F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
         else:
             value = x
         terms.append(flat_weights[item] * value)

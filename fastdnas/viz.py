@@ -140,10 +140,12 @@ def edge_names(num_edges):
     return names[:num_edges] if len(names) == num_edges else [f"edge {e}" for e in range(num_edges)]
 
 
-def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "reduce"), columns=7):
+def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "reduce"), columns=7,
+                       edge_labels=None):
     """One subplot per edge of each cell: softmax(alpha) of every op over the epochs.
 
-    ``alpha_history`` is a list (one entry per epoch) of the architecture tensors [edges, ops].
+    ``alpha_history`` is a list (one entry per epoch) of the architecture tensors [edges, ops];
+    ``edge_labels`` names the edges (default: those of a DARTS cell).
     """
     epochs = list(range(1, len(alpha_history) + 1))
     weights = [torch.stack([torch.softmax(epoch[c].float(), dim=-1) for epoch in alpha_history])
@@ -164,7 +166,7 @@ def plot_alpha_history(alpha_history, primitives, path, cell_names=("normal", "r
     row = 0
     lines = []
     for name, cell_weights, rows in zip(cell_names, weights, rows_per_cell):
-        for edge, edge_name in enumerate(edge_names(cell_weights.shape[1])):
+        for edge, edge_name in enumerate(edge_labels or edge_names(cell_weights.shape[1])):
             ax = figure.add_subplot(grid[row + edge // columns, edge % columns])
             lines = [ax.plot(epochs, cell_weights[:, edge, k], marker="." if len(epochs) < 20 else None, lw=1)[0]
                      for k in range(cell_weights.shape[2])]

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-  torch==2.14.1 ninja pybind11 numpy pytest pytest-benchmark expecttest scikit-learn matplotlib tqdm
+  torch==2.14.1 ninja pybind11 numpy pytest pytest-benchmark expecttest scikit-learn matplotlib tqdm nats_bench
 
 source scripts/cuda_choice.sh  # sets FASTDNAS_CUDA to 0 or 1 (and CUDA_HOME)
 export MAX_JOBS=${MAX_JOBS:-2}

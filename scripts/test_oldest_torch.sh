@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/copy_tree.sh
 source scripts/oldest_venv.sh
-oldest_venv ninja pybind11 numpy pytest pytest-benchmark expecttest scikit-learn matplotlib tqdm
+oldest_venv ninja pybind11 numpy pytest pytest-benchmark expecttest scikit-learn matplotlib tqdm nats_bench
 venv=$(pwd)/.venv-oldest
 tree=build/oldest-torch
 copy_tree "$tree"

@@ -268,6 +268,9 @@ MIXED_NODE = named("mixed_node", [
         (2, 1), torch.float64, N=2, C=3, out_size=(h, w), odd_inputs=odd))
       for (h, w), odd in (((1, 7), False), ((7, 3), True), ((3, 1), True), ((13, 11), True))],
     ("free_only", lambda: mixed_node_problem((1, 2), torch.float64, N=2, C=2, convs=False)),
+    *[(f"plain_avg-{dtype_name(dt)}-{'running' if running else 'batch'}",
+       lambda dt=dt, running=running: mixed_node_problem((2, 1), dt, N=2, C=3, running=running, plain_avg=True))
+      for dt in (torch.float64, torch.float32) for running in (False, True)],
     ("convs_only", lambda: mixed_node_problem((1, 2), torch.float64, N=2, C=2, free=False)),
     ("largest-16-edges", lambda: mixed_node_problem((1,) * 8 + (2,) * 8, torch.float32, N=1, C=2, out_size=(3, 2))),
     ("empty-batch", lambda: mixed_node_problem((2, 1), torch.float32, N=0, C=3)),

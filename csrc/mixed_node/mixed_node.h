@@ -4,7 +4,8 @@
 //   out = sum over free items i of weights[i] * F_i(edge_inputs[edge_i])
 //       + sum over conv outputs k of weights[k] * BN_k(conv_outputs[k])
 //
-// with F = BN(max_pool_3x3), BN(avg_pool_3x3) or identity (skip at stride 1), BN a BatchNorm
+// with F = BN(max_pool_3x3), BN(avg_pool_3x3), identity (skip at stride 1) or avg_pool_3x3
+// without BatchNorm (the NAS-Bench-201 space's pool), BN a BatchNorm
 // (affine=False) on batch statistics, or on given running statistics. The pools' outputs are
 // never stored between the passes: the backward pass recomputes them from the edge inputs.
 #pragma once
@@ -23,6 +24,10 @@ namespace fastdnas {
 constexpr int64_t kFreeMaxPool = 0;
 constexpr int64_t kFreeAvgPool = 1;
 constexpr int64_t kFreeSkip = 2;
+constexpr int64_t kFreePlainAvgPool = 3;  // avg_pool_3x3 without BatchNorm
+
+// Free items without a BatchNorm (no statistics row): skip and the plain avg pool.
+FASTDNAS_HOST_DEVICE bool free_kind_has_bn(int64_t kind) { return kind == kFreeMaxPool || kind == kFreeAvgPool; }
 
 // Limits that keep the CUDA kernels' argument tables small (the 4 KB parameter limit of older
 // GPUs); wider nodes are split by the caller (fastdnas/nn/mixed_op.py).
@@ -34,7 +39,7 @@ struct FreeItem {
   int64_t edge;
   int64_t kind;
   int64_t weight_index;  // flat index into weights [E, P]
-  int64_t bn_row;        // row of mean/var, -1 for skip
+  int64_t bn_row;        // row of mean/var, -1 for skip and the plain avg pool
 };
 
 // Shapes and item tables of one call, validated.
@@ -114,13 +119,14 @@ inline NodeLayout make_node_layout(const char* op, at::TensorList edge_inputs, a
     TORCH_CHECK(free_items[i] >= 0 && free_items[i] < E * P, op, ": free_items[", i, "] = ", free_items[i],
                 " is not a flat index into weights [", E, ", ", P, "]");
     const int64_t kind = free_kinds[i];
-    TORCH_CHECK(kind == kFreeMaxPool || kind == kFreeAvgPool || kind == kFreeSkip, op, ": free_kinds[", i,
-                "] must be 0 (max_pool_3x3), 1 (avg_pool_3x3) or 2 (skip_connect), got ", kind);
+    TORCH_CHECK(kind == kFreeMaxPool || kind == kFreeAvgPool || kind == kFreeSkip || kind == kFreePlainAvgPool, op,
+                ": free_kinds[", i, "] must be 0 (max_pool_3x3), 1 (avg_pool_3x3), 2 (skip_connect) or 3 "
+                "(avg_pool_3x3 without BatchNorm), got ", kind);
     const int64_t edge = free_items[i] / P;
     TORCH_CHECK(kind != kFreeSkip || L.stride[edge] == 1, op, ": free item ", i, " is a skip on edge ", edge,
                 " of stride ", L.stride[edge], "; a strided skip_connect is a FactorizedReduce (a conv output)");
-    L.free.push_back({edge, kind, free_items[i], kind == kFreeSkip ? -1 : L.num_bn_rows});
-    if (kind != kFreeSkip) ++L.num_bn_rows;
+    L.free.push_back({edge, kind, free_items[i], free_kind_has_bn(kind) ? L.num_bn_rows : -1});
+    if (free_kind_has_bn(kind)) ++L.num_bn_rows;
   }
   for (size_t k = 0; k < conv_outputs.size(); ++k) {
     const at::Tensor& y = conv_outputs[k];

@@ -338,6 +338,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
             pool_plane(item.kind, plane, P, xp.get(), rows.get(), values.get() + n * HW);
           }
           const acc_t* v = values.get();
+          if (item.kind == kFreePlainAvgPool) {  // no BatchNorm: the pool itself, weighted
+            for (int64_t n = 0; n < N; ++n) {
+              acc_t* a = acc.get() + n * HW;
+              for (int64_t o = 0; o < HW; ++o) a[o] += wi * v[n * HW + o];
+            }
+            continue;
+          }
           add_normalised(item.bn_row, wi, [&](int64_t n, int64_t o) { return v[n * HW + o]; });
         }
         for (int64_t k = 0; k < K; ++k) {
@@ -477,6 +484,28 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
                 const scalar_t* g_row = gp + h * P.W;
                 for (int64_t j = 0; j < P.W; ++j) dx_row[j] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(g_row[j]));
               }
+            }
+            partial[i * C + c] = total;
+            continue;
+          }
+          if (item.kind == kFreePlainAvgPool) {
+            // sum(g * pool) for the weight, then weight * g / window size sent back to each window.
+            for (int64_t n = 0; n < N; ++n) {
+              const int64_t p = n * C + c;
+              const scalar_t* gp = g + p * HW;
+              acc_t* v = values.get() + n * HW;
+              pool_plane(item.kind, xe + p * in_plane, P, xp.get() + n * padded, rows.get(), v);
+              total += lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]) * v[o]; });
+              for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh) {
+                acc_t* d_row = d_padded.data() + oh * padded_row(P.Wo) + kRowPad;
+                for (int64_t ow = 0; ow < P.Wo; ++ow, ++o)
+                  d_row[ow] = scaled_gradient<acc_t>(wi, static_cast<acc_t>(gp[o])) / P.divisor[o];
+              }
+              acc_t* dxp = dx.get() + n * padded;
+              if (P.stride == 1)
+                avg_pool_scatter<1>(P, d_padded.data(), dxp);
+              else
+                avg_pool_scatter<2>(P, d_padded.data(), dxp);
             }
             partial[i * C + c] = total;
             continue;

@@ -59,7 +59,7 @@ NodeTable<scalar_t> node_table(const NodeLayout& L, const std::vector<at::Tensor
     t.free_kind[i] = static_cast<int32_t>(item.kind);
     t.free_weight[i] = static_cast<int32_t>(item.weight_index);
     t.free_row[i] = static_cast<int32_t>(item.bn_row);
-    if (item.kind != kFreeSkip) t.bn_free[bn++] = static_cast<int32_t>(i);
+    if (free_kind_has_bn(item.kind)) t.bn_free[bn++] = static_cast<int32_t>(i);
   }
   for (size_t k = 0; k < convs.size(); ++k) {
     t.conv[k] = convs[k].const_data_ptr<scalar_t>();
@@ -132,6 +132,9 @@ __global__ void forward_kernel(NodeTable<scalar_t> t, const acc_t* __restrict__ 
       const acc_t w = weights[t.free_weight[i]];
       if (t.free_kind[i] == kFreeSkip) {
         acc = accumulate_product(acc, w, t.edge[t.free_edge[i]][idx]);  // stride 1: same layout as out
+      } else if (t.free_kind[i] == kFreePlainAvgPool) {
+        const int e = t.free_edge[i];
+        acc += w * avg_pool3x3<acc_t>(t.edge[e] + p * t.H[e] * t.W[e], t.H[e], t.W[e], oh, ow, t.stride[e]);
       } else {
         const int64_t s = t.free_row[i] * t.C + c;
         acc += w * bn_normalize(bn_input<acc_t>(t, t.free_row[i], p, oh, ow), mean[s], bn_invstd(var[s], eps));
@@ -156,10 +159,11 @@ __global__ void backward_sums_kernel(NodeTable<scalar_t> t, const scalar_t* __re
   const int64_t c = blockIdx.x % t.C;
   const int64_t plane = t.Ho * t.Wo, count = t.N * plane;
   const bool skip = r < t.num_free && t.free_kind[r] == kFreeSkip;
+  const bool plain = r < t.num_free && t.free_kind[r] == kFreePlainAvgPool;
   const bool is_sum = r == t.num_free + t.num_conv;
   const int b = r < t.num_free ? t.free_row[r] : t.num_free_bn + (r - t.num_free);
   acc_t m = 0, s = 0;
-  if (!skip && !is_sum) {
+  if (!skip && !plain && !is_sum) {
     m = mean[b * t.C + c];
     s = bn_invstd(var[b * t.C + c], eps);
   }
@@ -171,7 +175,11 @@ __global__ void backward_sums_kernel(NodeTable<scalar_t> t, const scalar_t* __re
       sum[0] += g;
     else if (skip)
       sum[0] = accumulate_product(sum[0], g, t.edge[t.free_edge[r]][p * plane + o]);
-    else
+    else if (plain) {
+      const int e = t.free_edge[r];
+      sum[0] += g * avg_pool3x3<acc_t>(t.edge[e] + p * t.H[e] * t.W[e], t.H[e], t.W[e], o / t.Wo, o % t.Wo,
+                                       t.stride[e]);
+    } else
       sum[0] += g * bn_normalize(bn_input<acc_t>(t, b, p, o / t.Wo, o % t.Wo), m, s);
   }
   block_sums<acc_t, 1>(sum, 1, partials + blockIdx.x, 1);
@@ -282,6 +290,14 @@ __global__ void edge_gradient_kernel(NodeTable<scalar_t> t, int e, const scalar_
       if (t.free_edge[i] != e) continue;
       if (t.free_kind[i] == kFreeSkip) {
         acc += scaled_gradient<acc_t>(weights[t.free_weight[i]], static_cast<acc_t>(grad[idx]));
+        continue;
+      }
+      if (t.free_kind[i] == kFreePlainAvgPool) {  // weight * g / window size of every window holding it
+        const scalar_t* g = grad + p * plane;
+        for (int64_t oh = oh0; oh <= oh1; ++oh)
+          for (int64_t ow = ow0; ow <= ow1; ++ow)
+            acc += scaled_gradient<acc_t>(weights[t.free_weight[i]], static_cast<acc_t>(g[oh * t.Wo + ow])) /
+                   static_cast<acc_t>(window_count(pool_window(oh, ow, st, H, W)));
         continue;
       }
       const acc_t* pg = pool_grad + t.free_row[i] * per_pool + p * plane;

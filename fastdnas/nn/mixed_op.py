@@ -26,6 +26,7 @@ BACKENDS = ("fused", "fused_sum", "reference")
 # skip_connect only at stride 1 (at stride 2 it is a FactorizedReduce, a convolution).
 _FREE_KINDS = {"max_pool_3x3": 0, "avg_pool_3x3": 1, "skip_connect": 2}
 _FREE_SKIP = 2
+_FREE_WITH_BN = (0, 1)  # the pools followed by a BatchNorm (kind 3, a pool without one, has none)
 
 
 def check_backend(backend):
@@ -41,17 +42,21 @@ class MixedOp(nn.Module):
     (softmax) weight per primitive. ``backend`` is one of ``BACKENDS`` (see the module doc).
     """
 
-    def __init__(self, C, stride, primitives=PRIMITIVES, backend="fused"):
+    def __init__(self, C, stride, primitives=PRIMITIVES, backend="fused", ops=None, free_kinds=None):
         super().__init__()
-        unknown = [p for p in primitives if p not in OPS]
+        # ``ops``: name -> factory(C, stride, affine) of another search space's candidates (default:
+        # the DARTS ones); ``free_kinds``: which of them mixed_node computes itself, by kind.
+        ops = OPS if ops is None else ops
+        free_kinds = _FREE_KINDS if free_kinds is None else free_kinds
+        unknown = [p for p in primitives if p not in ops]
         if unknown:
-            raise ValueError(f"primitives: unknown operation(s) {unknown}; known: {sorted(OPS)}")
+            raise ValueError(f"primitives: unknown operation(s) {unknown}; known: {sorted(ops)}")
         if len(primitives) == 0:
             raise ValueError("primitives must name at least one operation")
         self.primitives = tuple(primitives)
         self.stride = stride
         self.backend = check_backend(backend)
-        self._ops = nn.ModuleList(OPS[p](C, stride, False) for p in self.primitives)
+        self._ops = nn.ModuleList(ops[p](C, stride, False) for p in self.primitives)
         # Indices of the primitives that produce something other than zeros.
         self.computed_indices = [i for i, p in enumerate(self.primitives) if p != "none"]
         if not self.computed_indices:
@@ -59,8 +64,8 @@ class MixedOp(nn.Module):
         # For the "fused" backend: (index, kind) of the parameter-free primitives, and the
         # indices of the convolution primitives (ReLU, convs, BN; FactorizedReduce included).
         self.free_primitives = [
-            (i, _FREE_KINDS[p]) for i, p in enumerate(self.primitives)
-            if p in _FREE_KINDS and not (p == "skip_connect" and stride != 1)
+            (i, free_kinds[p]) for i, p in enumerate(self.primitives)
+            if p in free_kinds and not (p == "skip_connect" and stride != 1)
         ]
         free = {i for i, _ in self.free_primitives}
         self.conv_primitives = [i for i in self.computed_indices if i not in free]
@@ -170,7 +175,7 @@ def _edge_batch_norms(op):
     only when all are plain nn.BatchNorm2d, not, say, a SyncBatchNorm put in their place). Looked
     up on every call, so replaced modules count."""
     children = list(op._ops)  # one pass: indexing a ModuleList takes microseconds each time
-    pools = [children[i][1] for i, kind in op.free_primitives if kind != _FREE_SKIP]  # Sequential(pool, BN)
+    pools = [children[i][1] for i, kind in op.free_primitives if kind in _FREE_WITH_BN]  # Sequential(pool, BN)
     convs = [children[i].output_bn for i in op.conv_primitives]
     return pools, convs
 

@@ -53,7 +53,8 @@ class Architect:
     """
 
     def __init__(self, model, weight_optimizer, loss_fn=cross_entropy_loss, lr=3e-4, betas=(0.5, 0.999),
-                 weight_decay=1e-3, unrolled=False, average_gradients=None, precision=None, fused=False):
+                 weight_decay=1e-3, unrolled=False, average_gradients=None, precision=None, fused=False,
+                 plain_virtual_step=False):
         self.model = model
         self.loss_fn = loss_fn
         self.unrolled = unrolled
@@ -65,7 +66,9 @@ class Architect:
         arch_ids = {id(p) for p in self.arch_params}
         if any(id(p) in arch_ids for p in self.weights):
             raise ValueError("the weight optimizer must not hold architecture parameters")
-        if unrolled:
+        # plain_virtual_step: the virtual step is plain momentum SGD even where the real one is
+        # Nesterov's (the NAS-Bench-201 authors' second-order DARTS).
+        if unrolled and not plain_virtual_step:
             for group in weight_optimizer.param_groups:
                 if group.get("nesterov") or group.get("dampening", 0) != 0:
                     raise ValueError("the unrolled step models plain SGD momentum: no nesterov, no dampening")

@@ -45,6 +45,13 @@ class SearchConfig:
     log_interval: int = 50  # steps between progress-bar updates (each one reads the device once)
     amp: str = None  # None (float32), "bf16" or "fp16" (autocast; fp16 with loss scaling)
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the batches of all ranks
+    # Variants of the step that other authors' code takes (NAS-Bench-201: DARTS first order and
+    # GDAS): the weight step before the architecture step, Nesterov momentum (the unrolled step's
+    # virtual step stays plain momentum, as in their code), and the clip norm over the weights'
+    # gradients together with the alphas' gradients of the same training loss.
+    weight_step_first: bool = False
+    nesterov: bool = False
+    clip_with_arch: bool = False
 
     def __post_init__(self):
         self.arch_betas = tuple(self.arch_betas)
@@ -129,7 +136,7 @@ class Search:
 
     def __init__(self, model, train_data, val_data, config=None, loss_fn=cross_entropy_loss, device="cpu",
                  describe=None, out_dir=None, extra=None, progress=None, log=print, metrics=Metrics,
-                 distributed=SINGLE, cuda_graphs=False):
+                 distributed=SINGLE, cuda_graphs=False, epoch_note=None):
         self.config = config = config or SearchConfig()
         self.distributed = distributed
         world = distributed.world_size
@@ -148,6 +155,7 @@ class Search:
         self.loss_fn = loss_fn
         self.metrics = metrics
         self.describe = describe
+        self.epoch_note = epoch_note  # record -> text appended to the epoch's line
         self.out_dir = out_dir
         self.extra = extra or {}
         self.progress = progress_mode(progress) if distributed.is_main else None
@@ -156,14 +164,15 @@ class Search:
         # On CUDA each optimizer step is one fused kernel; on the CPU the foreach ops do as well.
         fused = self.device.type == "cuda"
         self.weight_optimizer = torch.optim.SGD(self.weights, lr=config.lr, momentum=config.momentum,
-                                                weight_decay=config.weight_decay, **optimizer_kind(fused))
+                                                weight_decay=config.weight_decay, nesterov=config.nesterov,
+                                                **optimizer_kind(fused))
         self.precision = MixedPrecision(config.amp, self.device)
         # The weight step's forward goes through DDP (the model itself with one process).
         self.train_model = data_parallel(self.model, distributed, self.device)
         self.architect = Architect(model, self.weight_optimizer, loss_fn, lr=config.arch_lr, betas=config.arch_betas,
                                    weight_decay=config.arch_weight_decay, unrolled=config.unrolled,
                                    average_gradients=partial(average_, context=distributed), precision=self.precision,
-                                   fused=fused)
+                                   fused=fused, plain_virtual_step=config.nesterov)
         self.epoch = 0  # epochs completed
         self.history = {"epochs": [], "alphas": []}
         self.prefetcher = DevicePrefetcher(self.device)
@@ -172,6 +181,9 @@ class Search:
             if not getattr(model, "uses_all_weights", True):
                 raise ValueError("cuda_graphs: this network chooses on the host which operations to run (GDAS with "
                                  "sampled_only=True); build it with sampled_only=False to capture the step")
+            if config.weight_step_first or config.clip_with_arch:
+                raise ValueError("cuda_graphs: the captured step runs the architecture step first and clips the "
+                                 "weights' gradients alone; run this search without CUDA graphs")
             if distributed.enabled or config.amp:
                 # DDP's gradient buckets and the fp16 loss scaler's overflow check sync with the host.
                 raise ValueError("cuda_graphs: supported for one process in float32; drop --amp and run "
@@ -211,7 +223,8 @@ class Search:
                 self.save(self.checkpoint_path)
                 write_json_lines(os.path.join(self.out_dir, "log.jsonl"), self.history["epochs"])
             self.log(f"epoch {epoch + 1}/{self.config.epochs} lr {lr:.5f} train {format_metrics(train)} "
-                     f"val {format_metrics(val)} ({record['time']:.1f} s)")
+                     f"val {format_metrics(val)} ({record['time']:.1f} s)"
+                     f"{self.epoch_note(record) if self.epoch_note is not None else ''}")
             steps = self.steps_per_epoch()
             if epoch == 0 and BN_KEEPS ** steps > 0.05:
                 # As in the DARTS code, val is measured in eval mode. After a short first epoch the
@@ -257,6 +270,11 @@ class Search:
         (loss, logits). Nothing in it reads the device from the host."""
         if self.graphed_step is not None:
             return self.graphed_step(inputs, targets, val_inputs, val_targets, update_arch)
+        if self.config.weight_step_first:
+            result = self.weight_step(inputs, targets)
+            if update_arch:
+                self.architect.step(inputs, targets, val_inputs, val_targets)
+            return result
         if update_arch:
             self.architect.step(inputs, targets, val_inputs, val_targets)
         return self.weight_step(inputs, targets)
@@ -269,12 +287,26 @@ class Search:
         DDP has averaged it); the GradScaler calls pass straight through without fp16.
         """
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast(), differentiating(self.model, self.weights):
+        arch = list(self.model.arch_parameters()) if self.config.clip_with_arch else []
+        params = self.weights + arch
+        with self.precision.autocast(), differentiating(self.model, params):
             loss, logits = split_loss(self.loss_fn(self.train_model, inputs, targets))
         scaler = self.precision.scaler
-        scaler.scale(loss).backward(inputs=self.weights)
+        scaler.scale(loss).backward(inputs=params)
         scaler.unscale_(self.weight_optimizer)
-        clip_grad_norm_(self.weights, self.config.grad_clip, foreach=True)
+        if arch:  # the alphas' gradients count in the norm, then go (the architecture step sets its own)
+            for a in arch:
+                if a.grad is None:
+                    a.grad = torch.zeros_like(a)
+            # DDP leaves the alphas out: their gradients averaged here, so every rank clips alike.
+            average_([a.grad for a in arch], context=self.distributed)
+            if self.precision.scaler.is_enabled():
+                torch._foreach_mul_([a.grad for a in arch], 1.0 / scaler.get_scale())
+            clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+            for a in arch:
+                a.grad = None
+        else:
+            clip_grad_norm_(self.weights, self.config.grad_clip, foreach=True)
         scaler.step(self.weight_optimizer)
         scaler.update()  # once per iteration: after the architecture step and this one
         return loss.detach(), logits
