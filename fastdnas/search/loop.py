@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -172,6 +173,9 @@ class Search:
             if not getattr(model, "uses_all_weights", True):
                 raise ValueError("cuda_graphs: this network chooses on the host which operations to run (GDAS with "
                                  "sampled_only=True); build it with sampled_only=False to capture the step")
+            if getattr(model, "perturbation", None) is not None:
+                raise ValueError("cuda_graphs: the perturbation of the weight step is not captured; search without "
+                                 "--cuda-graphs")
             if distributed.enabled or config.amp:
                 # DDP's gradient buckets and the fp16 loss scaler's overflow check sync with the host.
                 raise ValueError("cuda_graphs: supported for one process in float32; drop --amp and run "
@@ -269,7 +273,10 @@ class Search:
         DDP has averaged it); the GradScaler calls pass straight through without fp16.
         """
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast(), differentiating(self.model, self.weights):
+        # A network whose weight step runs on perturbed architecture weights (SDARTS) says so here.
+        perturbed = getattr(self.model, "perturbed", None)
+        with (perturbed(self.loss_fn, inputs, targets) if perturbed is not None else nullcontext()), \
+                self.precision.autocast(), differentiating(self.model, self.weights):
             loss, logits = split_loss(self.loss_fn(self.train_model, inputs, targets))
         scaler = self.precision.scaler
         scaler.scale(loss).backward(inputs=self.weights)
