@@ -26,9 +26,12 @@ SEARCH_DEFAULTS = {
     "method": "darts", "partial_channels": 4, "tau_max": 10.0, "tau_min": 0.1,
     # The parts of a preset replaced (fastdnas.darts.composed); None: the preset's own.
     "arch_weights": None, "perturbation": None, "regulariser": None, "selection": None,
+    "pt_interval": 5,  # DARTS-PT: tuning epochs between decisions (81 tuning epochs at 5)
 }
-SEARCH_METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts")
-METHOD_SETTINGS = {"partial_channels": ("pc-darts", "drnas"), "tau_max": ("gdas",), "tau_min": ("gdas",)}
+SEARCH_METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts",
+                  "darts-pt")
+METHOD_SETTINGS = {"partial_channels": ("pc-darts", "drnas"), "tau_max": ("gdas",), "tau_min": ("gdas",),
+                   "pt_interval": ("darts-pt",)}
 PART_SETTINGS = ("arch_weights", "perturbation", "regulariser", "selection")
 # Per (method, dataset): applied over the dataset defaults (a config file and flags still win).
 SEARCH_METHOD_DEFAULTS = {
@@ -57,6 +60,9 @@ SEARCH_METHOD_DEFAULTS = {
        for d in ("cifar10", "cifar100")},
     ("fair-darts", "digits"): {"arch_betas": [0.9, 0.999], "arch_lr": 3e-2},
     ("fair-darts", "synthetic"): {"arch_betas": [0.9, 0.999]},
+    # DARTS-PT (SPEC 8.5): the supernet as DARTS; a decision every tuning epoch on the small sets.
+    ("darts-pt", "digits"): {"pt_interval": 1},
+    ("darts-pt", "synthetic"): {"pt_interval": 1},
 }
 # Fewer GDAS steps than this (the digits default: 12 x 11 = 132) leave each sampled candidate too
 # little training for the supernet to learn (README, "PC-DARTS and GDAS"): the start line says so.
@@ -190,8 +196,10 @@ FLAGS = [
     ("--method", {"choices": SEARCH_METHODS}, "the search method, a preset of parts: darts; pc-darts (partial "
      "channels, edge normalisation); gdas (one sampled operation per edge); drnas (Dirichlet weights, partial "
      "channels); sdarts-rs / sdarts-adv (random / adversarial perturbation of the weight step's softmax); beta-darts "
-     "(beta-decay regulariser); fair-darts (independent sigmoids, zero-one loss, threshold selection)",
-     (SEARCH_DARTS,)),
+     "(beta-decay regulariser); fair-darts (independent sigmoids, zero-one loss, threshold selection); darts-pt "
+     "(perturbation-based selection with fine-tuning between decisions)", (SEARCH_DARTS,)),
+    ("--pt-interval", {"type": int, "metavar": "EPOCHS"}, "darts-pt: tuning epochs between two decisions (17 "
+     "decisions: 16 x EPOCHS + 1 tuning epochs, lr cosine 0.0025 -> 0.001)", (SEARCH_DARTS,)),
     ("--partial-channels", {"type": int, "metavar": "K"}, "pc-darts, drnas: 1/K of each edge's channels go through "
      "its operations", (SEARCH_DARTS,)),
     ("--arch-weights", {"choices": ["softmax", "gumbel", "dirichlet", "sigmoid"]}, "replace the preset's "
@@ -200,7 +208,7 @@ FLAGS = [
      "weight step's softmax weights (SDARTS)", (SEARCH_DARTS,)),
     ("--regulariser", {"choices": ["none", "beta-decay", "zero-one", "dirichlet-kl"]}, "replace the preset's "
      "regulariser of the architecture loss", (SEARCH_DARTS,)),
-    ("--selection", {"choices": ["argmax", "threshold"]}, "replace the preset's selection rule (threshold: "
+    ("--selection", {"choices": ["argmax", "threshold", "perturbation"]}, "replace the preset's selection rule (threshold: "
      "FairDARTS's, written to selected.json next to the argmax genotype)", (SEARCH_DARTS,)),
     ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS,)),
     ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS,)),
@@ -762,12 +770,19 @@ def darts_search(settings, data):
         record = {"genotype": genotype_to_dict(model.genotype())}
         if method == "gdas":
             record["tau"] = float(model.tau)  # the epoch's temperature
-        if getattr(model, "selection", "argmax") != "argmax":
+        if getattr(model, "selection", "argmax") == "threshold":
             record["selected"] = model.selected_cells()
         return record
 
     def finish(model, search, out):
         genotype = model.genotype()
+        if getattr(model, "selection", "argmax") == "perturbation":
+            from .darts.perturbation_selection import PerturbationSelection
+
+            selection = PerturbationSelection(search, interval=settings["pt_interval"], seed=settings["seed"])
+            print(f"DARTS-PT selection: {selection.epochs} tuning epochs, a decision every {selection.interval}; the "
+                  f"argmax genotype was {genotype}")
+            genotype = selection.run().genotype()
         save_genotype(genotype, os.path.join(out, "genotype.json"))
         with open(os.path.join(out, "genotype.txt"), "w") as f:
             f.write(repr(genotype) + "\n")
@@ -775,7 +790,7 @@ def darts_search(settings, data):
         plot_alpha_history(search.history["alphas"], model.primitives, os.path.join(out, "alphas.png"))
         print(f"genotype: {genotype}")
         written = ["genotype.json", "genotype.txt", "normal.png", "reduce.png", "alphas.png"]
-        if getattr(model, "selection", "argmax") != "argmax":
+        if getattr(model, "selection", "argmax") == "threshold":
             selected = model.selected_cells()
             with open(os.path.join(out, "selected.json"), "w") as f:
                 json.dump({"selection": model.selection, **selected}, f, indent=2)
@@ -956,6 +971,8 @@ def check_method_settings(settings):
             raise UsageError(f"--unrolled does not apply to --method {method} (its authors search first order)")
         if settings["cuda_graphs"] and method_parts(settings).get("perturbation"):
             raise UsageError("--cuda-graphs does not capture the perturbation of the weight step: search without it")
+    if settings["pt_interval"] < 1:
+        raise UsageError(f"--pt-interval must be >= 1, got {settings['pt_interval']}")
     if method in ("pc-darts", "drnas") and (settings["partial_channels"] < 1 or settings["init_channels"] % settings["partial_channels"]):
         raise UsageError(f"--partial-channels must be a positive divisor of --init-channels "
                          f"({settings['init_channels']}), got {settings['partial_channels']}")

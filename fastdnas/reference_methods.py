@@ -232,3 +232,18 @@ def fair_threshold(weights, steps, primitives, threshold=0.85):
                 cell.append((primitives[best], 2 + i, j))
         first += n
     return cell
+
+
+def darts_pt_weights(softmax, ops, removed):
+    """DARTS-PT's projected weights, edge by edge: a decided edge is one-hot at its operation, a
+    removed edge all zero, any other edge keeps its softmax row."""
+    rows = []
+    for e in range(softmax.shape[0]):
+        row = softmax[e].clone()
+        if int(ops[e]) >= 0:
+            row = torch.zeros_like(row)
+            row[int(ops[e])] = 1.0
+        if bool(removed[e]):
+            row = torch.zeros_like(row)
+        rows.append(row)
+    return torch.stack(rows)

@@ -3,6 +3,7 @@ formulas of fastdnas.reference_methods in float64 (logits, gradients of every we
 architecture parameter, one full search step), with fixed noise for the sampled parts; the
 presets; refused combinations; the command line."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from fastdnas import cli, reference_methods
 from fastdnas.darts import GdasNetwork, PCDartsNetwork, SearchNetwork, parts
 from fastdnas.darts.composed import PRESETS, ComposedNetwork, check_parts, preset_network
+from fastdnas.data.base import ImageSet
 from fastdnas.search import Search, SearchConfig
 from conftest import rel_err
 
@@ -250,3 +252,76 @@ def test_cli_fair_darts_search_writes_the_threshold_cell(tmp_path):
     selected = json.loads((out / "selected.json").read_text())
     assert selected["selection"] == "threshold" and set(selected) == {"selection", "normal", "reduce"}
     assert (out / "genotype.json").exists()
+
+
+# --- DARTS-PT ----------------------------------------------------------------------------------
+
+
+class DoubleImages(ImageSet):
+    """Batches in float64."""
+
+    def batch(self, indices, generator=None):
+        images, labels = super().batch(indices, generator)
+        return images.double(), labels
+
+
+def tiny_pt_search(backend):
+    from fastdnas.data import load_synthetic
+
+    torch.manual_seed(0)
+    net = preset_network("darts-pt", C=4, num_classes=5, layers=3, steps=2, multiplier=2, backend=backend).double()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.copy_(torch.randn_like(p))
+    data = load_synthetic(num_classes=5, image_size=8, train_size=16, test_size=4)
+    train, val = (DoubleImages(**{f.name: getattr(d, f.name) for f in dataclasses.fields(d)})
+                  for d in (data.search_train, data.search_val))
+    return Search(net, train, val, SearchConfig(batch_size=8, epochs=1), progress=False, log=lambda *a: None)
+
+
+def test_darts_pt_projection_equals_the_formula():
+    from fastdnas.darts.perturbation_selection import projected
+
+    soft = F.softmax(torch.randn(5, 7, dtype=torch.float64), -1)
+    ops = torch.tensor([-1, 3, -1, 0, -1])
+    removed = torch.tensor([False, False, True, False, False])
+    assert torch.equal(projected(soft, ops, removed), reference_methods.darts_pt_weights(soft, ops, removed))
+
+
+def test_darts_pt_selection_rules(monkeypatch):
+    """An op decision keeps the op whose removal costs the most accuracy; an edge decision removes,
+    one at a time, the edge whose removal leaves the highest accuracy, until two remain."""
+    from fastdnas.darts.perturbation_selection import PerturbationSelection
+
+    search = tiny_pt_search("fused")
+    selection = PerturbationSelection(search, interval=1, log=lambda *a: None)
+    assert selection.epochs == 6  # steps=2: 5 op decisions and 1 edge decision, one per epoch
+    drop = [0.1, 0.0, 0.5, 0.2, 0.0, 0.3, 0.05]  # accuracy lost without op k
+    base = selection.weights()[0]
+    monkeypatch.setattr(selection, "accuracy", lambda w: 1.0 - drop[int((w[0] != base).nonzero()[0, 1])])
+    edge, op, scores = selection.decide_op(0)
+    assert op == 2 and selection.ops[0][edge] == 2
+    # edges of node 1 (states 0, 1, 2 = edges 2, 3, 4): removing edge 3 hurts least
+    losses = {2: 0.3, 3: 0.01, 4: 0.2}
+    monkeypatch.setattr(selection, "accuracy", lambda w: 1.0 - sum(l for e, l in losses.items() if not w[0][e].any()))
+    node, kept = selection.decide_edges(0)
+    assert node == 1 and kept == [2, 4] and selection.removed[0].tolist() == [False, False, False, True, False]
+
+
+def test_darts_pt_fused_and_reference_decide_alike():
+    """The whole selection phase (decisions and fine-tuning) on the fused and on the reference
+    backend: the same decisions, the same weights at the end (float64)."""
+    from fastdnas.darts.perturbation_selection import PerturbationSelection
+
+    results = []
+    for backend in ("fused", "reference"):
+        search = tiny_pt_search(backend)
+        selection = PerturbationSelection(search, interval=1, seed=3, log=lambda *a: None).run()
+        results.append((selection, dict(search.model.named_parameters())))
+    (fused, fused_params), (reference, reference_params) = results
+    assert [o.tolist() for o in fused.ops] == [o.tolist() for o in reference.ops]
+    assert [r.tolist() for r in fused.removed] == [r.tolist() for r in reference.removed]
+    assert all((o >= 0).all() for o in fused.ops)  # every edge decided
+    for name, p in fused_params.items():
+        assert rel_err(p, reference_params[name]) <= 1e-9, name
+    assert fused.genotype() == reference.genotype()

@@ -37,6 +37,7 @@ PRESETS = {
     "beta-darts": dict(sampler="softmax", regulariser="beta-decay", primitives=PRIMITIVES_NO_NONE),
     "fair-darts": dict(sampler="sigmoid", regulariser="zero-one", selection="threshold", alpha_init="zeros",
                        primitives=PRIMITIVES_NO_NONE),
+    "darts-pt": dict(sampler="softmax", selection="perturbation", primitives=PRIMITIVES_NO_NONE),
 }
 
 
@@ -62,6 +63,9 @@ def check_parts(sampler="softmax", partial_channels=1, edge_normalisation=False,
     if regulariser is not None and sampler not in needs[regulariser]:
         raise ValueError(f"regulariser {regulariser!r} is a formula of the {needs[regulariser][0]} weights, "
                          f"not of sampler {sampler!r}")
+    if selection == "perturbation" and (sampler != "softmax" or partial_channels > 1 or edge_normalisation):
+        raise ValueError("selection 'perturbation' (DARTS-PT) projects the softmax weights of the DARTS supernet: it "
+                         f"needs sampler 'softmax' without partial channels or edge normalisation")
     if selection == "threshold" and sampler != "sigmoid":
         raise ValueError("selection 'threshold' compares independent sigmoid weights with 0.85: it needs "
                          f"sampler 'sigmoid', not {sampler!r}")
@@ -205,7 +209,9 @@ class ComposedNetwork(SearchNetwork):
 
     def selected_cells(self):
         """{"normal": ..., "reduce": ...} of the selection rule: the genotype's pairs for argmax,
-        FairDARTS's [(op, node, state)] for threshold."""
+        FairDARTS's [(op, node, state)] for threshold (perturbation: ``PerturbationSelection``)."""
+        if self.selection == "perturbation":
+            raise ValueError("selection 'perturbation' needs its tuning phase: run PerturbationSelection(search)")
         if self.selection == "threshold":
             normal, reduce = self.decode_weights()
             return {"normal": parts.threshold_cell(normal, self.steps, self.primitives),

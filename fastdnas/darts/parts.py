@@ -32,7 +32,8 @@ unperturbed; ``epsilon_t = 0.03 + 0.27 t / T``.
 
 Selection of the final cell (``SELECTIONS``): ``argmax`` (DARTS's top-2 edges, argmax op), and
 ``threshold`` (FairDARTS's 'threshold_sparse', utils.py:143-189: per node the top-2 edges by their
-largest sigma, each edge's argmax op kept only if its sigma >= 0.85).
+largest sigma, each edge's argmax op kept only if its sigma >= 0.85), and ``perturbation``
+(DARTS-PT: ``perturbation_selection.py``).
 """
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from .gdas import gumbel_noise, hard_gumbel_softmax
 SAMPLERS = ("softmax", "gumbel", "dirichlet", "sigmoid")
 REGULARISERS = ("beta-decay", "zero-one", "dirichlet-kl")
 PERTURBATIONS = ("random", "adversarial")
-SELECTIONS = ("argmax", "threshold")
+SELECTIONS = ("argmax", "threshold", "perturbation")
 
 BETA_DECAY_MAX, BETA_DECAY_EPOCHS = 50.0, 100  # lambda_t = 50 t / 100: the authors hard-code 100
 ZERO_ONE_WEIGHT = 10.0
