@@ -243,10 +243,14 @@ def test_cli_presets_and_refusals(tmp_path, capsys):
     assert cli.method_parts({**settings, "method": "sdarts-adv"})["perturbation"] == "adversarial"
 
 
-def test_cli_fair_darts_search_writes_the_threshold_cell(tmp_path):
+def test_cli_fair_darts_search_writes_the_threshold_cell(tmp_path, monkeypatch):
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history"):  # the pictures take seconds; tested in test_cli.py
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
     out = tmp_path / "fair"
     assert cli.main(["search", "darts", "--dataset", "synthetic", "--method", "fair-darts", "--epochs", "1",
-                     "--threads", "1", "--out", str(out)]) == 0
+                     "--batch-size", "8", "--threads", "1", "--out", str(out)]) == 0
     import json
 
     selected = json.loads((out / "selected.json").read_text())
