@@ -57,17 +57,19 @@ def make_variant(method, variant, device, s):
     return search, batches
 
 
-def run(device, quick=False, min_run_time=1.0, **_):
-    s = SETTINGS["quick" if quick else device]
+def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, warmup=5, **_):
+    s = dict(SETTINGS["quick" if quick else device])
+    if rounds is not None:
+        s["rounds"] = rounds
     kinds = ["reference eager", "fused eager"] + (["fused graphs"] if device == "cuda" else [])
     case = f"C{s['C']} L{s['layers']} {s['batch']}x3x{s['image_size']}x{s['image_size']}"
     variants, rows = {}, []
-    for method in METHODS:
+    for method in methods:
         for kind in kinds:
             row = {"bench": f"{method} search step", "case": case, "device": device, "variant": kind}
             try:
                 search, batches = make_variant(method, kind, device, s)
-                for _ in range(5):  # lazy optimizer state, graph warm-up and capture
+                for _ in range(warmup):  # lazy optimizer state, graph warm-up and capture
                     search.search_step(*batches)
                 if device == "cpu" and kind.endswith("eager"):
                     forwards = 8 if method == "gdas" else 1
@@ -108,3 +110,24 @@ def run(device, quick=False, min_run_time=1.0, **_):
     variants.clear()
     gc.collect()
     return rows
+
+
+if __name__ == "__main__":  # python -m benchmarks.methods --methods darts drnas --rounds 3 --out FILE.json
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="the search methods' steps, reference eager vs fused eager")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = run(args.device, methods=args.methods, rounds=args.rounds, warmup=args.warmup)
+    for row in result:
+        print(json.dumps(row))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
