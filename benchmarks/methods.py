@@ -1,6 +1,7 @@
 """The search methods side by side: one first-order search step (``Search.search_step``: the
 architecture step on a val batch, then the weight step on a train batch) of DARTS, PC-DARTS
-(K = 4) and GDAS on the same DARTS supernet settings, reference eager and fused eager (and, on
+(K = 4), GDAS and the presets of parts (DrNAS with K = 4, SDARTS-RS, SDARTS-ADV, beta-DARTS,
+FairDARTS) on the same DARTS supernet settings, reference eager and fused eager (and, on
 CUDA, fused + CUDA graphs; GDAS there in its dense form, every candidate run).
 
 The variants are timed interleaved: every round runs one step of each in turn, and the table
@@ -16,11 +17,12 @@ import time
 import torch
 
 from fastdnas import darts
+from fastdnas.darts import composed
 from fastdnas.search import Search, SearchConfig
 
 from .search_step import _Sized, saved_bytes
 
-METHODS = ("darts", "pc-darts", "gdas")
+METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts")
 # C=16 on the CPU as well: PC-DARTS's candidates then get 4 channels (2-channel convolutions
 # abort inside oneDNN's backward on some CPUs).
 SETTINGS = {
@@ -31,6 +33,9 @@ SETTINGS = {
 
 
 def build(method, backend, dense=False, **network):
+    if method not in ("darts", "pc-darts", "gdas"):  # the presets of parts; DrNAS with K = 4 (6 does not divide 16)
+        overrides = {"partial_channels": 4} if method == "drnas" else None
+        return composed.preset_network(method, overrides, backend=backend, **network)
     if method == "pc-darts":
         return darts.PCDartsNetwork(backend=backend, partial_channels=4, **network)
     if method == "gdas":
@@ -42,7 +47,7 @@ def make_variant(method, variant, device, s):
     torch.manual_seed(0)
     graphs = variant.endswith("graphs")
     model = build(method, variant.split()[0], dense=graphs, C=s["C"], num_classes=10, layers=s["layers"])
-    if method == "gdas":
+    if hasattr(model, "set_search_epoch"):
         model.set_search_epoch(0, 2)
     search = Search(model, _Sized(s["batch"]), _Sized(s["batch"]), SearchConfig(batch_size=s["batch"], epochs=1),
                     device=device, progress=False, log=lambda *a: None, cuda_graphs=graphs)
@@ -52,17 +57,19 @@ def make_variant(method, variant, device, s):
     return search, batches
 
 
-def run(device, quick=False, min_run_time=1.0, **_):
-    s = SETTINGS["quick" if quick else device]
+def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, warmup=5, **_):
+    s = dict(SETTINGS["quick" if quick else device])
+    if rounds is not None:
+        s["rounds"] = rounds
     kinds = ["reference eager", "fused eager"] + (["fused graphs"] if device == "cuda" else [])
     case = f"C{s['C']} L{s['layers']} {s['batch']}x3x{s['image_size']}x{s['image_size']}"
     variants, rows = {}, []
-    for method in METHODS:
+    for method in methods:
         for kind in kinds:
             row = {"bench": f"{method} search step", "case": case, "device": device, "variant": kind}
             try:
                 search, batches = make_variant(method, kind, device, s)
-                for _ in range(5):  # lazy optimizer state, graph warm-up and capture
+                for _ in range(warmup):  # lazy optimizer state, graph warm-up and capture
                     search.search_step(*batches)
                 if device == "cpu" and kind.endswith("eager"):
                     forwards = 8 if method == "gdas" else 1
@@ -103,3 +110,24 @@ def run(device, quick=False, min_run_time=1.0, **_):
     variants.clear()
     gc.collect()
     return rows
+
+
+if __name__ == "__main__":  # python -m benchmarks.methods --methods darts drnas --rounds 3 --out FILE.json
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="the search methods' steps, reference eager vs fused eager")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = run(args.device, methods=args.methods, rounds=args.rounds, warmup=args.warmup)
+    for row in result:
+        print(json.dumps(row))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)

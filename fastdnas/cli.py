@@ -25,9 +25,15 @@ SEARCH_DEFAULTS = {
     "cuda_graphs": False,
     # The search method, and the settings of the one that has them.
     "method": "darts", "partial_channels": 4, "tau_max": 10.0, "tau_min": 0.1,
+    # The parts of a preset replaced (fastdnas.darts.composed); None: the preset's own.
+    "arch_weights": None, "perturbation": None, "regulariser": None, "selection": None,
+    "pt_interval": 5,  # DARTS-PT: tuning epochs between decisions (81 tuning epochs at 5)
 }
-SEARCH_METHODS = ("darts", "pc-darts", "gdas")
-METHOD_SETTINGS = {"partial_channels": "pc-darts", "tau_max": "gdas", "tau_min": "gdas"}
+SEARCH_METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts",
+                  "darts-pt")
+METHOD_SETTINGS = {"partial_channels": ("pc-darts", "drnas"), "tau_max": ("gdas",), "tau_min": ("gdas",),
+                   "pt_interval": ("darts-pt",)}
+PART_SETTINGS = ("arch_weights", "perturbation", "regulariser", "selection")
 # Per (method, dataset): applied over the dataset defaults (a config file and flags still win).
 SEARCH_METHOD_DEFAULTS = {
     # PC-DARTS's CIFAR search: batch 256, SGD lr 0.1 cosine to 0, Adam 6e-4 on alphas and betas,
@@ -41,6 +47,23 @@ SEARCH_METHOD_DEFAULTS = {
     # GDAS's CIFAR search runs 240 epochs (tau 10 -> 0.1); the rest as DARTS.
     ("gdas", "cifar10"): {"epochs": 240},
     ("gdas", "cifar100"): {"epochs": 240},
+    # DrNAS on the DARTS space (SPEC 8.1, DARTS-space/train_search.py:25-46, 120-182): batch 64,
+    # SGD lr 0.1 cosine to 0, Adam 6e-4 (its 'l2' regulariser: weight decay 1e-3 on theta), K = 6,
+    # C=36, 20 layers, theta updated from epoch 10 of a 25-epoch stage; one stage of 50 epochs here
+    # (the progressive pruning between stages is not implemented).
+    **{("drnas", d): {"lr": 0.1, "lr_min": 0.0, "arch_lr": 6e-4, "partial_channels": 6, "init_channels": 36,
+                      "layers": 20, "arch_start_epoch": 10} for d in ("cifar10", "cifar100")},
+    ("drnas", "digits"): {"init_channels": 16, "arch_lr": 6e-3, "partial_channels": 4, "arch_start_epoch": 5},
+    ("drnas", "synthetic"): {"init_channels": 8, "partial_channels": 2},
+    # SDARTS and beta-DARTS: DARTS's settings (SPEC 8.2: sota/cnn/train_search.py:34-57; 8.3).
+    # FairDARTS (SPEC 8.4): batch 128, SGD lr 0.005 -> 0.001, Adam 3e-3 with betas (0.9, 0.999).
+    **{("fair-darts", d): {"batch_size": 128, "lr": 0.005, "arch_lr": 3e-3, "arch_betas": [0.9, 0.999]}
+       for d in ("cifar10", "cifar100")},
+    ("fair-darts", "digits"): {"arch_betas": [0.9, 0.999], "arch_lr": 3e-2},
+    ("fair-darts", "synthetic"): {"arch_betas": [0.9, 0.999]},
+    # DARTS-PT (SPEC 8.5): the supernet as DARTS; a decision every tuning epoch on the small sets.
+    ("darts-pt", "digits"): {"pt_interval": 1},
+    ("darts-pt", "synthetic"): {"pt_interval": 1},
 }
 # Fewer GDAS steps than this (the digits default: 12 x 11 = 132) leave each sampled candidate too
 # little training for the supernet to learn (README, "PC-DARTS and GDAS"): the start line says so.
@@ -214,10 +237,23 @@ FLAGS = [
      "summary.md (mean and std over seeds)", (SEARCH_NB201,)),
     ("--split-file", {"metavar": "FILE"}, "the authors' split file (default: DATA/cifar-split.txt for cifar10, "
      "DATA/cifar100-test-split.txt, DATA/imagenet-16-120-test-split.txt)", (SEARCH_NB201,)),
-    ("--method", {"choices": SEARCH_METHODS}, "the search method: darts, pc-darts (partial channels, edge normalisation) or "
-     "gdas (one sampled operation per edge)", (SEARCH_DARTS,)),
-    ("--partial-channels", {"type": int, "metavar": "K"}, "pc-darts: 1/K of each edge's channels go through its "
-     "operations", (SEARCH_DARTS,)),
+    ("--method", {"choices": SEARCH_METHODS}, "the search method, a preset of parts: darts; pc-darts (partial "
+     "channels, edge normalisation); gdas (one sampled operation per edge); drnas (Dirichlet weights, partial "
+     "channels); sdarts-rs / sdarts-adv (random / adversarial perturbation of the weight step's softmax); beta-darts "
+     "(beta-decay regulariser); fair-darts (independent sigmoids, zero-one loss, threshold selection); darts-pt "
+     "(perturbation-based selection with fine-tuning between decisions)", (SEARCH_DARTS,)),
+    ("--pt-interval", {"type": int, "metavar": "EPOCHS"}, "darts-pt: tuning epochs between two decisions (17 "
+     "decisions: 16 x EPOCHS + 1 tuning epochs, lr cosine 0.0025 -> 0.001)", (SEARCH_DARTS,)),
+    ("--partial-channels", {"type": int, "metavar": "K"}, "pc-darts, drnas: 1/K of each edge's channels go through "
+     "its operations", (SEARCH_DARTS,)),
+    ("--arch-weights", {"choices": ["softmax", "gumbel", "dirichlet", "sigmoid"]}, "replace the preset's "
+     "architecture weights", (SEARCH_DARTS,)),
+    ("--perturbation", {"choices": ["none", "random", "adversarial"]}, "replace the preset's perturbation of the "
+     "weight step's softmax weights (SDARTS)", (SEARCH_DARTS,)),
+    ("--regulariser", {"choices": ["none", "beta-decay", "zero-one", "dirichlet-kl"]}, "replace the preset's "
+     "regulariser of the architecture loss", (SEARCH_DARTS,)),
+    ("--selection", {"choices": ["argmax", "threshold", "perturbation"]}, "replace the preset's selection rule (threshold: "
+     "FairDARTS's, written to selected.json next to the argmax genotype)", (SEARCH_DARTS,)),
     ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS, SEARCH_NB201)),
     ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS, SEARCH_NB201)),
     ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
@@ -238,7 +274,7 @@ FLAGS = [
     ("--arch", {"metavar": "FILE"}, "arch.json written by a search (required)", (TRAIN_ADL,)),
 ]
 # What a default of None means, per setting.
-NONE_MEANS = {"device": "cuda when available, else cpu", "threads": "free cores", "amp": "float32",
+NONE_MEANS = {**{name: "the preset's" for name in PART_SETTINGS}, "device": "cuda when available, else cpu", "threads": "free cores", "amp": "float32",
               "crop_size": {"cityscapes": "321", "voc": "321", "shapes": "the whole 96x96 image"}}
 DATASET_HELP = {
     "digits": "8x8 handwritten digits bundled with scikit-learn (20%% held out for testing)",
@@ -596,7 +632,9 @@ def describe_method(space, settings):
         method = settings["method"]
         own = {"darts": f"{'second' if settings['unrolled'] else 'first'} order",
                "pc-darts": f"K={settings['partial_channels']}",
-               "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"}[method]
+               "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"}.get(method)
+        if own is None or uses_parts(settings):
+            own = ", ".join(f"{k} {v}" for k, v in method_parts(settings).items() if k != "primitives" and v)
         network = f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cells"
     else:
         network = f"L={settings['layers']}, B={settings['blocks']}, F={settings['filter_multiplier']}"
@@ -793,7 +831,12 @@ def darts_search(settings, data):
 
     method = settings["method"]
     options = {"backend": settings["backend"], "in_channels": data.in_channels}
-    if method == "pc-darts":
+    if uses_parts(settings):
+        from .darts.composed import ComposedNetwork
+
+        network = ComposedNetwork
+        options.update(method_parts(settings), tau_max=settings["tau_max"], tau_min=settings["tau_min"])
+    elif method == "pc-darts":
         network, options["partial_channels"] = PCDartsNetwork, settings["partial_channels"]
     elif method == "gdas":
         # CUDA graphs: every candidate runs (same results), since which one to run is a host decision.
@@ -807,17 +850,33 @@ def darts_search(settings, data):
         record = {"genotype": genotype_to_dict(model.genotype())}
         if method == "gdas":
             record["tau"] = float(model.tau)  # the epoch's temperature
+        if getattr(model, "selection", "argmax") == "threshold":
+            record["selected"] = model.selected_cells()
         return record
 
     def finish(model, search, out):
         genotype = model.genotype()
+        if getattr(model, "selection", "argmax") == "perturbation":
+            from .darts.perturbation_selection import PerturbationSelection
+
+            selection = PerturbationSelection(search, interval=settings["pt_interval"], seed=settings["seed"])
+            print(f"DARTS-PT selection: {selection.epochs} tuning epochs, a decision every {selection.interval}; the "
+                  f"argmax genotype was {genotype}")
+            genotype = selection.run().genotype()
         save_genotype(genotype, os.path.join(out, "genotype.json"))
         with open(os.path.join(out, "genotype.txt"), "w") as f:
             f.write(repr(genotype) + "\n")
         plot_genotype(genotype, out)
         plot_alpha_history(search.history["alphas"], model.primitives, os.path.join(out, "alphas.png"))
         print(f"genotype: {genotype}")
-        return ["genotype.json", "genotype.txt", "normal.png", "reduce.png", "alphas.png"]
+        written = ["genotype.json", "genotype.txt", "normal.png", "reduce.png", "alphas.png"]
+        if getattr(model, "selection", "argmax") == "threshold":
+            selected = model.selected_cells()
+            with open(os.path.join(out, "selected.json"), "w") as f:
+                json.dump({"selection": model.selection, **selected}, f, indent=2)
+            print(f"selected ({model.selection}): {selected}")
+            written.append("selected.json")
+        return written
 
     return SearchRun(model, describe=describe, finish=finish)
 
@@ -1072,10 +1131,24 @@ def check_method_settings(settings):
     method = settings["method"]
     if method not in SEARCH_METHODS:
         raise UsageError(f"--method must be one of {list(SEARCH_METHODS)}, got {method!r}")
-    for name, owner in METHOD_SETTINGS.items():
-        if settings.get(name) != SEARCH_DEFAULTS[name] and method != owner:
-            raise UsageError(f"--{name.replace('_', '-')} applies to --method {owner} only (this search is {method})")
-    if method == "pc-darts" and (settings["partial_channels"] < 1 or settings["init_channels"] % settings["partial_channels"]):
+    for name, owners in METHOD_SETTINGS.items():
+        if settings.get(name) != SEARCH_DEFAULTS[name] and method not in owners:
+            raise UsageError(f"--{name.replace('_', '-')} applies to --method {' or '.join(owners)} only (this search "
+                             f"is {method})")
+    if uses_parts(settings):
+        from .darts.composed import check_parts
+
+        try:
+            check_parts(**{k: v for k, v in method_parts(settings).items() if k != "primitives"})
+        except ValueError as error:  # 'sampler' is --arch-weights
+            raise UsageError(f"--method {method} with {describe_parts(settings)}: {error}") from error
+        if settings["unrolled"]:
+            raise UsageError(f"--unrolled does not apply to --method {method} (its authors search first order)")
+        if settings["cuda_graphs"] and method_parts(settings).get("perturbation"):
+            raise UsageError("--cuda-graphs does not capture the perturbation of the weight step: search without it")
+    if settings["pt_interval"] < 1:
+        raise UsageError(f"--pt-interval must be >= 1, got {settings['pt_interval']}")
+    if method in ("pc-darts", "drnas") and (settings["partial_channels"] < 1 or settings["init_channels"] % settings["partial_channels"]):
         raise UsageError(f"--partial-channels must be a positive divisor of --init-channels "
                          f"({settings['init_channels']}), got {settings['partial_channels']}")
     if method == "gdas":
@@ -1154,3 +1227,29 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def uses_parts(settings):
+    """Whether the search runs the composed network: a successor preset, or a part replaced."""
+    return settings.get("method") not in ("darts", "pc-darts", "gdas") or any(
+        settings.get(name) is not None for name in PART_SETTINGS)
+
+
+def method_parts(settings):
+    """The ``ComposedNetwork`` parts of the preset, with the replaced ones."""
+    from .darts.composed import PRESETS
+
+    parts = dict(PRESETS[settings["method"]])
+    if "partial_channels" in parts or settings["method"] == "drnas":
+        parts["partial_channels"] = settings["partial_channels"]
+    for name, key in (("arch_weights", "sampler"), ("perturbation", "perturbation"), ("regulariser", "regulariser"),
+                      ("selection", "selection")):
+        value = settings.get(name)
+        if value is not None:
+            parts[key] = None if value == "none" else value
+    return parts
+
+
+def describe_parts(settings):
+    return ", ".join(f"--{n.replace('_', '-')} {settings[n]}" for n in PART_SETTINGS if settings.get(n) is not None) \
+        or "its own parts"

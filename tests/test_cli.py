@@ -194,11 +194,13 @@ def test_help_shows_each_space_its_own_flags_datasets_and_defaults(capsys):
 def test_help_and_start_line_give_each_method_its_own_settings(tmp_path, capsys, monkeypatch, no_plots):
     darts = help_text(capsys, "search", "darts")
     for text in ("channels C of the first cells (default: 8 on digits, 16 on cifar10 and cifar100, 4 on synthetic; "
-                 "--method pc-darts: 16 on digits)",
+                 "--method pc-darts: 16 on digits; --method drnas: 16 on digits, 36 on cifar10 and cifar100, 8 on "
+                 "synthetic)",
                  "(default: 0.003 on digits and synthetic, 0.0003 on cifar10 and cifar100; --method pc-darts: 0.006 on "
-                 "digits, 0.0006 on cifar10 and cifar100)",
+                 "digits, 0.0006 on cifar10 and cifar100; --method drnas: 0.006 on digits, 0.0006 on cifar10 and "
+                 "cifar100; --method fair-darts: 0.03 on digits, 0.003 on cifar10 and cifar100)",
                  "no architecture updates in the first N epochs (default: 0; --method pc-darts: 4 on digits, 15 on "
-                 "cifar10 and cifar100)",
+                 "cifar10 and cifar100; --method drnas: 5 on digits, 10 on cifar10 and cifar100)",
                  "--epochs EPOCHS default: 12 on digits, 50 on cifar10 and cifar100, 2 on synthetic; --method gdas: 240 "
                  "on cifar10 and cifar100"):
         assert text in darts, text

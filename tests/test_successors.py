@@ -345,7 +345,7 @@ def test_cli_method_defaults_and_bad_method_flags(tmp_path, capsys):
         assert {k: settings[k] for k in expected} == expected, (dataset, method)
     args = parser.parse_args(["search", "darts", "--dataset", "cifar10", "--method", "pc-darts", "--lr", "0.05"])
     assert cli.resolve_settings(args, *cli.SETTINGS["search", "darts"])[0]["lr"] == 0.05  # flags win
-    bad = [(["--partial-channels", "2"], "applies to --method pc-darts only"),
+    bad = [(["--partial-channels", "2"], "applies to --method pc-darts or drnas only"),
            (["--method", "pc-darts", "--partial-channels", "3"], "divisor of --init-channels"),
            (["--method", "gdas", "--unrolled"], "--unrolled does not apply"),
            (["--method", "gdas", "--tau-min", "5", "--tau-max", "1"], "tau-min"),

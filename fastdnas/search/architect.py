@@ -87,11 +87,21 @@ class Architect:
             grads = self.unrolled_grads(train_inputs, train_targets, val_inputs, val_targets)
         else:
             grads = self.first_order_grads(val_inputs, val_targets)
+        grads = self.add_regulariser(grads)
         self.average_gradients(grads)
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.arch_params, grads):
             p.grad = g
         self.precision.scaler.step(self.optimizer)  # without fp16: optimizer.step()
+
+    def add_regulariser(self, grads):
+        """grads + d(regulariser)/dalpha where the model has a term of the architecture loss
+        (``arch_regulariser()``, a function of the architecture parameters alone); scaled as the loss."""
+        term = getattr(self.model, "arch_regulariser", None)
+        term = term() if term is not None else None
+        if term is None:
+            return grads
+        return torch._foreach_add(grads, self.grad(self.precision.scaler.scale(term), self.arch_params))
 
     def first_order_grads(self, val_inputs, val_targets):
         """dL_val(w, alpha) / dalpha (its forward updates BatchNorm running statistics, as in DARTS)."""

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -184,6 +185,9 @@ class Search:
             if config.weight_step_first or config.clip_with_arch:
                 raise ValueError("cuda_graphs: the captured step runs the architecture step first and clips the "
                                  "weights' gradients alone; run this search without CUDA graphs")
+            if getattr(model, "perturbation", None) is not None:
+                raise ValueError("cuda_graphs: the perturbation of the weight step is not captured; search without "
+                                 "--cuda-graphs")
             if distributed.enabled or config.amp:
                 # DDP's gradient buckets and the fp16 loss scaler's overflow check sync with the host.
                 raise ValueError("cuda_graphs: supported for one process in float32; drop --amp and run "
@@ -289,7 +293,10 @@ class Search:
         self.weight_optimizer.zero_grad(set_to_none=True)
         arch = list(self.model.arch_parameters()) if self.config.clip_with_arch else []
         params = self.weights + arch
-        with self.precision.autocast(), differentiating(self.model, params):
+        # A network whose weight step runs on perturbed architecture weights (SDARTS) says so here.
+        perturbed = getattr(self.model, "perturbed", None)
+        with (perturbed(self.loss_fn, inputs, targets) if perturbed is not None else nullcontext()), \
+                self.precision.autocast(), differentiating(self.model, params):
             loss, logits = split_loss(self.loss_fn(self.train_model, inputs, targets))
         scaler = self.precision.scaler
         scaler.scale(loss).backward(inputs=params)
