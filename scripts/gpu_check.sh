@@ -11,7 +11,7 @@
 # Phase (planned seconds, at most)  what
 #   library (10)          fastdnas._C loads and runs a CUDA op, else it is rebuilt (build, up to
 #                         300; 35 s with 16 jobs for one architecture), time taken from later phases
-#   versions (10)         GPU, driver, torch, nvcc
+#   versions (30)         GPU, driver, torch, nvcc (a loaded machine takes over 10 s to import torch)
 #   steps-darts1 (50)     DARTS search step, first order, C=16, 8 cells, batch 64, 32x32: fused eager,
 #                         fused + CUDA graphs, reference eager, reference + CUDA graphs (python -m
 #                         benchmarks.search_step): median ms, peak MiB (max_memory_allocated, reset
@@ -162,7 +162,7 @@ else
 fi
 keep library.log
 
-run_phase versions 10 bash -c '
+run_phase versions 30 bash -c '
   date -Is; git -C "$0" rev-parse HEAD 2>/dev/null
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "nvidia-smi: not found"
   "$1" -c "import sys, torch; print(\"python\", sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"gpu\", torch.cuda.is_available())"
