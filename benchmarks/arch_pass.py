@@ -8,12 +8,13 @@ median of the per-pair ratios (all weights / alphas only). Both sides give the s
 """
 import argparse
 import statistics
-import time
 
 import torch
 
 from fastdnas import darts
 from fastdnas.search import Architect
+
+from .paired import interleaved_times
 
 
 def make_architect(backend, C, layers, batch, image_size):
@@ -35,15 +36,7 @@ def passes(architect, batch):
 def paired(backend="fused", pairs=10, warmup=2, C=8, layers=5, batch=16, image_size=16):
     architect, batch = make_architect(backend, C, layers, batch, image_size)
     sides = passes(architect, batch)
-    for _ in range(warmup):
-        for run in sides.values():
-            run()
-    times = {side: [] for side in sides}
-    for i in range(pairs):
-        for side in (list(sides) if i % 2 == 0 else list(reversed(sides))):
-            start = time.perf_counter()
-            sides[side]()
-            times[side].append(time.perf_counter() - start)
+    times = interleaved_times(sides, pairs=pairs, warmup=warmup)
     ratios = [a / b for a, b in zip(times["all weights"], times["alphas only"])]
     return {side: 1e3 * statistics.median(t) for side, t in times.items()} | {"ratio": statistics.median(ratios)}
 

@@ -23,6 +23,7 @@ from fastdnas.compat import pc_darts as compat_pc_darts  # noqa: E402
 from original_layout import OriginalNetwork  # noqa: E402
 from original_scripts import make_search, search_step  # noqa: E402
 
+from .paired import interleaved_times  # noqa: E402
 from .search_step import SETTINGS, describe  # noqa: E402
 
 COMPAT = {"darts": (compat_darts.Network, None), "pc_darts": (compat_pc_darts.Network, 4)}
@@ -46,15 +47,7 @@ def paired(method="darts", unrolled=False, rounds=5, warmup=1):
         optimizer, architect = make_search(net)
         steps[name] = (lambda net=net, o=optimizer, a=architect:
                        search_step(net, a, o, criterion, batch[0], batch[1], 0.025, unrolled))
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in steps}
-    for i in range(rounds):
-        for name in (list(steps) if i % 2 == 0 else list(reversed(steps))):
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times(steps, pairs=rounds, warmup=warmup)
     ratios = [o / f for o, f in zip(times["original layout"], times["compat fused"])]
     return describe("darts", s), {name: 1e3 * statistics.median(t) for name, t in times.items()}, statistics.median(ratios)
 
