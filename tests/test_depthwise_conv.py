@@ -71,6 +71,19 @@ def test_darts_size_float32(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [2, (2, 3)])
+def test_strided_planes_in_several_chunks(stride, device):
+    # The CPU kernels stack the phases of a channel's planes in chunks of about 32K elements:
+    # 9 planes of 64x64 at stride 2 make two chunks.
+    x, w, args = make_case((9, 2, 64, 64, 3, stride, 1, 1), torch.float64, device)
+    grad = torch.randn(reference(x, w, **args).shape, dtype=torch.float64, device=device)
+    got = forward_backward(ops.depthwise_conv2d, x, w, args, grad)
+    want = forward_backward(reference, x, w, args, grad)
+    for g, r in zip(got, want):
+        assert rel_err(g, r) <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs_and_grad(device):
     x = torch.randn(6, 10, 4, 9, dtype=torch.float64, device=device).permute(2, 0, 3, 1)[:, ::2]  # [4, 3, 9, 10]
     w = torch.randn(3, 3, 1, 6, dtype=torch.float64, device=device).permute(0, 2, 3, 1)[..., ::2]  # [3, 1, 6, 2]
@@ -371,11 +384,14 @@ def test_non_finite_gradient_reaches_the_weight_gradient_as_in_conv2d(case, valu
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_non_finite_input_reaches_only_what_reads_it(device):
-    x, w, args = make_case((2, 3, 9, 8, 3, 1, 1, 1), torch.float64, device)
+@pytest.mark.parametrize("case", [(2, 3, 9, 8, 3, 1, 1, 1), (2, 3, 9, 8, 3, 2, 1, 1), (2, 3, 9, 8, 5, 2, 4, 2)])
+def test_non_finite_input_reaches_only_what_reads_it(case, device):
+    # Stride 2 dilation 2 reads only even padded rows and columns: x[..., 3, 3] reaches nothing.
+    x, w, args = make_case(case, torch.float64, device)
     with torch.no_grad():
         x[0, 1, 4, 4] = float("inf")
         x[1, 2, 8, 7] = float("nan")
+        x[1, 0, 3, 3] = float("-inf")
     grad = torch.randn(reference(x, w, **args).shape, dtype=torch.float64, device=device)
     got = forward_backward(ops.depthwise_conv2d, x, w, args, grad)
     want = forward_backward(reference, x.cpu(), w.cpu(), args, grad.cpu())

@@ -1,6 +1,7 @@
 // CPU kernels of depthwise_conv2d: forward, input gradient and weight gradient. Stride 1 works
-// on stacks of zero-padded planes as flat vectorised loops, other strides row by row; both add the
-// taps of every element in the order of the CUDA kernels. They also run on channel slices of
+// on stacks of zero-padded planes as flat vectorised loops, other strides on stacks of the
+// padded planes' phases (every stride-th row and column) the same way, and padding too wide for
+// either row by row; all add the taps of every element in the order of the CUDA kernels. They also run on channel slices of
 // larger tensors, for depthwise_conv2d_segments (depthwise_conv_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -93,11 +94,12 @@ struct FlatStack {
     return i * s.dilation[0] * pitch + j * s.dilation[1];
   }
   int64_t input_row(const DepthwiseShape& s, int64_t n, int64_t h) const { return s.padding[0] + n * block + h; }
+  int64_t output_row(int64_t n, int64_t oh) const { return (n * block + oh) * pitch; }  // where it starts
 };
 
 // The m planes of channel c from batch index n0 on, stacked and zero-padded as FlatStack says.
 template <typename scalar_t, typename acc_t>
-void stack_input(const DepthwiseShape& s, const FlatStack& f, const scalar_t* x, int64_t c, int64_t n0, int64_t m,
+void stack_planes(const DepthwiseShape& s, const FlatStack& f, const scalar_t* x, int64_t c, int64_t n0, int64_t m,
                  acc_t* padded) {
   std::fill(padded, padded + f.input_size(s, m), acc_t(0));
   for (int64_t n = 0; n < m; ++n) {
@@ -180,6 +182,12 @@ void flat_taps(const DepthwiseShape& s, const FlatStack& f, const scalar_t* filt
   }
 }
 
+template <typename scalar_t, typename acc_t>
+void forward_taps(const DepthwiseShape& s, const FlatStack& f, const scalar_t* filter, int64_t /*m*/,
+                  std::vector<int64_t>& offsets, std::vector<acc_t>& weights) {
+  flat_taps(s, f, filter, false, offsets, weights);
+}
+
 // Four 32-byte vectors of float partial sums: independent add chains (an add's latency is several cycles).
 constexpr int64_t kLanes = 32;
 
@@ -193,36 +201,15 @@ FASTDNAS_VECTOR_CLONES void add_dot(acc_t* __restrict__ lanes, const acc_t* __re
   for (int64_t l = 0; k < n; ++k, ++l) lanes[l] = accumulate_product(lanes[l], a[k], b[k]);
 }
 
-// Calls body(c, n0, m) for every (channel, chunk of m planes from batch index n0), in parallel.
-template <typename Body>
-void for_each_chunk(const DepthwiseShape& s, const FlatStack& f, Body body) {
+// Calls body(c, n0, m) for every (channel, chunk of m planes from batch index n0) of a FlatStack
+// or PhaseStack, in parallel.
+template <typename Stack, typename Body>
+void for_each_chunk(const DepthwiseShape& s, const Stack& f, Body body) {
   const int64_t chunks = f.chunks(s);
   at::parallel_for(0, s.C * chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       const int64_t c = item / chunks, chunk = item % chunks;
       body(c, chunk * f.planes, f.planes_in(s, chunk));
-    }
-  });
-}
-
-template <typename scalar_t, typename acc_t>
-void forward_flat(const DepthwiseShape& s, const scalar_t* x, const scalar_t* weight, scalar_t* out) {
-  const FlatStack f(s);
-  for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
-    thread_local std::vector<acc_t> padded, acc, weights;
-    thread_local std::vector<int64_t> offsets;
-    padded.resize(f.buffer_size(s));
-    acc.resize(f.outputs(s, m));
-    stack_input(s, f, x, c, n0, m, padded.data());
-    flat_taps(s, f, weight + c * s.KH * s.KW, false, offsets, weights);
-    correlate(acc.data(), padded.data(), offsets.data(), weights.data(), static_cast<int64_t>(offsets.size()),
-              f.outputs(s, m));
-    for (int64_t n = 0; n < m; ++n) {
-      scalar_t* y = out + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
-      for (int64_t oh = 0; oh < s.OH; ++oh) {
-        const acc_t* row = acc.data() + (n * f.block + oh) * f.pitch;
-        for (int64_t ow = 0; ow < s.OW; ++ow) y[oh * s.OW + ow] = static_cast<scalar_t>(row[ow]);
-      }
     }
   });
 }
@@ -277,7 +264,7 @@ void weight_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scala
       std::fill(lanes.begin(), lanes.end(), acc_t(0));
       for (int64_t chunk = 0; chunk < f.chunks(s); ++chunk) {
         const int64_t n0 = chunk * f.planes, m = f.planes_in(s, chunk);
-        stack_input(s, f, x, c, n0, m, padded.data());
+        stack_planes(s, f, x, c, n0, m, padded.data());
         stack_grad(s, f, grad, c, n0, m, 0, stacked.data());
         for (int64_t i : f.tap_rows)
           for (int64_t j : f.tap_cols)
@@ -293,21 +280,232 @@ void weight_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scala
   });
 }
 
+// --- other strides: stacks of phase planes ----------------------------------------------------
+// With strides (sh, sw), tap (i, j) of output (oh, ow) reads the zero-padded input Xp at row
+// oh * sh + i * dil_h and column ow * sw + j * dil_w. Split Xp into its sh * sw phase planes
+// P_rc[u][v] = Xp[u * sh + r][v * sw + c] (PH x PW each, zeros past Xp): the tap reads phase
+// (i * dil_h % sh, j * dil_w % sw) at (oh + i * dil_h / sh, ow + j * dil_w / sw), a stride-1
+// tap. The phases some tap reads (one for a stride-2 dilation-2 layer) lie one after the other
+// in one buffer, each a stack of the chunk's planes (PH x PW each), so a chunk's outputs, in the
+// layout of one phase stack (the rows and columns past OH and OW computed and dropped), are one
+// flat correlate over all taps, each tap's offset leading into its phase.
+struct PhaseStack {
+  int64_t sh, sw, ph, pw, planes;
+  // Kernel rows and columns through which some output reads the input, as FlatStack's.
+  std::vector<int64_t> tap_rows, tap_cols;
+  std::vector<int64_t> slot;  // phase r * sw + c -> its place in the buffer (-1: no tap reads it)
+  int64_t used = 0;
+
+  explicit PhaseStack(const DepthwiseShape& s)
+      : sh(s.stride[0]),
+        sw(s.stride[1]),
+        ph((s.H + 2 * s.padding[0] + s.stride[0] - 1) / s.stride[0]),
+        pw((s.W + 2 * s.padding[1] + s.stride[1] - 1) / s.stride[1]),
+        slot(s.stride[0] * s.stride[1], -1) {
+    int64_t begin, end;
+    for (int64_t i = 0; i < s.KH; ++i) {
+      depthwise_valid_outputs(i, s.H, s.OH, sh, s.padding[0], s.dilation[0], &begin, &end);
+      if (end > begin) tap_rows.push_back(i);
+    }
+    for (int64_t j = 0; j < s.KW; ++j) {
+      depthwise_valid_outputs(j, s.W, s.OW, sw, s.padding[1], s.dilation[1], &begin, &end);
+      if (end > begin) tap_cols.push_back(j);
+    }
+    for (int64_t i : tap_rows)
+      for (int64_t j : tap_cols)
+        if (slot[phase(s, i, j)] < 0) slot[phase(s, i, j)] = used++;
+    // Chunks of about 32K elements, as FlatStack's: fixed by the shape, never by the thread count.
+    planes = std::max<int64_t>(1, std::min<int64_t>(s.N, (int64_t{1} << 15) / (std::max<int64_t>(used, 1) * ph * pw)));
+  }
+
+  int64_t chunks(const DepthwiseShape& s) const { return (s.N + planes - 1) / planes; }
+  int64_t planes_in(const DepthwiseShape& s, int64_t chunk) const { return std::min(planes, s.N - chunk * planes); }
+  int64_t phase(const DepthwiseShape& s, int64_t i, int64_t j) const {
+    return (i * s.dilation[0] % sh) * sw + j * s.dilation[1] % sw;
+  }
+  int64_t row_shift(const DepthwiseShape& s, int64_t i) const { return i * s.dilation[0] / sh; }
+  int64_t column_shift(const DepthwiseShape& s, int64_t j) const { return j * s.dilation[1] / sw; }
+  // Where tap (i, j) of output 0 reads, in a buffer of the phase stacks of m planes.
+  int64_t offset(const DepthwiseShape& s, int64_t i, int64_t j, int64_t m) const {
+    return slot[phase(s, i, j)] * m * ph * pw + row_shift(s, i) * pw + column_shift(s, j);
+  }
+  int64_t input_size(const DepthwiseShape&, int64_t m) const { return used * m * ph * pw; }
+  int64_t output_row(int64_t n, int64_t oh) const { return (n * ph + oh) * pw; }
+  // Output positions of a chunk of m planes up to its last output: the taps of those read
+  // inside their phase's stack (the last output reads the last row and column of Xp at most).
+  int64_t outputs(const DepthwiseShape& s, int64_t m) const { return ((m - 1) * ph + s.OH - 1) * pw + s.OW; }
+};
+
+// The m planes of channel c from batch index n0 on, as the phase stacks PhaseStack says.
+template <typename scalar_t, typename acc_t>
+void stack_planes(const DepthwiseShape& s, const PhaseStack& f, const scalar_t* x, int64_t c, int64_t n0, int64_t m,
+                  acc_t* buffer) {
+  std::fill(buffer, buffer + f.input_size(s, m), acc_t(0));
+  for (int64_t r = 0; r < f.sh; ++r)
+    for (int64_t q = 0; q < f.sw; ++q) {
+      const int64_t k = f.slot[r * f.sw + q];
+      if (k < 0) continue;
+      // Phase columns v whose input column v * sw + q - pad_w lies in [0, W).
+      const int64_t v0 = std::max<int64_t>(0, (s.padding[1] - q + f.sw - 1) / f.sw);
+      const int64_t v1 = std::min<int64_t>(f.pw, (s.W - 1 + s.padding[1] - q) / f.sw + 1);
+      for (int64_t n = 0; n < m; ++n) {
+        const scalar_t* plane = x + ((n0 + n) * s.x_channels + c) * s.H * s.W;
+        acc_t* phase = buffer + (k * m + n) * f.ph * f.pw;
+        for (int64_t u = 0; u < f.ph; ++u) {
+          const int64_t h = u * f.sh + r - s.padding[0];
+          if (h < 0 || h >= s.H) continue;
+          const int64_t column0 = h * s.W + q - s.padding[1];  // input index of phase column 0
+          for (int64_t v = v0; v < v1; ++v) phase[u * f.pw + v] = static_cast<acc_t>(plane[column0 + v * f.sw]);
+        }
+      }
+    }
+}
+
+// The taps (i, j) of f, rows ascending and columns ascending, as offsets and weights for correlate.
+template <typename scalar_t, typename acc_t>
+void forward_taps(const DepthwiseShape& s, const PhaseStack& f, const scalar_t* filter, int64_t m,
+                std::vector<int64_t>& offsets, std::vector<acc_t>& weights) {
+  offsets.clear();
+  weights.clear();
+  for (int64_t i : f.tap_rows)
+    for (int64_t j : f.tap_cols) {
+      offsets.push_back(f.offset(s, i, j, m));
+      weights.push_back(static_cast<acc_t>(filter[i * s.KW + j]));
+    }
+}
+
+// Forward of a FlatStack or PhaseStack: one flat correlate per chunk, then the outputs' rows.
+template <typename scalar_t, typename acc_t, typename Stack>
+void forward_stacked(const DepthwiseShape& s, const scalar_t* x, const scalar_t* weight, scalar_t* out) {
+  const Stack f(s);
+  for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
+    thread_local std::vector<acc_t> buffer, acc, weights;
+    thread_local std::vector<int64_t> offsets;
+    buffer.resize(f.input_size(s, m));
+    acc.resize(f.outputs(s, m));
+    stack_planes(s, f, x, c, n0, m, buffer.data());
+    forward_taps(s, f, weight + c * s.KH * s.KW, m, offsets, weights);
+    correlate(acc.data(), buffer.data(), offsets.data(), weights.data(), static_cast<int64_t>(offsets.size()),
+              f.outputs(s, m));
+    for (int64_t n = 0; n < m; ++n) {
+      scalar_t* y = out + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const acc_t* row = acc.data() + f.output_row(n, oh);
+        for (int64_t ow = 0; ow < s.OW; ++ow) y[oh * s.OW + ow] = static_cast<scalar_t>(row[ow]);
+      }
+    }
+  });
+}
+
+// A gather per phase: position (u, v) of phase (r, q) of Xp takes, for every tap (i, j) that reads
+// that phase, weight (i, j) times the output gradient at (u - row_shift(i), v - column_shift(j)),
+// rows descending, which is the CUDA kernel's order. The output gradient is stacked with the
+// largest shifts of zeros before each plane's rows and columns, so every gather reads inside its
+// plane's block; the positions in Xp's padding are computed and dropped.
+template <typename scalar_t, typename acc_t, typename out_t, bool kAdd>
+void input_grad_phases(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* weight, out_t* grad_x) {
+  const PhaseStack f(s);
+  const int64_t top = f.tap_rows.empty() ? 0 : f.row_shift(s, f.tap_rows.back());
+  const int64_t left = f.tap_cols.empty() ? 0 : f.column_shift(s, f.tap_cols.back());
+  const int64_t pitch = f.pw + left, block = (f.ph + top) * pitch;
+  const int64_t first = top * pitch + left;  // position (0, 0) of plane 0
+  for_each_chunk(s, f, [&](int64_t c, int64_t n0, int64_t m) {
+    thread_local std::vector<acc_t> stacked, acc, weights;
+    thread_local std::vector<int64_t> offsets;
+    stacked.assign(m * block, acc_t(0));
+    acc.resize(m * block);
+    for (int64_t n = 0; n < m; ++n) {
+      const scalar_t* plane = grad + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        acc_t* row = stacked.data() + n * block + first + oh * pitch;
+        for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(plane[oh * s.OW + ow]);
+      }
+    }
+    const scalar_t* filter = weight + c * s.KH * s.KW;
+    const int64_t count = (m - 1) * block + (f.ph - 1) * pitch + f.pw;
+    for (int64_t r = 0; r < f.sh; ++r)
+      for (int64_t q = 0; q < f.sw; ++q) {
+        offsets.clear();
+        weights.clear();
+        for (auto it = f.tap_rows.rbegin(); it != f.tap_rows.rend(); ++it)
+          for (int64_t j : f.tap_cols)
+            if (f.phase(s, *it, j) == r * f.sw + q) {
+              offsets.push_back(-(f.row_shift(s, *it) * pitch + f.column_shift(s, j)));
+              weights.push_back(static_cast<acc_t>(filter[*it * s.KW + j]));
+            }
+        // A phase no tap reads gets zeros (correlate over no taps).
+        correlate(acc.data() + first, stacked.data() + first, offsets.data(), weights.data(),
+                  static_cast<int64_t>(offsets.size()), count);
+        const int64_t v0 = std::max<int64_t>(0, (s.padding[1] - q + f.sw - 1) / f.sw);
+        const int64_t v1 = std::min<int64_t>(f.pw, (s.W - 1 + s.padding[1] - q) / f.sw + 1);
+        for (int64_t n = 0; n < m; ++n) {
+          out_t* gx = grad_x + ((n0 + n) * s.x_channels + c) * s.H * s.W;
+          for (int64_t u = 0; u < f.ph; ++u) {
+            const int64_t h = u * f.sh + r - s.padding[0];
+            if (h < 0 || h >= s.H) continue;
+            const acc_t* row = acc.data() + n * block + first + u * pitch;
+            const int64_t column0 = h * s.W + q - s.padding[1];
+            for (int64_t v = v0; v < v1; ++v) store_grad<kAdd>(gx[column0 + v * f.sw], row[v]);
+          }
+        }
+      }
+  });
+}
+
+// One channel per task, its chunks in order, as weight_grad_flat: the output gradient in the
+// layout of the forward's outputs (zeros in the dropped rows and columns) dotted with each tap's
+// window of the phase stacks.
+template <typename scalar_t, typename acc_t>
+void weight_grad_phases(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* x, acc_t* sums) {
+  const PhaseStack f(s);
+  const int64_t taps = s.KH * s.KW;
+  at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
+    std::vector<acc_t> buffer(f.input_size(s, f.planes)), stacked, lanes(taps * kLanes);
+    for (int64_t c = first; c < last; ++c) {
+      std::fill(lanes.begin(), lanes.end(), acc_t(0));
+      for (int64_t chunk = 0; chunk < f.chunks(s); ++chunk) {
+        const int64_t n0 = chunk * f.planes, m = f.planes_in(s, chunk);
+        stack_planes(s, f, x, c, n0, m, buffer.data());
+        stacked.assign(f.outputs(s, m), acc_t(0));
+        for (int64_t n = 0; n < m; ++n) {
+          const scalar_t* plane = grad + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
+          for (int64_t oh = 0; oh < s.OH; ++oh) {
+            acc_t* row = stacked.data() + (n * f.ph + oh) * f.pw;
+            for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(plane[oh * s.OW + ow]);
+          }
+        }
+        for (int64_t i : f.tap_rows)
+          for (int64_t j : f.tap_cols)
+            add_dot(lanes.data() + (i * s.KW + j) * kLanes, stacked.data(), buffer.data() + f.offset(s, i, j, m),
+                    f.outputs(s, m));
+      }
+      for (int64_t t = 0; t < taps; ++t) {
+        acc_t total = 0;
+        for (int64_t l = 0; l < kLanes; ++l) total += lanes[t * kLanes + l];
+        sums[c * taps + t] = total;
+      }
+    }
+  });
+}
+
 // --- path choice, zero padding and non-finite values ----------------------------------------------
 // The kernels leave out products with padding zeros (the row path and skipped taps) or add
-// products with zeros that F.conv2d does not form (the flat path's dropped rows and columns).
+// products with zeros that F.conv2d does not form (the stacks' dropped rows and columns).
 // With finite values neither changes a sum; with an infinite or NaN value, x * 0 is NaN. So the
-// flat path runs only where the values it multiplies by zeros are finite (checked per call), and
+// stacked paths run only where the values they multiply by zeros are finite (checked per call), and
 // padding_nan_* put back the NaN of F.conv2d's w * 0 (forward) and grad * 0 (weight gradient)
 // where a non-finite value meets padding.
 
-// Stride 1, and padding that does not dwarf the planes (a padded plane much larger than the
-// input and output planes is mostly never read; its buffers would be too).
-bool flat_path(const DepthwiseShape& s) {
-  if (s.stride[0] != 1 || s.stride[1] != 1) return false;
+enum class Path { kRows, kFlat, kPhases };
+
+// The stacks (flat for stride 1, phase planes for other strides) where the padding does not
+// dwarf the planes (a padded plane much larger than the input and output planes is mostly never
+// read; its buffers would be too), else rows.
+Path stacked_path(const DepthwiseShape& s) {
   const double padded = static_cast<double>(s.H + 2 * s.padding[0]) * static_cast<double>(s.W + 2 * s.padding[1]);
   const double planes = static_cast<double>(s.H) * s.W + static_cast<double>(s.OH) * s.OW;
-  return padded <= 32768.0 + 4.0 * planes;
+  if (padded > 32768.0 + 4.0 * planes) return Path::kRows;
+  return s.stride[0] == 1 && s.stride[1] == 1 ? Path::kFlat : Path::kPhases;
 }
 
 template <typename scalar_t>
@@ -465,6 +663,15 @@ void input_grad_rows(const DepthwiseShape& s, const scalar_t* gd, const scalar_t
   });
 }
 
+template <typename scalar_t, typename acc_t, typename out_t, bool kAdd>
+void input_grad(Path path, const DepthwiseShape& s, const scalar_t* gd, const scalar_t* wd, out_t* gxd) {
+  switch (path) {
+    case Path::kFlat: return input_grad_flat<scalar_t, acc_t, out_t, kAdd>(s, gd, wd, gxd);
+    case Path::kPhases: return input_grad_phases<scalar_t, acc_t, out_t, kAdd>(s, gd, wd, gxd);
+    case Path::kRows: return input_grad_rows<scalar_t, acc_t, out_t, kAdd>(s, gd, wd, gxd);
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void weight_grad(const DepthwiseShape& s, const scalar_t* gd, const scalar_t* xd, acc_t* sd) {
   if (s.N == 0) {
@@ -473,9 +680,14 @@ void weight_grad(const DepthwiseShape& s, const scalar_t* gd, const scalar_t* xd
   }
   const ColumnTaps columns(s);
   const int64_t taps = s.KH * s.KW;
-  if (flat_path(s)) {
-    weight_grad_flat<scalar_t, acc_t>(s, gd, xd, sd);
-    // Redone row by row where a non-finite value took part (the flat sums multiply the
+  const Path path = stacked_path(s);
+  if (path != Path::kRows) {
+    if (path == Path::kFlat) {
+      weight_grad_flat<scalar_t, acc_t>(s, gd, xd, sd);
+    } else {
+      weight_grad_phases<scalar_t, acc_t>(s, gd, xd, sd);
+    }
+    // Redone row by row where a non-finite value took part (the stacked sums multiply the
     // dropped outputs' zeros too).
     at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
       std::vector<acc_t> partial;
@@ -495,9 +707,11 @@ void weight_grad(const DepthwiseShape& s, const scalar_t* gd, const scalar_t* xd
   });
 }
 
+// The path of the forward and the input gradient: a stacked one only with finite weights.
 template <typename scalar_t>
-bool flat_weights(const DepthwiseShape& s, const scalar_t* wd) {
-  return flat_path(s) && all_finite(wd, s.C * s.KH * s.KW);
+Path weights_path(const DepthwiseShape& s, const scalar_t* wd) {
+  const Path path = stacked_path(s);
+  return path != Path::kRows && all_finite(wd, s.C * s.KH * s.KW) ? path : Path::kRows;
 }
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& x_arg, const at::Tensor& weight_arg, at::IntArrayRef stride,
@@ -540,8 +754,11 @@ void depthwise_forward_cpu(const DepthwiseShape& s, const at::Tensor& x, int64_t
     const scalar_t* xd = x.const_data_ptr<scalar_t>() + x_channel0 * s.H * s.W;
     const scalar_t* wd = weight.const_data_ptr<scalar_t>();
     scalar_t* yd = out.mutable_data_ptr<scalar_t>() + y_channel0 * s.OH * s.OW;
-    if (flat_weights(s, wd)) return forward_flat<scalar_t, acc_t>(s, xd, wd, yd);
-    forward_rows<scalar_t, acc_t>(s, xd, wd, yd);
+    switch (weights_path(s, wd)) {
+      case Path::kFlat: return forward_stacked<scalar_t, acc_t, FlatStack>(s, xd, wd, yd);
+      case Path::kPhases: return forward_stacked<scalar_t, acc_t, PhaseStack>(s, xd, wd, yd);
+      case Path::kRows: return forward_rows<scalar_t, acc_t>(s, xd, wd, yd);
+    }
   });
 }
 
@@ -553,15 +770,14 @@ void depthwise_input_grad_cpu(const DepthwiseShape& s, const at::Tensor& grad, i
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gd = grad.const_data_ptr<scalar_t>() + y_channel0 * s.OH * s.OW;
     const scalar_t* wd = weight.const_data_ptr<scalar_t>();
-    const bool flat = flat_weights(s, wd);
+    const Path path = weights_path(s, wd);
     if (add) {
       acc_t* gxd = grad_x.mutable_data_ptr<acc_t>() + x_channel0 * s.H * s.W;
-      if (flat) return input_grad_flat<scalar_t, acc_t, acc_t, true>(s, gd, wd, gxd);
-      return input_grad_rows<scalar_t, acc_t, acc_t, true>(s, gd, wd, gxd);
+      input_grad<scalar_t, acc_t, acc_t, true>(path, s, gd, wd, gxd);
+    } else {
+      scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>() + x_channel0 * s.H * s.W;
+      input_grad<scalar_t, acc_t, scalar_t, false>(path, s, gd, wd, gxd);
     }
-    scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>() + x_channel0 * s.H * s.W;
-    if (flat) return input_grad_flat<scalar_t, acc_t, scalar_t, false>(s, gd, wd, gxd);
-    input_grad_rows<scalar_t, acc_t, scalar_t, false>(s, gd, wd, gxd);
   });
 }
 
