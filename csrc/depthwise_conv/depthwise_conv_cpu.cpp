@@ -55,19 +55,22 @@ void for_each_tap(const DepthwiseShape& s, const ColumnTaps& columns, int64_t oh
 
 // --- stride 1: stacks of planes as flat loops --------------------------------------------------
 // The planes of one channel (a chunk of the batch) are stacked, zero-padded, into rows of pitch
-// Wp = W + 2 * pad_w: pad_h zero rows, then each plane's H rows followed by pad_h zero rows
-// (blocks of H + pad_h rows). The outputs use the same layout, plane n's row oh at stacked row
-// n * block + oh (the other rows and the last Wp - OW columns are computed and dropped). Tap
-// (i, j) of output q then reads padded input q + i * dil_h * Wp + j * dil_w, never another
-// plane's rows: flat loops over a whole chunk instead of short loops per tap and row.
-// Padding reads add w * 0, which leaves every sum unchanged.
+// Wp = max(W + pad_w, OW): each row pad_w zeros, its W values, zeros up to Wp (a tap reading
+// past the right edge reads the next row's leading zeros, so the rows share their padding); pad_h
+// zero rows, then each plane's H rows followed by pad_h zero rows (blocks of H + pad_h rows). The
+// outputs use the same layout, plane n's row oh at stacked row n * block + oh (the other rows
+// and the last Wp - OW columns are computed and dropped). Tap (i, j) of output q then reads
+// padded input q + i * dil_h * Wp + j * dil_w, never another plane's values: flat loops over a
+// whole chunk instead of short loops per tap and row. Padding reads add w * 0, which leaves every
+// sum unchanged.
 struct FlatStack {
   int64_t pitch, block, planes;  // Wp, rows per plane, planes per chunk
   // Kernel rows and columns through which some output reads the input (not only padding): the
   // other taps add nothing and are skipped (on small planes with wide padding, most of them).
   std::vector<int64_t> tap_rows, tap_cols;
 
-  explicit FlatStack(const DepthwiseShape& s) : pitch(s.W + 2 * s.padding[1]), block(s.H + s.padding[0]) {
+  explicit FlatStack(const DepthwiseShape& s)
+      : pitch(std::max(s.W + s.padding[1], s.OW)), block(s.H + s.padding[0]) {
     // Chunks of about 32K elements (in cache); fixed by the shape, never by the thread count.
     planes = std::max<int64_t>(1, std::min<int64_t>(s.N, (int64_t{1} << 15) / (block * pitch)));
     int64_t begin, end;
@@ -144,7 +147,7 @@ FASTDNAS_VECTOR_CLONES void correlate(acc_t* __restrict__ out, const acc_t* __re
                                       const acc_t* weights, int64_t taps, int64_t n) {
   typedef acc_t vec __attribute__((vector_size(32)));
   constexpr int64_t kWidth = sizeof(vec) / sizeof(acc_t);
-  constexpr int64_t kVectors = 4;  // independent sums in flight: an add's latency is several cycles
+  constexpr int64_t kVectors = 8;  // independent sums in flight: an add's latency is several cycles
   int64_t q = 0;
   for (; q + kVectors * kWidth <= n; q += kVectors * kWidth) {
     vec sum[kVectors] = {};
@@ -157,6 +160,15 @@ FASTDNAS_VECTOR_CLONES void correlate(acc_t* __restrict__ out, const acc_t* __re
       }
     }
     std::memcpy(out + q, sum, sizeof(sum));
+  }
+  for (; q + kWidth <= n; q += kWidth) {  // the rest a vector at a time
+    vec sum = {};
+    for (int64_t t = 0; t < taps; ++t) {
+      vec xv;
+      std::memcpy(&xv, in + q + offsets[t], sizeof(vec));
+      sum = sum + weights[t] * xv;
+    }
+    std::memcpy(out + q, &sum, sizeof(vec));
   }
   for (; q < n; ++q) {
     acc_t sum = 0;
@@ -336,6 +348,17 @@ struct PhaseStack {
   int64_t outputs(const DepthwiseShape& s, int64_t m) const { return ((m - 1) * ph + s.OH - 1) * pw + s.OW; }
 };
 
+// Calls body(k) for k in [begin, end) with k * stride known to the compiler for stride 2 (the
+// DARTS reductions), so the strided loads and stores of a phase row vectorise.
+template <typename Body>
+inline void for_each_strided(int64_t stride, int64_t begin, int64_t end, Body body) {
+  if (stride == 2) {
+    for (int64_t k = begin; k < end; ++k) body(k, k * 2);
+  } else {
+    for (int64_t k = begin; k < end; ++k) body(k, k * stride);
+  }
+}
+
 // The m planes of channel c from batch index n0 on, as the phase stacks PhaseStack says.
 template <typename scalar_t, typename acc_t>
 void stack_planes(const DepthwiseShape& s, const PhaseStack& f, const scalar_t* x, int64_t c, int64_t n0, int64_t m,
@@ -355,7 +378,10 @@ void stack_planes(const DepthwiseShape& s, const PhaseStack& f, const scalar_t* 
           const int64_t h = u * f.sh + r - s.padding[0];
           if (h < 0 || h >= s.H) continue;
           const int64_t column0 = h * s.W + q - s.padding[1];  // input index of phase column 0
-          for (int64_t v = v0; v < v1; ++v) phase[u * f.pw + v] = static_cast<acc_t>(plane[column0 + v * f.sw]);
+          acc_t* dst = phase + u * f.pw;
+          for_each_strided(f.sw, v0, v1, [&](int64_t v, int64_t step) {
+            dst[v] = static_cast<acc_t>(plane[column0 + step]);
+          });
         }
       }
     }
@@ -445,7 +471,7 @@ void input_grad_phases(const DepthwiseShape& s, const scalar_t* grad, const scal
             if (h < 0 || h >= s.H) continue;
             const acc_t* row = acc.data() + n * block + first + u * pitch;
             const int64_t column0 = h * s.W + q - s.padding[1];
-            for (int64_t v = v0; v < v1; ++v) store_grad<kAdd>(gx[column0 + v * f.sw], row[v]);
+            for_each_strided(f.sw, v0, v1, [&](int64_t v, int64_t step) { store_grad<kAdd>(gx[column0 + step], row[v]); });
           }
         }
       }
