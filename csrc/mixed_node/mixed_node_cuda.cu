@@ -94,7 +94,8 @@ __device__ acc_t bn_input(const NodeTable<scalar_t>& t, int b, int64_t p, int64_
 
 // One block per (BN row, channel): mean, then the biased variance around it.
 template <typename scalar_t, typename acc_t>
-__global__ void statistics_kernel(NodeTable<scalar_t> t, acc_t* __restrict__ mean, acc_t* __restrict__ var) {
+__global__ void statistics_kernel(NodeTable<scalar_t> t, double eps, acc_t* __restrict__ mean, acc_t* __restrict__ var,
+                                  acc_t* __restrict__ invstd) {
   __shared__ acc_t result;
   const int b = blockIdx.x / t.C;
   const int64_t c = blockIdx.x % t.C;
@@ -115,13 +116,22 @@ __global__ void statistics_kernel(NodeTable<scalar_t> t, acc_t* __restrict__ mea
   block_sums<acc_t, 1>(m2, 1, &result, 1);
   if (threadIdx.x == 0) {
     mean[blockIdx.x] = m;
-    var[blockIdx.x] = result / static_cast<acc_t>(count);
+    const acc_t v = result / static_cast<acc_t>(count);
+    var[blockIdx.x] = v;
+    invstd[blockIdx.x] = bn_invstd(v, eps);
   }
+}
+
+// invstd = 1 / sqrt(var + eps) of each (BatchNorm row, channel), once, for the element kernels.
+template <typename acc_t>
+__global__ void invstd_kernel(const acc_t* __restrict__ var, int64_t n, double eps, acc_t* __restrict__ invstd) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) invstd[i] = bn_invstd(var[i], eps);
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void forward_kernel(NodeTable<scalar_t> t, const acc_t* __restrict__ weights,
-                               const acc_t* __restrict__ mean, const acc_t* __restrict__ var, double eps,
+                               const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
                                scalar_t* __restrict__ out) {
   const int64_t plane = t.Ho * t.Wo, n = t.N * t.C * plane;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -137,13 +147,13 @@ __global__ void forward_kernel(NodeTable<scalar_t> t, const acc_t* __restrict__ 
         acc += w * avg_pool3x3<acc_t>(t.edge[e] + p * t.H[e] * t.W[e], t.H[e], t.W[e], oh, ow, t.stride[e]);
       } else {
         const int64_t s = t.free_row[i] * t.C + c;
-        acc += w * bn_normalize(bn_input<acc_t>(t, t.free_row[i], p, oh, ow), mean[s], bn_invstd(var[s], eps));
+        acc += w * bn_normalize(bn_input<acc_t>(t, t.free_row[i], p, oh, ow), mean[s], invstd[s]);
       }
     }
     for (int k = 0; k < t.num_conv; ++k) {
       const int64_t s = (t.num_free_bn + k) * t.C + c;
       acc += weights[t.conv_weight[k]] *
-             bn_normalize(static_cast<acc_t>(t.conv[k][idx]), mean[s], bn_invstd(var[s], eps));
+             bn_normalize(static_cast<acc_t>(t.conv[k][idx]), mean[s], invstd[s]);
     }
     out[idx] = static_cast<scalar_t>(acc);
   }
@@ -153,7 +163,7 @@ __global__ void forward_kernel(NodeTable<scalar_t> t, const acc_t* __restrict__ 
 // outputs (sum g*xhat), and last sum(g) (launched on batch statistics only).
 template <typename scalar_t, typename acc_t>
 __global__ void backward_sums_kernel(NodeTable<scalar_t> t, const scalar_t* __restrict__ grad,
-                                     const acc_t* __restrict__ mean, const acc_t* __restrict__ var, double eps,
+                                     const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
                                      acc_t* __restrict__ partials) {
   const int r = blockIdx.x / t.C;
   const int64_t c = blockIdx.x % t.C;
@@ -165,7 +175,7 @@ __global__ void backward_sums_kernel(NodeTable<scalar_t> t, const scalar_t* __re
   acc_t m = 0, s = 0;
   if (!skip && !plain && !is_sum) {
     m = mean[b * t.C + c];
-    s = bn_invstd(var[b * t.C + c], eps);
+    s = invstd[b * t.C + c];
   }
   acc_t sum[1] = {0};
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
@@ -214,7 +224,7 @@ __device__ __forceinline__ acc_t channel_mean(bool batch_stats, const acc_t* par
 template <typename scalar_t, typename acc_t>
 __global__ void conv_gradient_kernel(NodeTable<scalar_t> t, GradTable<scalar_t> out, const scalar_t* __restrict__ grad,
                                      const acc_t* __restrict__ weights, const acc_t* __restrict__ mean,
-                                     const acc_t* __restrict__ var, double eps, const acc_t* __restrict__ partials,
+                                     const acc_t* __restrict__ invstd_of, const acc_t* __restrict__ partials,
                                      bool batch_stats, acc_t inv_count) {
   const int64_t plane = t.Ho * t.Wo, per_conv = t.N * t.C * plane, n = per_conv * t.num_conv;
   const int sum_row = t.num_free + t.num_conv;
@@ -223,7 +233,7 @@ __global__ void conv_gradient_kernel(NodeTable<scalar_t> t, GradTable<scalar_t> 
     const int k = static_cast<int>(idx / per_conv);
     const int64_t j = idx % per_conv, c = (j / plane) % t.C;
     const int64_t s = (t.num_free_bn + k) * t.C + c;
-    const acc_t m = mean[s], invstd = bn_invstd(var[s], eps);
+    const acc_t m = mean[s], invstd = invstd_of[s];
     const acc_t xhat = bn_normalize(static_cast<acc_t>(t.conv[k][j]), m, invstd);
     out.conv[k][j] = static_cast<scalar_t>(bn_input_gradient(
         batch_stats, weights[t.conv_weight[k]], invstd, static_cast<acc_t>(grad[j]), xhat,
@@ -237,7 +247,7 @@ __global__ void conv_gradient_kernel(NodeTable<scalar_t> t, GradTable<scalar_t> 
 template <typename scalar_t, typename acc_t>
 __global__ void pool_gradient_kernel(NodeTable<scalar_t> t, const scalar_t* __restrict__ grad,
                                      const acc_t* __restrict__ weights, const acc_t* __restrict__ mean,
-                                     const acc_t* __restrict__ var, double eps, const acc_t* __restrict__ partials,
+                                     const acc_t* __restrict__ invstd_of, const acc_t* __restrict__ partials,
                                      bool batch_stats, acc_t inv_count, acc_t* __restrict__ pool_grad,
                                      uint8_t* __restrict__ argmax_offset) {
   const int64_t plane = t.Ho * t.Wo, per_pool = t.N * t.C * plane, n = per_pool * t.num_free_bn;
@@ -250,7 +260,7 @@ __global__ void pool_gradient_kernel(NodeTable<scalar_t> t, const scalar_t* __re
     const int64_t H = t.H[e], W = t.W[e], st = t.stride[e];
     const scalar_t* x = t.edge[e] + p * H * W;
     const int64_t s = b * t.C + c;
-    const acc_t m = mean[s], invstd = bn_invstd(var[s], eps);
+    const acc_t m = mean[s], invstd = invstd_of[s];
     const acc_t w = weights[t.free_weight[i]];
     const acc_t g = static_cast<acc_t>(grad[j]);
     const acc_t mg = channel_mean(batch_stats, partials, sum_row, t.C, c, inv_count);
@@ -314,6 +324,18 @@ __global__ void edge_gradient_kernel(NodeTable<scalar_t> t, int e, const scalar_
   }
 }
 
+// The BatchNorm scales of given statistics, one per (row, channel), by invstd_kernel.
+template <typename acc_t>
+at::Tensor bn_invstd_of(const at::Tensor& var, double eps, cudaStream_t stream) {
+  at::Tensor invstd = at::empty_like(var);
+  if (var.numel() > 0) {
+    FASTDNAS_LAUNCH((invstd_kernel<acc_t>), grid_for(var.numel(), var.numel()), kThreads, 0, stream)(
+        var.const_data_ptr<acc_t>(), var.numel(), eps, invstd.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return invstd;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
     at::TensorList edge_inputs_arg, at::IntArrayRef strides, at::TensorList conv_outputs_arg,
     const at::Tensor& weights_arg, at::IntArrayRef free_items, at::IntArrayRef free_kinds, at::IntArrayRef conv_items,
@@ -329,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
   const auto edges = contiguous_all(edge_inputs_arg);
   const auto convs = contiguous_all(conv_outputs_arg);
   at::Tensor out = at::empty({L.N, L.C, L.Ho, L.Wo}, edges[0].options());
-  at::Tensor mean, var;
+  at::Tensor mean, var, invstd;
   const auto stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, edges[0].scalar_type(), "mixed_node_cuda", [&] {
@@ -339,20 +361,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cuda(
     if (batch_stats) {
       mean = at::zeros({L.num_bn_rows, L.C}, acc_options);
       var = at::zeros({L.num_bn_rows, L.C}, acc_options);
+      invstd = at::empty({L.num_bn_rows, L.C}, acc_options);
       // No channels: nothing to reduce (and a grid of zero blocks is an invalid launch).
       if (L.count() > 0 && L.num_bn_rows > 0 && L.C > 0) {
         FASTDNAS_LAUNCH((statistics_kernel<scalar_t, acc_t>), L.num_bn_rows * L.C, kThreads, 0, stream)(
-            table, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
+            table, eps, mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>(), invstd.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     } else {
       mean = running_mean->to(acc_options).contiguous().clone();
       var = running_var->to(acc_options).contiguous().clone();
+      invstd = bn_invstd_of<acc_t>(var, eps, stream);
     }
     if (L.count() == 0) return;
     const at::Tensor weights = weights_arg.to(acc_options).contiguous();
     FASTDNAS_LAUNCH((forward_kernel<scalar_t, acc_t>), forward_grid_for(out.numel()), kThreads, 0, stream)(
-        table, weights.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(), var.const_data_ptr<acc_t>(), eps,
+        table, weights.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(), invstd.const_data_ptr<acc_t>(),
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -384,6 +408,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     const at::Tensor weights = weights_arg.to(acc_options).contiguous();
     const at::Tensor mean = mean_arg.to(acc_options).contiguous();
     const at::Tensor var = var_arg.to(acc_options).contiguous();
+    const at::Tensor invstd = bn_invstd_of<acc_t>(var, eps, stream);
     at::Tensor grad_w = at::zeros({weights.numel()}, acc_options);
     if (M > 0 && L.C > 0) {  // without channels every gradient is empty (and the grids would be too)
       const auto table = node_table<scalar_t>(L, edges, convs);
@@ -392,14 +417,14 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       for (int64_t k = 0; k < K; ++k) outputs.conv[k] = grad_convs[k].mutable_data_ptr<scalar_t>();
       const acc_t* w = weights.const_data_ptr<acc_t>();
       const acc_t* mu = mean.const_data_ptr<acc_t>();
-      const acc_t* v = var.const_data_ptr<acc_t>();
+      const acc_t* v = invstd.const_data_ptr<acc_t>();
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
 
       // The sum(g) row only on batch statistics: no row of running statistics reads it.
       at::Tensor partials = at::empty({F + K + 1, L.C}, acc_options);
       FASTDNAS_LAUNCH((backward_sums_kernel<scalar_t, acc_t>), (F + K + (batch_stats ? 1 : 0)) * L.C, kThreads, 0,
                       stream)(
-          table, g, mu, v, eps, partials.mutable_data_ptr<acc_t>());
+          table, g, mu, v, partials.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const acc_t* partial = partials.const_data_ptr<acc_t>();
       FASTDNAS_LAUNCH((weight_gradient_kernel<scalar_t, acc_t>), 1, kThreads, 0, stream)(table, partial,
@@ -410,7 +435,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       const int64_t per_output = L.N * L.C * L.plane();
       if (K > 0) {
         FASTDNAS_LAUNCH((conv_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * K), kThreads, 0, stream)(
-            table, outputs, g, w, mu, v, eps, partial, batch_stats, inv_count);
+            table, outputs, g, w, mu, v, partial, batch_stats, inv_count);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       // Pool output gradients live only until the gather below.
@@ -420,7 +445,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       if (pools > 0) {
         FASTDNAS_LAUNCH((pool_gradient_kernel<scalar_t, acc_t>), forward_grid_for(per_output * pools), kThreads, 0,
                         stream)(
-            table, g, w, mu, v, eps, partial, batch_stats, inv_count, pool_grad.mutable_data_ptr<acc_t>(),
+            table, g, w, mu, v, partial, batch_stats, inv_count, pool_grad.mutable_data_ptr<acc_t>(),
             argmax_offset.mutable_data_ptr<uint8_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
