@@ -131,11 +131,19 @@ def resize_problem(sizes, size, dtype, N=2, C=3, with_weights=True, non_contiguo
                    None if with_weights else test_trellis_ops.TOLERANCE[dtype])
 
 
-def mixed_node_problem(strides, dtype, non_contiguous=False, **node_args):
+def misaligned(t):
+    """A contiguous copy of t that starts one element past an aligned address (no 128-bit loads)."""
+    out = torch.empty(t.numel() + 1, dtype=t.dtype)[1:].view(t.shape).copy_(t)
+    assert out.is_contiguous() and out.data_ptr() % 16 != 0
+    return out
+
+
+def mixed_node_problem(strides, dtype, non_contiguous=False, misaligned_inputs=False, **node_args):
     node = test_mixed_node.make_node(strides, dtype=dtype, requires_grad=False, **node_args)
-    if non_contiguous:
-        node["edge_inputs"] = [strided(x) for x in node["edge_inputs"]]
-        node["conv_outputs"] = [strided(y) for y in node["conv_outputs"]]
+    for make, wanted in ((strided, non_contiguous), (misaligned, misaligned_inputs)):
+        if wanted:
+            node["edge_inputs"] = [make(x) for x in node["edge_inputs"]]
+            node["conv_outputs"] = [make(y) for y in node["conv_outputs"]]
     args = test_mixed_node.as_args(node)
     batch_stats = node["running_mean"] is None
     grad = torch.randn(torch.ops.fastdnas.mixed_node(*args)[0].shape, dtype=torch.float64).to(dtype)
@@ -276,6 +284,14 @@ MIXED_NODE = named("mixed_node", [
     ("empty-batch", lambda: mixed_node_problem((2, 1), torch.float32, N=0, C=3)),
     ("empty-channels", lambda: mixed_node_problem((2, 1), torch.float32, N=2, C=0)),
     ("non_contiguous", lambda: mixed_node_problem((2, 1), torch.float64, N=2, C=3, non_contiguous=True)),
+    # The reductions' chunks of 1024 elements of a channel: 2 (the last partial) with planes of a
+    # multiple of 4 elements (128-bit loads) and with odd planes (elements of a thread in two
+    # planes), aligned planes on misaligned inputs (element loads), and 33 (over a warp's lanes).
+    ("chunks-8x8", lambda: mixed_node_problem((2, 1), torch.float32, N=17, C=2, out_size=(8, 8))),
+    ("chunks-5x7", lambda: mixed_node_problem((2, 1), torch.float32, N=31, C=2, out_size=(5, 7))),
+    ("chunks-8x8-misaligned", lambda: mixed_node_problem((2, 1), torch.float64, N=17, C=2, out_size=(8, 8),
+                                                         misaligned_inputs=True)),
+    ("chunks-33", lambda: mixed_node_problem((1,), torch.float32, N=2, C=1, out_size=(128, 130))),
 ])
 
 CHUNKED = (7, 150, 12, 12, 3, 1, 1, 1)
@@ -336,6 +352,7 @@ DETERMINISM_CASES = [
                  id="resize_sum-upsample"),
     pytest.param(lambda: trellis_problem(3, 5, (2, 16, 11, 11), torch.float32), id="trellis_aggregate-tiles"),
     pytest.param(lambda: mixed_node_problem((2, 1), torch.float32, N=3, C=4, out_size=(9, 7)), id="mixed_node"),
+    pytest.param(lambda: mixed_node_problem((2, 1), torch.float32, N=17, C=2, out_size=(8, 8)), id="mixed_node-chunks"),
     pytest.param(lambda: depthwise_problem((3, 5, 13, 11, 3, 2, 1, 1), torch.float32), id="depthwise_conv2d"),
     pytest.param(lambda: depthwise_segments_problem((3, 5, 13, 11, 2, test_depthwise_segments.CASES[0][5]),
                                                     torch.float32), id="depthwise_conv2d_segments"),
@@ -385,6 +402,54 @@ def test_depthwise_64_bit_indices_give_the_32_bit_results(emu, monkeypatch, buil
     wide = problem.run(torch.ops.fastdnas_emu)
     for i, (a, b) in enumerate(zip(narrow, wide)):
         assert torch.equal(a, b), f"output {i} differs between the 32-bit and 64-bit index paths"
+
+
+# mixed_node's element-by-element loads, taken where a plane is not a multiple of 4 elements or a
+# pointer is misaligned, on aligned tensors: FASTDNAS_EMU_SCALAR sends every call there. A thread
+# takes the same elements in the same order on both paths: bitwise their results.
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+@pytest.mark.parametrize("running", [False, True], ids=["batch", "running"])
+def test_mixed_node_element_loads_give_the_128_bit_results(emu, monkeypatch, running):
+    problem = mixed_node_problem((2, 1, 1), torch.float32, N=17, C=2, out_size=(4, 8), running=running)
+    emu.take_launched_kernels()
+    vector = problem.run(torch.ops.fastdnas_emu)
+    monkeypatch.setenv("FASTDNAS_EMU_SCALAR", "1")
+    assert vector_paths(emu.take_launched_kernels()) == {True}
+    scalar = problem.run(torch.ops.fastdnas_emu)
+    assert vector_paths(emu.take_launched_kernels()) == {False}
+    for i, (a, b) in enumerate(zip(vector, scalar)):
+        assert torch.equal(a, b), f"output {i} differs between the 128-bit and element loads"
+
+
+def vector_paths(kernels):
+    """Whether each mixed_node kernel with both load paths ran its 128-bit one (kernel<true, ...>)."""
+    return {name.split("<")[1].startswith("true") for name in kernels if "<true," in name or "<false," in name}
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+@pytest.mark.parametrize("out_size,misaligned_inputs,vector", [((8, 8), False, True), ((5, 7), False, False),
+                                                               ((8, 8), True, False)],
+                         ids=["aligned", "odd-plane", "misaligned"])
+def test_mixed_node_takes_128_bit_loads_where_planes_and_pointers_allow(emu, out_size, misaligned_inputs, vector):
+    problem = mixed_node_problem((2, 1), torch.float32, N=2, C=2, out_size=out_size,
+                                 misaligned_inputs=misaligned_inputs)
+    emu.take_launched_kernels()
+    problem.run(torch.ops.fastdnas_emu)
+    assert vector_paths(emu.take_launched_kernels()) == {vector}
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+@pytest.mark.parametrize("running", [False, True], ids=["batch", "running"])
+def test_mixed_node_backward_is_three_launches(emu, running):
+    # The sums of every row in one pass, their chunks merged (with the weight-gradient terms and
+    # invstd), then every input gradient and the weight gradients: 3 launches for any node.
+    node = test_mixed_node.make_node((2, 2, 1), N=2, C=3, dtype=torch.float32, requires_grad=False, running=running)
+    args = test_mixed_node.as_args(node)
+    out, mean, var = torch.ops.fastdnas_emu.mixed_node(*args)
+    emu.take_launched_kernels()
+    torch.ops.fastdnas_emu._mixed_node_backward(torch.ones_like(out), *args[:7], mean, var, args[-1], not running)
+    kernels = emu.take_launched_kernels()
+    assert len(kernels) == 3, kernels
 
 
 @pytest.mark.parametrize("kinds", ["all", (test_mixed_node.MAX,), (test_mixed_node.AVG,)],

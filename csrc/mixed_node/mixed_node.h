@@ -7,7 +7,7 @@
 // with F = BN(max_pool_3x3), BN(avg_pool_3x3), identity (skip at stride 1) or avg_pool_3x3
 // without BatchNorm (the NAS-Bench-201 space's pool), BN a BatchNorm
 // (affine=False) on batch statistics, or on given running statistics. The pools' outputs are
-// never stored between the passes: the backward pass recomputes them from the edge inputs.
+// never saved for the backward: the backward pass computes them again from the edge inputs.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -22,6 +22,7 @@ namespace cuda_emu {
 void set_schedule(const std::string& mode, uint64_t seed);
 void set_multiprocessor_count(int count);
 uint64_t launches();
+std::vector<std::string> take_launched_kernels();
 uint64_t switches();
 
 namespace {
@@ -160,6 +161,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_multiprocessor_count", &cuda_emu::set_multiprocessor_count,
         "The multiProcessorCount of the emulated device (sizes the grids of the element-wise kernels).");
   m.def("launches", &cuda_emu::launches, "Emulated launches so far.");
+  m.def("take_launched_kernels", &cuda_emu::take_launched_kernels,
+        "The kernels launched (as the launch names them) since the last call, in order.");
   m.def("switches", &cuda_emu::switches, "Fiber switches so far (each from the scheduler into a thread).");
   m.def("run_check_kernel", &cuda_emu::run_check_kernel, pybind11::arg("name"), pybind11::arg("check_launch") = true,
         "Runs one of the emulator's check kernels and returns its outputs.");

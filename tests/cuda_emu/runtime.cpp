@@ -138,6 +138,7 @@ uint64_t launch_count = 0;
 // Launches since the last set_schedule: seeds the shuffles, so a schedule replays the same
 // orders from where it was set, whatever ran before.
 uint64_t launches_since_schedule = 0;
+std::vector<std::string> launched_kernels;  // the kernels' names since take_launched_kernels()
 const char* const shuffle_names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync"};
 bool asan_callback_set = false;
 uint64_t switch_count = 0;
@@ -603,6 +604,7 @@ void launch(const LaunchSite& where, dim3 grid, dim3 block, size_t shared_bytes,
   run.rng.seed(schedule.seed * 0x9e3779b97f4a7c15ull + launches_since_schedule);
   ++launch_count;
   ++launches_since_schedule;
+  launched_kernels.emplace_back(where.kernel);
   allocate_stacks(run.threads);
   gridDim = grid;
   blockDim = block;
@@ -681,6 +683,11 @@ void set_multiprocessor_count(int count) {
 }
 
 uint64_t launches() { return launch_count; }
+std::vector<std::string> take_launched_kernels() {
+  std::vector<std::string> names;
+  names.swap(launched_kernels);
+  return names;
+}
 uint64_t switches() { return switch_count; }
 
 }  // namespace cuda_emu
