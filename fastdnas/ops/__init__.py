@@ -1,5 +1,8 @@
 """Public wrappers of the compiled ops, with their fake (meta) kernels and autograd formulas: one module
-per op, as in csrc/. The library is loaded before any module registers its fake kernels."""
+per op, as in csrc/. The library is loaded before any module registers its fake kernels.
+
+``fastdnas.ops.mixed_sum`` (and mixed_node, resize_sum, trellis_aggregate) is the op, not its module: a
+test patching a name the op's code reads patches ``sys.modules["fastdnas.ops.mixed_sum"]``."""
 from .. import _extension
 
 _extension.load()
