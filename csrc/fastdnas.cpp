@@ -1,5 +1,5 @@
 // The fastdnas op library: its schemas (schemas.h); kernels register per dispatch key beside
-// each op, autograd and fake (meta) kernels from Python (fastdnas/ops.py).
+// each op, autograd and fake (meta) kernels from Python (fastdnas/ops/, one module per op).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastdnas import cli
+from fastdnas.cli import common as cli_common
 from fastdnas.darts import DARTS_V2, genotype_from_text, genotype_to_dict, load_genotype
 from fastdnas.search import Search, load_checkpoint, save_checkpoint
 from fastdnas.search.loop import CHECKPOINT_KEYS
@@ -373,15 +374,15 @@ def test_default_threads_leave_a_loaded_machine_alone(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     for cores, load, want in [(1, 0.0, 1), (2, 0.0, 1), (2, 3.0, 1), (8, 0.0, 8), (8, 3.2, 5), (8, 20.0, 1),
                               (16, 0.0, 8)]:
-        monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
-        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, load, load))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         assert cli.default_threads() == want, (cores, load)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert cli.default_threads() == 8  # torch read OMP_NUM_THREADS itself: kept
 
 
 def test_train_and_search_set_the_thread_count(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "default_threads", lambda: 1)
+    monkeypatch.setattr(cli_common, "default_threads", lambda: 1)  # what pick_device calls
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -1,0 +1,148 @@
+"""The DARTS space: search darts (darts, pc-darts, gdas and the composed methods) and train darts."""
+import json
+import os
+
+from .common import SearchRun, TrainRun, UsageError
+from .defaults import METHOD_SETTINGS, PART_SETTINGS, SEARCH_DEFAULTS, SEARCH_METHODS
+
+
+def darts_search(settings, data):
+    from ..darts import GdasNetwork, PCDartsNetwork, SearchNetwork, genotype_to_dict, save_genotype
+    from ..viz import plot_alpha_history, plot_genotype
+
+    method = settings["method"]
+    options = {"backend": settings["backend"], "in_channels": data.in_channels}
+    if uses_parts(settings):
+        from ..darts.composed import ComposedNetwork
+
+        network = ComposedNetwork
+        options.update(method_parts(settings), tau_max=settings["tau_max"], tau_min=settings["tau_min"])
+    elif method == "pc-darts":
+        network, options["partial_channels"] = PCDartsNetwork, settings["partial_channels"]
+    elif method == "gdas":
+        # CUDA graphs: every candidate runs (same results), since which one to run is a host decision.
+        network = GdasNetwork
+        options.update(tau_max=settings["tau_max"], tau_min=settings["tau_min"], sampled_only=not settings["cuda_graphs"])
+    else:
+        network = SearchNetwork
+    model = network(settings["init_channels"], data.num_classes, settings["layers"], **options)
+
+    def describe(model):
+        record = {"genotype": genotype_to_dict(model.genotype())}
+        if method == "gdas":
+            record["tau"] = float(model.tau)  # the epoch's temperature
+        if getattr(model, "selection", "argmax") == "threshold":
+            record["selected"] = model.selected_cells()
+        return record
+
+    def finish(model, search, out):
+        genotype = model.genotype()
+        if getattr(model, "selection", "argmax") == "perturbation":
+            from ..darts.perturbation_selection import PerturbationSelection
+
+            selection = PerturbationSelection(search, interval=settings["pt_interval"], seed=settings["seed"])
+            print(f"DARTS-PT selection: {selection.epochs} tuning epochs, a decision every {selection.interval}; the "
+                  f"argmax genotype was {genotype}")
+            genotype = selection.run().genotype()
+        save_genotype(genotype, os.path.join(out, "genotype.json"))
+        with open(os.path.join(out, "genotype.txt"), "w") as f:
+            f.write(repr(genotype) + "\n")
+        plot_genotype(genotype, out)
+        plot_alpha_history(search.history["alphas"], model.primitives, os.path.join(out, "alphas.png"))
+        print(f"genotype: {genotype}")
+        written = ["genotype.json", "genotype.txt", "normal.png", "reduce.png", "alphas.png"]
+        if getattr(model, "selection", "argmax") == "threshold":
+            selected = model.selected_cells()
+            with open(os.path.join(out, "selected.json"), "w") as f:
+                json.dump({"selection": model.selection, **selected}, f, indent=2)
+            print(f"selected ({model.selection}): {selected}")
+            written.append("selected.json")
+        return written
+
+    return SearchRun(model, describe=describe, finish=finish)
+
+
+def darts_train(settings, data, genotype):
+    from functools import partial
+
+    from ..darts import FinalNetwork, ImageNetNetwork, genotype_to_dict
+    from ..darts.imagenet_network import imagenet_training_loss
+    from ..train import classification_eval_loss
+
+    imagenet = settings["dataset"] == "imagenet"
+
+    def build():
+        try:
+            if imagenet:  # the DARTS paper's mobile network: stems to 28x28, its own auxiliary head
+                return ImageNetNetwork(settings["init_channels"], data.num_classes, settings["layers"], genotype,
+                                       auxiliary=settings["auxiliary"])
+            return FinalNetwork(settings["init_channels"], data.num_classes, settings["layers"], genotype,
+                                auxiliary=settings["auxiliary"], in_channels=data.in_channels)
+        except ValueError as error:
+            raise UsageError(f"--genotype {settings['genotype']!r}: {error}") from error
+
+    train_options = {}
+    if imagenet:  # label smoothing 0.1 on both heads, as train_imagenet.py
+        train_options = {"loss_fn": partial(imagenet_training_loss, auxiliary_weight=settings["auxiliary_weight"]),
+                         "eval_loss_fn": classification_eval_loss}
+    return TrainRun(build, report=lambda result: f"test accuracy {result['test_acc']:.4f}",
+                    extra=lambda records: {"genotype": genotype_to_dict(genotype)}, train_options=train_options,
+                    config_options={k: settings[k] for k in ("auxiliary_weight", "drop_path_prob")})
+
+
+def check_method_settings(settings):
+    method = settings["method"]
+    if method not in SEARCH_METHODS:
+        raise UsageError(f"--method must be one of {list(SEARCH_METHODS)}, got {method!r}")
+    for name, owners in METHOD_SETTINGS.items():
+        if settings.get(name) != SEARCH_DEFAULTS[name] and method not in owners:
+            raise UsageError(f"--{name.replace('_', '-')} applies to --method {' or '.join(owners)} only (this search "
+                             f"is {method})")
+    if uses_parts(settings):
+        from ..darts.composed import check_parts
+
+        try:
+            check_parts(**{k: v for k, v in method_parts(settings).items() if k != "primitives"})
+        except ValueError as error:  # 'sampler' is --arch-weights
+            raise UsageError(f"--method {method} with {describe_parts(settings)}: {error}") from error
+        if settings["unrolled"]:
+            raise UsageError(f"--unrolled does not apply to --method {method} (its authors search first order)")
+        if settings["cuda_graphs"] and method_parts(settings).get("perturbation"):
+            raise UsageError("--cuda-graphs does not capture the perturbation of the weight step: search without it")
+    if settings["pt_interval"] < 1:
+        raise UsageError(f"--pt-interval must be >= 1, got {settings['pt_interval']}")
+    if method in ("pc-darts", "drnas") and (settings["partial_channels"] < 1 or settings["init_channels"] % settings["partial_channels"]):
+        raise UsageError(f"--partial-channels must be a positive divisor of --init-channels "
+                         f"({settings['init_channels']}), got {settings['partial_channels']}")
+    if method == "gdas":
+        if not 0 < settings["tau_min"] <= settings["tau_max"]:
+            raise UsageError(f"gdas needs 0 < --tau-min <= --tau-max, got {settings['tau_min']} and {settings['tau_max']}")
+        if settings["unrolled"]:
+            raise UsageError("--unrolled does not apply to --method gdas (a first-order method: every forward "
+                             "pass draws a new sample)")
+
+
+def uses_parts(settings):
+    """Whether the search runs the composed network: a successor preset, or a part replaced."""
+    return settings.get("method") not in ("darts", "pc-darts", "gdas") or any(
+        settings.get(name) is not None for name in PART_SETTINGS)
+
+
+def method_parts(settings):
+    """The ``ComposedNetwork`` parts of the preset, with the replaced ones."""
+    from ..darts.composed import PRESETS
+
+    parts = dict(PRESETS[settings["method"]])
+    if "partial_channels" in parts or settings["method"] == "drnas":
+        parts["partial_channels"] = settings["partial_channels"]
+    for name, key in (("arch_weights", "sampler"), ("perturbation", "perturbation"), ("regulariser", "regulariser"),
+                      ("selection", "selection")):
+        value = settings.get(name)
+        if value is not None:
+            parts[key] = None if value == "none" else value
+    return parts
+
+
+def describe_parts(settings):
+    return ", ".join(f"--{n.replace('_', '-')} {settings[n]}" for n in PART_SETTINGS if settings.get(n) is not None) \
+        or "its own parts"

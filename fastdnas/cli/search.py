@@ -1,0 +1,159 @@
+"""The search command of every space, and search nb201 --seeds."""
+import argparse
+import json
+import os
+import time
+
+from .common import (UsageError, check_positive, describe_device, load_data, make_config, pick_device,
+                     resolve_settings)
+from .darts import method_parts, uses_parts
+from .defaults import GDAS_FEW_STEPS, INVOCATION_ONLY, SEARCH_CONFIG_KEYS, SETTINGS
+from .nb201 import load_nb201
+from .resume import check_resume_state, read_resume_state, refused_checkpoint, resume_note
+from .spaces import SEARCH_SPACES, check_space_settings, space_config_options
+
+
+def run_search(args):
+    """The search command of every space: settings, resume, data, the shared ``Search``, outputs.
+
+    Under torchrun every rank runs this; rank 0 alone reads the checkpoint to resume (and sends
+    it to the others), prints and writes files.
+    """
+    import torch
+
+    from ..search import CheckpointError, Search, SearchConfig
+    from ..search import distributed
+
+    defaults, dataset_defaults = SETTINGS["search", args.space]
+    settings, given = resolve_settings(args, defaults, dataset_defaults)
+    context, device = start_distributed(settings)
+    settings, resume_state = distributed.run_on_main(lambda: read_resume_state(settings, given), context)
+    device = device or pick_device(settings["device"], settings["threads"])  # one process: saved settings count
+    check_positive(settings, ["epochs", "batch_size", "layers", "log_interval"])
+    check_space_settings("search", args.space, settings)
+    if settings["cuda_graphs"] and torch.device(device).type != "cuda":
+        raise UsageError(f"--cuda-graphs needs a CUDA device, but the search would run on {device!r} "
+                         f"({'pass --device cuda' if torch.cuda.is_available() else 'no CUDA GPU here'})")
+    if settings.get("method") == "gdas" and settings["sync_bn"] and context.enabled:
+        raise UsageError("--sync-bn does not apply to --method gdas: each rank runs only the operations it sampled, "
+                         "so the ranks' BatchNorms would not meet")
+    if settings["cuda_graphs"] and (context.enabled or settings["amp"]):
+        raise UsageError("--cuda-graphs captures a single-process float32 step: drop --amp, or run without torchrun")
+    config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS, **space_config_options(args.space, settings))
+    if settings["batch_size"] % context.world_size:
+        raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
+                         f"{context.world_size} ranks")
+    if args.space == "autodeeplab" and settings["batch_size"] // context.world_size < 2 and not settings["sync_bn"]:
+        raise UsageError(f"--batch-size {settings['batch_size']} leaves fewer than 2 images per rank: the ASPP "
+                         "image-pooling branch normalises over the batch (give a larger batch, or --sync-bn)")
+    say = print if context.is_main else (lambda *args, **kwargs: None)
+
+    data = load_data(settings) if args.space != "nb201" else load_nb201(settings)
+    torch.manual_seed(config.seed)  # the same initial network on every rank
+    space = SEARCH_SPACES[args.space](settings, data)
+    model = space.model
+    out = settings["out"]
+    persisted = {k: v for k, v in settings.items() if k not in INVOCATION_ONLY}
+    if context.is_main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "settings.json"), "w") as f:
+            json.dump(persisted, f, indent=2)
+    ranks = (f" x {context.world_size} ranks (batch {config.batch_size // context.world_size} per rank)"
+             if context.enabled else "")
+    say(f"search {args.space} ({describe_method(args.space, settings)}) on {data.summary()}; "
+        f"{sum(p.numel() for p in model.weight_parameters()):,} weights; "
+        f"device {describe_device(device)}{ranks}{'; amp ' + config.amp if config.amp else ''}; output in {out}")
+    options = {k: v for k, v in (("loss_fn", space.loss_fn), ("metrics", space.metrics)) if v is not None}
+    search = Search(model, data.search_train, data.search_val, config, device=device, describe=space.describe,
+                    out_dir=out, extra={"settings": persisted}, distributed=context, cuda_graphs=settings["cuda_graphs"],
+                    epoch_note=space.epoch_note, **options)
+    steps = search.steps_per_epoch() * config.epochs
+    if settings.get("method") == "gdas" and steps < GDAS_FEW_STEPS:
+        say(f"  (gdas: each of the {steps} steps trains one sampled operation per edge, so each candidate gets "
+            f"about 1/{len(model.primitives)} of them: too few for the supernet to learn, and its train and val "
+            "accuracy can stay near chance to the end, the val note after epoch 1 notwithstanding; the genotype is "
+            "then close to a random draw. More --epochs help: README, \"PC-DARTS and GDAS\")")
+    if resume_state is not None:
+        try:
+            check_resume_state(resume_state, search, os.path.join(out, "checkpoint.pt"))
+        except CheckpointError as error:
+            raise refused_checkpoint(error) from error
+        search.load_state_dict(resume_state)
+        say(f"resumed after epoch {search.epoch}")
+    start = time.perf_counter()
+    try:
+        search.run()
+    except KeyboardInterrupt as interrupt:
+        if context.is_main:
+            interrupt.resume_note = resume_note(os.path.join(out, "checkpoint.pt"), config.epochs)
+        raise
+    if context.is_main:
+        written = space.finish(search.model, search, out)
+        print(f"search took {time.perf_counter() - start:.0f} s; wrote {', '.join(written)}, log.jsonl, "
+              f"checkpoint.pt in {out}")
+    return 0
+
+
+def describe_method(space, settings):
+    """'method pc-darts: K=4, C=16, 5 cells, 12 epochs, arch lr 0.006, architecture updates from epoch 5/12'."""
+    epochs, start = settings["epochs"], settings["arch_start_epoch"]
+    if space == "nb201":
+        method = settings["method"]
+        own = f"tau {settings['tau_max']} -> {settings['tau_min']}" if method == "gdas" else (
+            f"{'second' if settings['unrolled'] else 'first'} order")
+        network = (f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cell(s) per stage, "
+                   f"BatchNorm running statistics {'on' if settings['track_running_stats'] else 'off'}")
+    elif space == "darts":
+        method = settings["method"]
+        own = {"darts": f"{'second' if settings['unrolled'] else 'first'} order",
+               "pc-darts": f"K={settings['partial_channels']}",
+               "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"}.get(method)
+        if own is None or uses_parts(settings):
+            own = ", ".join(f"{k} {v}" for k, v in method_parts(settings).items() if k != "primitives" and v)
+        network = f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cells"
+    else:
+        network = f"L={settings['layers']}, B={settings['blocks']}, F={settings['filter_multiplier']}"
+    updates = f"from epoch {start + 1}/{epochs}" if start < epochs else f"none (--arch-start-epoch {start})"
+    return f"{network}, {epochs} epochs, arch lr {settings['arch_lr']}, architecture updates {updates}"
+
+
+def start_distributed(settings):
+    """Under torchrun: (Distributed, device), the process group joined on this rank's device (the
+    device must be known before rank 0 can send the saved settings). Otherwise (SINGLE, None)."""
+    from ..search import distributed
+
+    try:
+        context = distributed.from_environment()
+        if not context.enabled:
+            return context, None
+        return distributed.setup(pick_device(settings["device"], settings["threads"]))
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def run_nb201_search(args):
+    """`search nb201`: one search, or with --seeds one per seed (OUT/seed-S) and their summary."""
+    from ..nb201.runs import parse_seeds, seed_args, summarise
+
+    if "seeds" not in vars(args):
+        return run_search(args)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if "seed" in vars(args):
+        raise UsageError("--seed and --seeds exclude each other (--seeds runs one search per seed)")
+    single = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "seeds"})
+    out = resolve_settings(single, *SETTINGS["search", "nb201"])[0]["out"]  # checks the settings once, too
+    from ..search import distributed
+
+    main = not distributed.from_environment().enabled or int(os.environ.get("RANK", "0")) == 0
+    for i, seed in enumerate(seeds):
+        if main:
+            print(f"seed {seed} ({i + 1}/{len(seeds)}): output in {os.path.join(out, f'seed-{seed}')}")
+        run_search(seed_args(args, seed, os.path.join(out, f"seed-{seed}")))
+    if main:
+        _, table = summarise(out, seeds)
+        print(table)
+        print(f"wrote summary.json and summary.md in {out}")
+    return 0
