@@ -284,14 +284,14 @@ RESIZE = named("resize_sum", [
     ("empty-batch", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, N=0)),
     ("empty-channels", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, C=0)),
     ("non_contiguous", lambda: resize_problem([(5, 4), (3, 7)], (6, 5), torch.float64, non_contiguous=True)),
-    # Large upsampling factors (the ASPP merge's 41 -> 321 scaled down): one input pixel's gather
-    # spread over 1, 2, 4, 8, 16 and 32 lanes (67 x 61, 33 x 31, 25 x 23, 17 x 13, 13 x 11 and 5 x 5
-    # into 67 x 61), rows and columns reaching far apart (3 x 11 -> 67 x 23), K = 1..3, every dtype.
+    # Large upsampling factors (the ASPP merge's 41 -> 321 scaled down): an input pixel read by 1 to
+    # about 27 output rows and columns (67 x 61, 33 x 31, 25 x 23, 17 x 13, 13 x 11 and 5 x 5 into
+    # 67 x 61), rows and columns reaching far apart (3 x 11 -> 67 x 23), K = 1..3, every dtype.
     *[(f"upsample-K{K}-{dtype_name(dt)}", lambda K=K, dt=dt: resize_problem(
         [(5, 5), (3, 11), (17, 13)][:K], (67, 23) if K == 2 else (67, 61), dt, N=1, C=2))
       for dt in DTYPES for K in (1, 2, 3)],
-    ("upsample-lanes-1-to-32", lambda: resize_problem([(67, 61), (33, 31), (25, 23), (17, 13), (13, 11), (5, 5)],
-                                                      (67, 61), torch.float32, N=1, C=2)),
+    ("upsample-factors-1-to-13", lambda: resize_problem([(67, 61), (33, 31), (25, 23), (17, 13), (13, 11), (5, 5)],
+                                                        (67, 61), torch.float32, N=1, C=2)),
     ("upsample-empty-batch", lambda: resize_problem([(5, 5), (3, 11)], (67, 61), torch.float32, N=0)),
     *[(f"bands-of-{rows}-rows", build) for rows, build in RESIZE_BANDS.items()],
 ])
@@ -367,7 +367,8 @@ DETERMINISM_CASES = [
     pytest.param(lambda: trellis_problem(3, 4, (2, 3, 11, 13), torch.float32), id="trellis_aggregate"),
     pytest.param(lambda: resize_problem([(7, 9), (13, 5), (3, 4)], (13, 11), torch.float32, N=3, C=5),
                  id="resize_sum"),
-    # More tiles than the 32 blocks one multiprocessor gets (the 67 x 61 input): blocks loop.
+    # More band tasks (201) and combine tiles (37) than the 32 blocks one multiprocessor gets:
+    # blocks loop.
     pytest.param(lambda: resize_problem([(5, 5), (17, 13), (3, 11), (67, 61)], (67, 61), torch.float32, N=1, C=3),
                  id="resize_sum-upsample"),
     pytest.param(lambda: trellis_problem(3, 5, (2, 16, 11, 11), torch.float32), id="trellis_aggregate-tiles"),
