@@ -48,6 +48,11 @@ def strided(t):
     return torch.stack([t, torch.zeros_like(t)], -1)[..., 0]
 
 
+def misaligned(t):
+    """A contiguous copy of t whose data starts one element past a 16-byte boundary."""
+    return torch.empty(t.numel() + 1, dtype=t.dtype)[1:].view(t.shape).copy_(t)
+
+
 def leaves(tensors):
     return [t.detach().requires_grad_() for t in tensors]
 
@@ -93,7 +98,12 @@ def trellis_problem(T, B, shape, dtype, non_contiguous=False):
     out_shape = torch.ops.fastdnas.trellis_aggregate(blocks, T, betas).shape
     grad = torch.randn(out_shape).to(dtype)
 
-    def run(ns):
+    def run(ns, offset=False):
+        """``offset``: blocks and grad moved off 16-byte boundaries (no 128-bit loads)."""
+        blocks_, grad_ = ([misaligned(x) for x in blocks], misaligned(grad)) if offset else (blocks, grad)
+        return run_on(ns, blocks_, grad_)
+
+    def run_on(ns, blocks, grad):
         grad_blocks, grad_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas)
         # Each output alone (output_mask) is bitwise the one computed with the other.
         only_blocks, no_betas = ns._trellis_aggregate_backward(grad, blocks, T, betas, [True, False])
@@ -107,7 +117,9 @@ def trellis_problem(T, B, shape, dtype, non_contiguous=False):
         out = reference.trellis_aggregate([xs[t * B:(t + 1) * B] for t in range(T)], xs[-1])
         return [out, *torch.autograd.grad(out, xs, grad)]
 
-    return Problem(run, ref, test_trellis_ops.TOLERANCE[dtype])
+    problem = Problem(run, ref, test_trellis_ops.TOLERANCE[dtype])
+    problem.forward_args = (blocks, T, betas)
+    return problem
 
 
 def resize_problem(sizes, size, dtype, N=2, C=3, with_weights=True, non_contiguous=False):
@@ -233,6 +245,16 @@ MIXED_SUM = named("mixed_sum", [
     ("non_contiguous", lambda: mixed_sum_problem(5, (4, 3, 7), torch.float64, non_contiguous=True)),
 ])
 
+# Group layouts of 128-bit accesses (4 float32, 2 float64, 8 float16 elements a thread step):
+# Auto-DeepLab's 41 x 41 node (F=8: C=16; 10 planes of 27 tiles of 1024 elements; T=2 here), a float64 one
+# (10 planes of 27 tiles of 512) and a float16 one (4 planes of 66 tiles of 2048).
+TRELLIS_VECTOR = {
+    torch.float32: lambda: trellis_problem(2, 5, (2, 16, 41, 41), torch.float32),
+    torch.float64: lambda: trellis_problem(2, 5, (2, 16, 29, 29), torch.float64),
+    torch.float16: lambda: trellis_problem(1, 2, (2, 33, 64, 64), torch.float16),
+}
+TRELLIS_VECTOR_TILES = {torch.float32: 270, torch.float64: 270, torch.float16: 264}
+
 TRELLIS = named("trellis_aggregate", [
     *[(f"T{T}-B{B}-{dtype_name(dt)}", lambda T=T, B=B, dt=dt: trellis_problem(T, B, (2, 3, 7, 9), dt))
       for dt in DTYPES for T, B in ((1, 1), (1, 5), (3, 1), (3, 5), (2, 3))],
@@ -244,7 +266,22 @@ TRELLIS = named("trellis_aggregate", [
     # plane; and one large enough for tiles of 2 elements per thread.
     ("paper-level3-T3-B5", lambda: trellis_problem(3, 5, (2, 64, 11, 11), torch.float32)),
     ("two-items-per-thread", lambda: trellis_problem(1, 1, (1, 1, 1025, 1025), torch.float32)),
+    # Planes of whole 16-byte groups and enough tiles (264 or more) for a group per thread step:
+    # 128-bit loads and stores (the arrays come aligned); every dtype's in
+    # test_trellis_128_bit_and_element_accesses_give_the_same_bits.
+    ("vector-float64", TRELLIS_VECTOR[torch.float64]),
 ])
+
+# The backward's bands of output rows hold one row where planes are few (the cases above); here
+# several: 128 planes of 33 rows in bands of 5 (the last of 3), 1024 planes in bands of 16 (the
+# most) and 4 (with 32,768 rows of one input: 2 rows per warp and tile), 64 planes in bands of 2
+# (the last of 1); inputs that upsample, keep the size, downsample (input rows no output reads,
+# inside a band's span) and have a single row.
+RESIZE_BANDS = {
+    5: lambda: resize_problem([(5, 5), (40, 13), (33, 29), (1, 3)], (33, 29), torch.float64, N=1, C=128),
+    16: lambda: resize_problem([(3, 2), (32, 3)], (20, 3), torch.float32, N=1, C=1024),
+    2: lambda: resize_problem([(6, 4), (21, 9), (30, 5)], (21, 9), torch.float32, N=1, C=64),
+}
 
 RESIZE = named("resize_sum", [
     *[(f"case{i}-{dtype_name(dt)}", lambda sizes=sizes, size=size, dt=dt: resize_problem(sizes, size, dt))
@@ -255,17 +292,16 @@ RESIZE = named("resize_sum", [
     ("empty-batch", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, N=0)),
     ("empty-channels", lambda: resize_problem([(4, 5), (2, 3)], (7, 6), torch.float32, C=0)),
     ("non_contiguous", lambda: resize_problem([(5, 4), (3, 7)], (6, 5), torch.float64, non_contiguous=True)),
-    # Large upsampling factors (the ASPP merge's 41 -> 321 scaled down): one input pixel's gather
-    # spread over 1, 2, 4, 8, 16 and 32 lanes (67 x 61, 33 x 31, 25 x 23, 17 x 13, 13 x 11 and 5 x 5
-    # into 67 x 61), rows and columns reaching far apart (3 x 11 -> 67 x 23), K = 1..3, every dtype.
+    # Large upsampling factors (the ASPP merge's 41 -> 321 scaled down): an input pixel read by 1 to
+    # about 27 output rows and columns (67 x 61, 33 x 31, 25 x 23, 17 x 13, 13 x 11 and 5 x 5 into
+    # 67 x 61), rows and columns reaching far apart (3 x 11 -> 67 x 23), K = 1..3, every dtype.
     *[(f"upsample-K{K}-{dtype_name(dt)}", lambda K=K, dt=dt: resize_problem(
         [(5, 5), (3, 11), (17, 13)][:K], (67, 23) if K == 2 else (67, 61), dt, N=1, C=2))
       for dt in DTYPES for K in (1, 2, 3)],
-    ("upsample-lanes-1-to-32", lambda: resize_problem([(67, 61), (33, 31), (25, 23), (17, 13), (13, 11), (5, 5)],
-                                                      (67, 61), torch.float32, N=1, C=2)),
+    ("upsample-factors-1-to-13", lambda: resize_problem([(67, 61), (33, 31), (25, 23), (17, 13), (13, 11), (5, 5)],
+                                                        (67, 61), torch.float32, N=1, C=2)),
     ("upsample-empty-batch", lambda: resize_problem([(5, 5), (3, 11)], (67, 61), torch.float32, N=0)),
-    # A 2x downsampling with enough pixels for 2 pixel steps per warp and tile.
-    ("groups-per-warp-2", lambda: resize_problem([(1024, 1025)], (512, 511), torch.float32, N=1, C=1)),
+    *[(f"bands-of-{rows}-rows", build) for rows, build in RESIZE_BANDS.items()],
 ])
 
 MIXED_NODE = named("mixed_node", [
@@ -347,10 +383,12 @@ DETERMINISM_CASES = [
     pytest.param(lambda: trellis_problem(3, 4, (2, 3, 11, 13), torch.float32), id="trellis_aggregate"),
     pytest.param(lambda: resize_problem([(7, 9), (13, 5), (3, 4)], (13, 11), torch.float32, N=3, C=5),
                  id="resize_sum"),
-    # More tiles than the 32 blocks one multiprocessor gets (the 67 x 61 input): blocks loop.
+    # More band tasks (201) and combine tiles (37) than the 32 blocks one multiprocessor gets:
+    # blocks loop.
     pytest.param(lambda: resize_problem([(5, 5), (17, 13), (3, 11), (67, 61)], (67, 61), torch.float32, N=1, C=3),
                  id="resize_sum-upsample"),
     pytest.param(lambda: trellis_problem(3, 5, (2, 16, 11, 11), torch.float32), id="trellis_aggregate-tiles"),
+    pytest.param(RESIZE_BANDS[2], id="resize_sum-bands"),
     pytest.param(lambda: mixed_node_problem((2, 1), torch.float32, N=3, C=4, out_size=(9, 7)), id="mixed_node"),
     pytest.param(lambda: mixed_node_problem((2, 1), torch.float32, N=17, C=2, out_size=(8, 8)), id="mixed_node-chunks"),
     pytest.param(lambda: depthwise_problem((3, 5, 13, 11, 3, 2, 1, 1), torch.float32), id="depthwise_conv2d"),
@@ -380,9 +418,9 @@ def test_bitwise_identical_in_every_schedule_and_multiprocessor_count(emu, build
             assert torch.equal(a, b), f"output {i} differs in schedule {mode} with {sms} multiprocessors"
 
 
-# The depthwise kernels' 64-bit index path, taken by tensors of over 2^30 elements (too large to
-# emulate), on small ones: FASTDNAS_EMU_INDEX64 sends every call there. It adds the same products
-# in the same order as the 32-bit paths (constant geometries included): bitwise their results.
+# The 64-bit index paths, taken by tensors of over 2^30 elements (too large to emulate), on small
+# ones: FASTDNAS_EMU_INDEX64 sends every call there. They add the same products in the same order
+# as the 32-bit paths (constant geometries included): bitwise their results.
 INDEX64_CASES = [
     *[pytest.param(lambda case=case: depthwise_problem(case, torch.float32), id=f"depthwise_conv2d-case{i}")
       for i, case in enumerate(test_depthwise_conv.CASES[:4])],
@@ -390,12 +428,17 @@ INDEX64_CASES = [
     *[pytest.param(lambda case=case: depthwise_segments_problem(case, torch.float64),
                    id=f"depthwise_conv2d_segments-case{i}") for i, case in enumerate(test_depthwise_segments.CASES)
       if i in (0, 2, 5)],
+    pytest.param(lambda: trellis_problem(3, 4, (2, 3, 11, 13), torch.float32), id="trellis_aggregate"),
+    pytest.param(TRELLIS_VECTOR[torch.float64], id="trellis_aggregate-vector"),
+    pytest.param(RESIZE_BANDS[5], id="resize_sum-bands"),
+    pytest.param(lambda: resize_problem([(5, 5), (17, 13), (3, 11)], (67, 61), torch.float32, N=1, C=3),
+                 id="resize_sum-upsample"),
 ]
 
 
 @pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
 @pytest.mark.parametrize("build_problem", INDEX64_CASES)
-def test_depthwise_64_bit_indices_give_the_32_bit_results(emu, monkeypatch, build_problem):
+def test_64_bit_indices_give_the_32_bit_results(emu, monkeypatch, build_problem):
     problem = build_problem()
     narrow = problem.run(torch.ops.fastdnas_emu)
     monkeypatch.setenv("FASTDNAS_EMU_INDEX64", "1")
@@ -450,6 +493,28 @@ def test_mixed_node_backward_is_three_launches(emu, running):
     torch.ops.fastdnas_emu._mixed_node_backward(torch.ones_like(out), *args[:7], mean, var, args[-1], not running)
     kernels = emu.take_launched_kernels()
     assert len(kernels) == 3, kernels
+
+
+@pytest.mark.skipif(ASAN, reason="not part of the reduced AddressSanitizer run")
+@pytest.mark.parametrize("dtype", list(TRELLIS_VECTOR), ids=dtype_name)
+def test_trellis_128_bit_and_element_accesses_give_the_same_bits(emu, dtype):
+    """The group layout's 128-bit accesses match the CPU kernel and the reference, and on arrays off
+    16-byte boundaries the element-wise accesses of the same layout give the same bits (the same
+    elements per thread, added in the same order)."""
+    problem = TRELLIS_VECTOR[dtype]()
+    # The group layout is the one taken: one fiber per thread of each tile (the forward kernel has
+    # no barriers), 270 or 264 tiles where one element per step would take 4 to 8 times as many.
+    before = emu.switches()
+    torch.ops.fastdnas_emu.trellis_aggregate(*problem.forward_args)
+    assert emu.switches() - before == 256 * TRELLIS_VECTOR_TILES[dtype]
+    aligned = problem.run(torch.ops.fastdnas_emu)
+    for i, (got, cpu, want) in enumerate(zip(aligned, problem.run(torch.ops.fastdnas), problem.reference())):
+        assert_close(got, cpu, problem.tol if i < len(aligned) - 1 else problem.weight_tol, f"output {i}")
+        assert_close(got, want.to(got.dtype), problem.tol if i < len(aligned) - 1 else problem.weight_tol,
+                     f"output {i}")
+    offset = problem.run(torch.ops.fastdnas_emu, offset=True)
+    for i, (a, b) in enumerate(zip(aligned, offset)):
+        assert torch.equal(a, b), f"output {i} differs between 128-bit and element accesses"
 
 
 @pytest.mark.parametrize("kinds", ["all", (test_mixed_node.MAX,), (test_mixed_node.AVG,)],

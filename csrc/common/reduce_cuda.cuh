@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 namespace fastdnas {
 namespace cuda_reduce {
@@ -50,8 +51,13 @@ inline int64_t items_per_tile(int64_t n, int64_t unit, int64_t max_items) {
 // Calls f(int32_t{}) when every offset a kernel forms stays below n <= 2^30 (so a tile's
 // overshoot past the end cannot overflow either), else f(int64_t{}): 32-bit index math where the
 // tensors fit.
+// The emulator's tests send small tensors down the 64-bit path with FASTDNAS_EMU_INDEX64 (too few
+// elements to reach it otherwise).
 template <typename F>
 void with_index_type(int64_t n, F&& f) {
+#if defined(FASTDNAS_CUDA_EMU)
+  if (std::getenv("FASTDNAS_EMU_INDEX64") != nullptr) return f(int64_t{});
+#endif
   if (n <= (int64_t{1} << 30))
     f(int32_t{});
   else
@@ -87,11 +93,11 @@ __device__ void block_sums(const acc_t (&values)[kMaxCount], int count, acc_t* o
   __syncthreads();
 }
 
-// sums[k] = sum over rows of partials[row, k] (partials is [rows, K]); launch K blocks of kThreads.
+// *sum = sum over rows of partials[row, k] (partials is [rows, K]) in a fixed tree order; every
+// thread of a kThreads block must call it.
 template <typename acc_t>
-__global__ void sum_partials_kernel(const acc_t* __restrict__ partials, int64_t rows, int K, acc_t* __restrict__ sums) {
+__device__ void sum_partials_column(const acc_t* __restrict__ partials, int64_t rows, int K, int k, acc_t* sum) {
   __shared__ acc_t shared[kThreads];
-  const int k = blockIdx.x;
   acc_t v = 0;
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) v += partials[r * K + k];
   shared[threadIdx.x] = v;
@@ -100,7 +106,13 @@ __global__ void sum_partials_kernel(const acc_t* __restrict__ partials, int64_t 
     if (threadIdx.x < width) shared[threadIdx.x] += shared[threadIdx.x + width];
     __syncthreads();
   }
-  if (threadIdx.x == 0) sums[k] = shared[0];
+  if (threadIdx.x == 0) *sum = shared[0];
+}
+
+// sums[k] = sum over rows of partials[row, k] (partials is [rows, K]); launch K blocks of kThreads.
+template <typename acc_t>
+__global__ void sum_partials_kernel(const acc_t* __restrict__ partials, int64_t rows, int K, acc_t* __restrict__ sums) {
+  sum_partials_column(partials, rows, K, static_cast<int>(blockIdx.x), sums + blockIdx.x);
 }
 
 }  // namespace cuda_reduce

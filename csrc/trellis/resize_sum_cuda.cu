@@ -58,138 +58,161 @@ __global__ void resize_sum_forward_kernel(ResizeInputTable<scalar_t, acc_t> inpu
   }
 }
 
-// Backward: the adjoint at one input pixel gathers grad over the output rectangle that reads it
-// (about (2 * out / in)^2 pixels: ~3,400 for the 11 x 11 ASPP level resized to 321 x 321). Each
-// pixel gets a group of `lanes` lanes (a power of two up to a warp, chosen per input from the
-// largest rectangle so each lane gathers up to 16 elements where a warp suffices, else more: up
-// to 185 at the 11 x 11 level), laid out as row_lanes x col_lanes over the rectangle: a lane
-// takes every row_lanes-th row and every col_lanes-th column from its offset (consecutive lanes
-// read consecutive columns), and the group's shares are added in a fixed shuffle tree. A warp does
-// 32 / lanes pixels at a time, groups_per_warp times per tile; a tile (kWarps warps) writes one
-// partial sum of the weight gradient. The gather was chosen over output tiles in shared memory:
-// no staging or halo logic, and a coarse input's rectangle spreads over a whole warp, which is
-// where the parallelism was missing. Every split depends on the sizes only, so the results are
-// bitwise the same for any grid (the grid follows the device).
-struct GatherLayout {
-  int lanes_log2;       // lanes per pixel: 1 << lanes_log2
-  int col_lanes_log2;   // of them along the columns; the rest along the rows
-  int groups_per_warp;  // pixel steps per warp and tile
+// Backward: the adjoint of a bilinear resize is separable. At input pixel (y, x) of input k it is
+//   sum over output rows oy reading y of  w_row(oy, y) * T[oy, x],
+//   T[oy, x] = sum over output columns ox reading x of  w_col(ox, x) * grad[oy, ox],
+// each sum in ascending order (the CPU kernel's bilinear_adjoint_at adds the same products in the
+// same order). Two kernels for all K inputs at once:
+//  1. resize_sum_bands_kernel: a block per (plane, band of band_rows output rows) reads the band
+//     of grad once for every input; a thread per input column (k, x) forms T for the band's rows
+//     (one column weight per output column, the rows' loads independent), then streams the rows'
+//     contributions, in ascending oy, into running sums of the input rows they read (at most two
+//     at a time: a row's first tap index never decreases), writing each finished input row's
+//     partial sum for the band. Input rows inside the band's span that no row reads (a
+//     downsampling skips them) get 0.
+//  2. resize_sum_combine_kernel: a warp per input row (k, plane, y), its lanes over x, adds the
+//     partials of the bands holding the output rows that read y, in band order, then writes
+//     grad_input = weight * adjoint and per tile partial sums of adjoint * input (tiles of whole
+//     rows of one input).
+// Then one block per input adds its tiles' partial sums in a fixed order. The bands (rows per
+// band, so the number of blocks: about kTargetBands at every Auto-DeepLab level) and the tiles
+// depend on the sizes only, so the results are bitwise the same for any grid (the grids follow
+// the device). No division per element: the plane and band are found once per block task, the
+// input and row once per row.
+constexpr int kMaxBandRows = 16;
+constexpr int64_t kTargetBands = 1024;
+
+template <typename acc_t>
+struct ResizeBackwardTable {
+  ResizeAxis<acc_t> rows[kMaxResizeSumInputs];
+  ResizeAxis<acc_t> cols[kMaxResizeSumInputs];
+  int64_t column_begin[kMaxResizeSumInputs + 1];  // input k's columns are [column_begin[k], column_begin[k + 1])
+  int64_t partial_offset[kMaxResizeSumInputs];    // input k's band partials: [planes * bands, band_height, in_w]
+  int64_t tile_begin[kMaxResizeSumInputs + 1];    // input k's tiles of the combine kernel
+  int band_height[kMaxResizeSumInputs];           // input rows a band's partial holds (the most any band spans)
+  int rows_per_warp[kMaxResizeSumInputs];         // combine kernel: consecutive input rows per warp and tile
 };
 
-// The most elements one lane gathers (for the widest rectangle) that still leaves a group
-// narrower than a warp: 16 keeps the lanes busy where rectangles are small (the 81 x 81 level
-// resized to 321 x 321: 8 lanes as 2 x 4 over up to 10 x 10) and spreads the large ones over a
-// warp (41 x 41 and coarser: 32 lanes).
-constexpr int64_t kGatherPerLane = 16;
-
-// The longest run of outputs that read one input index along an axis.
+// The input rows a band of output rows [oy_begin, oy_end) contributes to: [first, last].
 template <typename acc_t>
-int64_t widest_reach(const ResizeAxis<acc_t>& axis) {
-  int64_t widest = 0;
-  for (int64_t i = 0; i < axis.input_size; ++i) {
-    const OutputRange r = outputs_reading(axis, i);
-    widest = std::max(widest, r.end - r.begin);
-  }
-  return widest;
+FASTDNAS_HOST_DEVICE OutputRange band_input_rows(const ResizeAxis<acc_t>& rows, int64_t oy_begin, int64_t oy_end) {
+  const int64_t first = linear_taps(rows, oy_begin).index0;
+  const int64_t last_index0 = linear_taps(rows, oy_end - 1).index0;
+  return {first, last_index0 + 1 < rows.input_size ? last_index0 + 1 : last_index0};
 }
 
-template <typename acc_t>
-GatherLayout gather_layout(const ResizeAxis<acc_t>& rows, const ResizeAxis<acc_t>& cols, int64_t pixels) {
-  const int64_t reach_rows = widest_reach(rows), reach_cols = widest_reach(cols);
-  GatherLayout layout{0, 0, 1};
-  while (layout.lanes_log2 < 5 && (int64_t{1} << layout.lanes_log2) * kGatherPerLane < reach_rows * reach_cols)
-    ++layout.lanes_log2;
-  // The split of the group with the least serial work per lane; ties go to more column lanes.
-  int64_t best = -1;
-  for (int c = layout.lanes_log2; c >= 0; --c) {
-    const int64_t col_lanes = int64_t{1} << c, row_lanes = int64_t{1} << (layout.lanes_log2 - c);
-    const int64_t work = ((reach_rows + row_lanes - 1) / row_lanes) * ((reach_cols + col_lanes - 1) / col_lanes);
-    if (best < 0 || work < best) best = work, layout.col_lanes_log2 = c;
-  }
-  const int64_t pixels_per_step = int64_t{32} >> layout.lanes_log2;
-  layout.groups_per_warp =
-      static_cast<int>(items_per_tile((pixels + pixels_per_step - 1) / pixels_per_step, kWarps, 16));
-  return layout;
-}
-
-// Columns one lane gathers at once, each with its own running sum over the lane's rows, so the
-// row weight is found once per row and the column weight once per column.
-constexpr int kLaneColumns = 4;
-
-// One lane's share of the adjoint at input pixel (y, x): its rows (from row_lane, step row_lanes)
-// and columns (from col_lane, step col_lanes) of the output rectangle that reads the pixel.
-template <typename acc_t, typename scalar_t, typename index_t>
-__device__ acc_t adjoint_share(const scalar_t* grad_plane, const ResizeAxis<acc_t>& rows,
-                               const ResizeAxis<acc_t>& cols, index_t y, index_t x, int row_lane, int row_lanes,
-                               int col_lane, int col_lanes) {
-  const OutputRange out_rows = outputs_reading(rows, y), out_cols = outputs_reading(cols, x);
-  const index_t row_begin = static_cast<index_t>(out_rows.begin) + row_lane;
-  const index_t row_end = static_cast<index_t>(out_rows.end);
-  const index_t col_end = static_cast<index_t>(out_cols.end);
-  const index_t out_w = static_cast<index_t>(cols.output_size);
-  acc_t total = 0;
-  for (index_t col0 = static_cast<index_t>(out_cols.begin) + col_lane; col0 < col_end;
-       col0 += kLaneColumns * col_lanes) {
-    acc_t column_sums[kLaneColumns];
-#pragma unroll
-    for (int m = 0; m < kLaneColumns; ++m) column_sums[m] = 0;
-    for (index_t oy = row_begin; oy < row_end; oy += row_lanes) {
-      const acc_t row_weight = tap_weight(linear_taps(rows, oy), y);
-      const scalar_t* grad_row = grad_plane + oy * out_w;
-#pragma unroll
-      for (int m = 0; m < kLaneColumns; ++m) {
-        const index_t ox = col0 + m * col_lanes;
-        if (ox < col_end) column_sums[m] = accumulate_product(column_sums[m], row_weight, grad_row[ox]);
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < kLaneColumns; ++m) {
-      const index_t ox = col0 + m * col_lanes;
-      if (ox < col_end) total += tap_weight(linear_taps(cols, ox), x) * column_sums[m];
-    }
-  }
-  return total;
-}
-
-// For one input: grad_input = weight * (adjoint of the resize applied to grad), gathered per
-// input pixel (no atomics), and per tile partial sums of its dot with the input.
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void resize_sum_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ input,
-                                           scalar_t* __restrict__ grad_input, const acc_t* __restrict__ weight,
-                                           ResizeAxis<acc_t> rows, ResizeAxis<acc_t> cols, GatherLayout layout,
-                                           index_t pixels, index_t tiles, acc_t* __restrict__ partials) {
-  const acc_t w = *weight;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int lanes = 1 << layout.lanes_log2, col_lanes = 1 << layout.col_lanes_log2;
-  const int member = lane & (lanes - 1);  // this lane's place in its pixel's group
-  const int col_lane = member & (col_lanes - 1), row_lane = member >> layout.col_lanes_log2;
-  const int pixels_per_step = 32 >> layout.lanes_log2;
-  const index_t pixels_per_warp = static_cast<index_t>(layout.groups_per_warp) * pixels_per_step;
-  const index_t in_w = static_cast<index_t>(cols.input_size);
-  const index_t in_plane = static_cast<index_t>(rows.input_size) * in_w;
-  const index_t out_plane = static_cast<index_t>(rows.output_size * cols.output_size);
-  for (index_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    acc_t dot[1] = {0};
-    const index_t first = (tile * kWarps + warp) * pixels_per_warp + (lane >> layout.lanes_log2);
-    for (int step = 0; step < layout.groups_per_warp; ++step) {
-      const index_t i = first + static_cast<index_t>(step) * pixels_per_step;
-      acc_t adjoint = 0;
-      if (i < pixels) {  // one division per pixel (each gathers several elements per lane)
-        const index_t plane = i / in_plane;
-        const index_t rest = i - plane * in_plane;
-        const index_t y = rest / in_w;
-        adjoint = adjoint_share(grad + plane * out_plane, rows, cols, y, rest - y * in_w, row_lane,
-                                lanes >> layout.col_lanes_log2, col_lane, col_lanes);
+__global__ void resize_sum_bands_kernel(const scalar_t* __restrict__ grad, ResizeBackwardTable<acc_t> table, int K,
+                                        index_t out_h, index_t out_w, int band_rows, index_t bands, index_t tasks,
+                                        acc_t* __restrict__ partials) {
+  const index_t columns = static_cast<index_t>(table.column_begin[K]);
+  for (index_t task = blockIdx.x; task < tasks; task += gridDim.x) {
+    const index_t plane = task / bands;
+    const index_t oy0 = (task - plane * bands) * band_rows;
+    const int rows = out_h - oy0 < band_rows ? static_cast<int>(out_h - oy0) : band_rows;
+    const scalar_t* grad_band = grad + (plane * out_h + oy0) * out_w;
+    for (index_t c = threadIdx.x; c < columns; c += kThreads) {
+      int k = 0;
+      while (c >= static_cast<index_t>(table.column_begin[k + 1])) ++k;
+      const ResizeAxis<acc_t> row_axis = table.rows[k], col_axis = table.cols[k];
+      const index_t x = c - static_cast<index_t>(table.column_begin[k]);
+      const index_t in_w = static_cast<index_t>(col_axis.input_size);
+      // T for the band's rows at column x.
+      acc_t sums[kMaxBandRows];
+#pragma unroll
+      for (int r = 0; r < kMaxBandRows; ++r) sums[r] = 0;
+      const OutputRange reach = outputs_reading(col_axis, x);
+      for (index_t ox = static_cast<index_t>(reach.begin); ox < static_cast<index_t>(reach.end); ++ox) {
+        const acc_t w = tap_weight(linear_taps(col_axis, ox), x);
+        const scalar_t* g = grad_band + ox;
+#pragma unroll
+        for (int r = 0; r < kMaxBandRows; ++r)
+          if (r < rows) sums[r] = accumulate_product(sums[r], w, g[r * out_w]);
       }
-      // The group's shares, added in a fixed tree into its first lane (every lane takes part).
-      for (int offset = lanes / 2; offset > 0; offset /= 2) adjoint += __shfl_down_sync(0xffffffffu, adjoint, offset);
-      if (member == 0 && i < pixels) {
-        grad_input[i] = scaled_gradient<scalar_t>(w, adjoint);
-        dot[0] = accumulate_product(dot[0], adjoint, input[i]);
+      // The rows' contributions to input rows y (running sum `current`) and y + 1 (`next`).
+      const index_t first = static_cast<index_t>(linear_taps(row_axis, oy0).index0);
+      const index_t in_h = static_cast<index_t>(row_axis.input_size);
+      acc_t* out = partials + static_cast<index_t>(table.partial_offset[k]) +
+                   task * static_cast<index_t>(table.band_height[k]) * in_w + x;  // row `first`
+      index_t y = first;
+      acc_t current = 0, next = 0;
+#pragma unroll
+      for (int r = 0; r < kMaxBandRows; ++r) {
+        if (r < rows) {
+          const LinearTaps<acc_t> taps = linear_taps(row_axis, oy0 + r);
+          for (; y < static_cast<index_t>(taps.index0); ++y) {
+            out[(y - first) * in_w] = current;
+            current = next;
+            next = 0;
+          }
+          current += tap_weight(taps, y) * sums[r];
+          if (y + 1 < in_h) next += tap_weight(taps, y + 1) * sums[r];
+        }
+      }
+      out[(y - first) * in_w] = current;
+      if (y + 1 < in_h) out[(y + 1 - first) * in_w] = next;
+    }
+  }
+}
+
+template <typename scalar_t>
+struct ResizeGradTable {
+  const scalar_t* input[kMaxResizeSumInputs];
+  scalar_t* grad_input[kMaxResizeSumInputs];
+};
+
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void resize_sum_combine_kernel(ResizeGradTable<scalar_t> io, ResizeBackwardTable<acc_t> table,
+                                          const acc_t* __restrict__ weights, int K, int band_rows, index_t bands,
+                                          index_t planes, const acc_t* __restrict__ partials,
+                                          acc_t* __restrict__ dot_partials) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const index_t tiles = static_cast<index_t>(table.tile_begin[K]);
+  for (index_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int k = 0;
+    while (tile >= static_cast<index_t>(table.tile_begin[k + 1])) ++k;
+    const ResizeAxis<acc_t> row_axis = table.rows[k];
+    const index_t in_h = static_cast<index_t>(row_axis.input_size);
+    const index_t in_w = static_cast<index_t>(table.cols[k].input_size);
+    const index_t input_rows = planes * in_h;
+    const index_t band_size = static_cast<index_t>(table.band_height[k]) * in_w;
+    const acc_t* band_partials = partials + static_cast<index_t>(table.partial_offset[k]);
+    const acc_t w = weights[k];
+    const int rows_per_warp = table.rows_per_warp[k];
+    const index_t row0 = ((tile - static_cast<index_t>(table.tile_begin[k])) * kWarps + warp) * rows_per_warp;
+    acc_t dot[1] = {0};
+    for (int i = 0; i < rows_per_warp; ++i) {
+      const index_t row = row0 + i;
+      if (row >= input_rows) break;
+      const index_t plane = row / in_h;
+      const index_t y = row - plane * in_h;
+      const OutputRange reach = outputs_reading(row_axis, y);
+      const index_t band_begin = static_cast<index_t>(reach.begin) / band_rows;
+      const index_t band_end = reach.end > reach.begin ? static_cast<index_t>(reach.end - 1) / band_rows + 1 : band_begin;
+      const scalar_t* input_row = io.input[k] + row * in_w;
+      scalar_t* grad_row = io.grad_input[k] + row * in_w;
+      for (index_t x = lane; x < in_w; x += 32) {
+        acc_t adjoint = 0;
+        for (index_t band = band_begin; band < band_end; ++band) {
+          const index_t first = static_cast<index_t>(linear_taps(row_axis, band * band_rows).index0);
+          const acc_t part = band_partials[(plane * bands + band) * band_size + (y - first) * in_w + x];
+          adjoint = band == band_begin ? part : adjoint + part;
+        }
+        grad_row[x] = scaled_gradient<scalar_t>(w, adjoint);
+        dot[0] = accumulate_product(dot[0], adjoint, input_row[x]);
       }
     }
-    block_sums(dot, 1, partials + tile, 1);
+    block_sums(dot, 1, dot_partials + tile, 1);
   }
+}
+
+// sums[k] = the sum of partials[tile_begin[k] .. tile_begin[k + 1]) in a fixed tree order; K blocks.
+template <typename acc_t>
+__global__ void resize_sum_weight_sums_kernel(const acc_t* __restrict__ partials, ResizeBackwardTable<acc_t> table,
+                                              acc_t* __restrict__ sums) {
+  const int k = blockIdx.x;
+  sum_partials_column(partials + table.tile_begin[k], table.tile_begin[k + 1] - table.tile_begin[k], 1, 0,
+                           sums + k);
 }
 
 at::Tensor resize_sum_cuda(at::TensorList inputs_arg, at::IntArrayRef size,
@@ -237,8 +260,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> resize_sum_backward_cuda(const a
   const auto inputs = contiguous_all(inputs_arg);
   const at::Tensor grad = grad_arg.contiguous();
   auto grad_inputs = empty_like_all(inputs);
+  const int64_t planes = grad.size(0) * grad.size(1);
   const int64_t out_h = grad.size(2), out_w = grad.size(3);
-  const int64_t K = static_cast<int64_t>(inputs.size());
+  const int K = static_cast<int>(inputs.size());
   at::Tensor grad_weights;
   const auto stream = at::cuda::getCurrentCUDAStream();
 
@@ -247,26 +271,54 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> resize_sum_backward_cuda(const a
     const at::Tensor weights =
         accumulation_weights(weights_arg, K, c10::CppTypeToScalarType<acc_t>::value, grad.device());
     at::Tensor sums = at::zeros({K}, weights.options());
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t n = inputs[k].numel();
-      if (n == 0) continue;
-      const auto rows = resize_axis<acc_t>(inputs[k].size(2), out_h);
-      const auto cols = resize_axis<acc_t>(inputs[k].size(3), out_w);
-      const GatherLayout layout = gather_layout(rows, cols, n);
-      const int64_t tile_pixels = int64_t{kWarps} * layout.groups_per_warp * (32 >> layout.lanes_log2);
-      const int64_t tiles = (n + tile_pixels - 1) / tile_pixels;
-      at::Tensor partials = at::empty({tiles}, weights.options());
-      with_index_type(std::max(n, grad.numel()), [&](auto index_zero) {
+    if (planes > 0) {
+      // Bands of output rows: about kTargetBands blocks in all, at most kMaxBandRows rows each.
+      const int64_t bands_wanted = std::max<int64_t>(1, (kTargetBands + planes - 1) / planes);
+      const int band_rows = static_cast<int>(std::min<int64_t>(kMaxBandRows, (out_h + bands_wanted - 1) / bands_wanted));
+      const int64_t bands = (out_h + band_rows - 1) / band_rows;
+      ResizeBackwardTable<acc_t> table{};
+      ResizeGradTable<scalar_t> io{};
+      int64_t partial_size = 0, largest = grad.numel();
+      for (int k = 0; k < K; ++k) {
+        const int64_t in_h = inputs[k].size(2), in_w = inputs[k].size(3);
+        table.rows[k] = resize_axis<acc_t>(in_h, out_h);
+        table.cols[k] = resize_axis<acc_t>(in_w, out_w);
+        table.column_begin[k + 1] = table.column_begin[k] + in_w;
+        int64_t height = 1;
+        for (int64_t band = 0; band < bands; ++band) {
+          const OutputRange span =
+              band_input_rows(table.rows[k], band * band_rows, std::min(out_h, (band + 1) * band_rows));
+          height = std::max(height, span.end - span.begin + 1);
+        }
+        table.band_height[k] = static_cast<int>(height);
+        table.partial_offset[k] = partial_size;
+        partial_size += planes * bands * height * in_w;
+        const int64_t input_rows = planes * in_h;
+        table.rows_per_warp[k] = static_cast<int>(items_per_tile(input_rows, kWarps, 16));
+        const int64_t tile_rows = int64_t{kWarps} * table.rows_per_warp[k];
+        table.tile_begin[k + 1] = table.tile_begin[k] + (input_rows + tile_rows - 1) / tile_rows;
+        io.input[k] = inputs[k].const_data_ptr<scalar_t>();
+        io.grad_input[k] = grad_inputs[k].mutable_data_ptr<scalar_t>();
+        largest = std::max(largest, inputs[k].numel());
+      }
+      at::Tensor partials = at::empty({partial_size}, weights.options());
+      at::Tensor dot_partials = at::empty({table.tile_begin[K]}, weights.options());
+      with_index_type(std::max(largest, partial_size), [&](auto index_zero) {
         using index_t = decltype(index_zero);
-        FASTDNAS_LAUNCH((resize_sum_backward_kernel<scalar_t, acc_t, index_t>),
-                        device_grid_for(tiles, kTileBlocksPerSM), kThreads, 0, stream)(
-            grad.const_data_ptr<scalar_t>(), inputs[k].const_data_ptr<scalar_t>(),
-            grad_inputs[k].mutable_data_ptr<scalar_t>(), weights.const_data_ptr<acc_t>() + k, rows, cols, layout,
-            static_cast<index_t>(n), static_cast<index_t>(tiles), partials.mutable_data_ptr<acc_t>());
+        const int64_t tasks = planes * bands;
+        FASTDNAS_LAUNCH((resize_sum_bands_kernel<scalar_t, acc_t, index_t>),
+                        device_grid_for(tasks, kTileBlocksPerSM), kThreads, 0, stream)(
+            grad.const_data_ptr<scalar_t>(), table, K, static_cast<index_t>(out_h), static_cast<index_t>(out_w),
+            band_rows, static_cast<index_t>(bands), static_cast<index_t>(tasks), partials.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        FASTDNAS_LAUNCH((resize_sum_combine_kernel<scalar_t, acc_t, index_t>),
+                        device_grid_for(table.tile_begin[K], kTileBlocksPerSM), kThreads, 0, stream)(
+            io, table, weights.const_data_ptr<acc_t>(), K, band_rows, static_cast<index_t>(bands),
+            static_cast<index_t>(planes), partials.const_data_ptr<acc_t>(), dot_partials.mutable_data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-      FASTDNAS_LAUNCH((sum_partials_kernel<acc_t>), 1, kThreads, 0, stream)(partials.const_data_ptr<acc_t>(), tiles,
-                                                            1, sums.mutable_data_ptr<acc_t>() + k);
+      FASTDNAS_LAUNCH((resize_sum_weight_sums_kernel<acc_t>), K, kThreads, 0, stream)(
+          dot_partials.const_data_ptr<acc_t>(), table, sums.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     grad_weights = sums.to(weights_arg.has_value() ? weights_arg->scalar_type() : grad.scalar_type());
