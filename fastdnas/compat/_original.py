@@ -6,6 +6,8 @@ not parameters: ``parameters()``, ``named_parameters()`` and ``state_dict()`` ho
 weights alone, which the original architect relies on (it flattens ``parameters()`` into the
 unrolled weight vector and copies ``state_dict()`` into the unrolled model).
 """
+import gc
+
 import torch
 
 
@@ -41,8 +43,20 @@ class OriginalInterface:
 
     def new(self):
         """A network of the same configuration (fresh weights) with a copy of the architecture
-        tensors, on this network's device and dtype (the unrolled model of the original architect)."""
-        model_new = self._same_configuration()
+        tensors, on this network's device and dtype (the unrolled model of the original architect).
+
+        The original architect calls it every second-order step. Building the thousands of modules
+        creates objects enough to start the garbage collector's full passes over every live
+        object (this network, its tensors, the caller's) several times; they find nothing to
+        free here (a new network holds no cycles to break), so the collector is paused while it
+        is built and restored after, as it was, whatever happens."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            model_new = self._same_configuration()
+        finally:
+            if collecting:
+                gc.enable()
         reference = self.arch_parameters()[0]
         model_new = model_new.to(device=reference.device, dtype=reference.dtype)
         for x, y in zip(model_new.arch_parameters(), self.arch_parameters()):

@@ -382,17 +382,23 @@ class _StrideGroup:
             y, done = first.split([S * E * C, (K - S) * E * C], 1) if 0 < S < K else (first, first)
             y = y.contiguous()
             if S:
-                if update:  # the running statistics' update, applied by the caller
-                    with torch.no_grad():
-                        var, mean = torch.var_mean(y, dim=(0, 2, 3), unbiased=True)
-                    stats = (mean.view(S * E, C), var.view(S * E, C))
-                rows = (None, None)
-                if inner_running is not None:
-                    rows = [r.reshape(-1) for r in inner_running]
                 # In float32 under autocast, as nn.BatchNorm2d computes a half-precision input
                 # with its float32 buffers: without them the half kernel loses precision.
                 low = y.dtype in (torch.float16, torch.bfloat16)
-                y = F.relu(F.batch_norm(y.float() if low else y, *rows, training=batch_stats, eps=eps).to(y.dtype))
+                bn_input = y.float() if low else y
+                rows, momentum = (None, None), 0.0
+                if inner_running is not None:
+                    rows = [r.reshape(-1) for r in inner_running]
+                elif update:
+                    # The running statistics' update, applied by the caller: batch_norm records
+                    # the batch mean and unbiased variance it normalises with into fresh buffers
+                    # at momentum 1 (1 * statistic + 0 * buffer: exact), no second pass over y.
+                    rows = (bn_input.new_zeros(S * E * C), bn_input.new_ones(S * E * C))
+                    momentum = 1.0
+                y = F.relu(F.batch_norm(bn_input, *rows, training=batch_stats, momentum=momentum, eps=eps)
+                           .to(y.dtype))
+                if update:
+                    stats = (rows[0].view(S * E, C), rows[1].view(S * E, C))
                 second = _depthwise_segments(y, [kind[0][5] for kind in layers[:S]],
                                              [next(pieces) for _ in range(S)], [s * E * C for s in range(S)])
                 second = _stacked_pointwise(second, next(pieces))
