@@ -46,10 +46,11 @@ class OriginalInterface:
         tensors, on this network's device and dtype (the unrolled model of the original architect).
 
         The original architect calls it every second-order step. Building the thousands of modules
-        creates objects enough to start the garbage collector's full passes over every live
-        object (this network, its tensors, the caller's) several times; they find nothing to
-        free here (a new network holds no cycles to break), so the collector is paused while it
-        is built and restored after, as it was, whatever happens."""
+        creates objects enough to start several of the garbage collector's full passes, each over
+        every live object (this network, its tensors, the caller's): the collector is paused while
+        the network is built and restored after, as it was, whatever happens (what it would have
+        collected meanwhile it collects on its next pass). The move to this network's device and
+        dtype, a walk over every module, is skipped where the new network already has them."""
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -58,7 +59,9 @@ class OriginalInterface:
             if collecting:
                 gc.enable()
         reference = self.arch_parameters()[0]
-        model_new = model_new.to(device=reference.device, dtype=reference.dtype)
+        built = model_new.arch_parameters()[0]
+        if (built.device, built.dtype) != (reference.device, reference.dtype):
+            model_new = model_new.to(device=reference.device, dtype=reference.dtype)
         for x, y in zip(model_new.arch_parameters(), self.arch_parameters()):
             x.data.copy_(y.data)
         return model_new
