@@ -7,6 +7,7 @@ import contextlib
 import pytest
 import torch
 
+from conftest import OpNames
 import fastdnas.search.architect
 import fastdnas.search.loop
 from fastdnas import autodeeplab, darts
@@ -86,18 +87,6 @@ def test_differentiating_freezes_the_other_parameters_and_restores_them():
     assert all(p.requires_grad for p in weights[1:])
 
 
-class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the names of the ops dispatched while it is active (the backward's kernels included)."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_custom_ops_skip_the_weight_gradients_a_pass_does_not_use():
     """torch.autograd.grad(loss, alphas) with every weight still requiring grad (the original
     architect's Hessian-vector product on the compat network): the depthwise kernels' weight
@@ -113,12 +102,12 @@ def test_custom_ops_skip_the_weight_gradients_a_pass_does_not_use():
     weights, alphas = list(net.parameters()), net.arch_parameters()
     net._loss(x, y).backward()
     full_alphas, full_weights = [a.grad.clone() for a in alphas], [w.grad.clone() for w in weights]
-    with _OpNames() as seen:
+    with OpNames() as seen:
         alpha_grads = torch.autograd.grad(net._loss(x, y), alphas)
     assert "_depthwise_conv2d_segments_input_grad.default" in seen.names
     assert "_depthwise_conv2d_segments_weight_grad.default" not in seen.names
     assert all(torch.equal(a, b) for a, b in zip(alpha_grads, full_alphas))
-    with _OpNames() as seen:
+    with OpNames() as seen:
         weight_grads = torch.autograd.grad(net._loss(x, y), weights)
     assert "_depthwise_conv2d_segments_weight_grad.default" in seen.names
     assert all(torch.equal(a, b) for a, b in zip(weight_grads, full_weights))
@@ -131,12 +120,12 @@ def test_custom_ops_skip_the_weight_gradients_a_pass_does_not_use():
     g = torch.randn_like(out)
     full = torch.autograd.grad(out, [x, *w], g, retain_graph=True)
     for inputs, expected in (([w[1]], full[2:]), ([x], full[:1])):
-        with _OpNames() as seen:
+        with OpNames() as seen:
             got = torch.autograd.grad(out, inputs, g, retain_graph=True)
         assert all(torch.equal(a, b) for a, b in zip(got, expected))
         assert ("_depthwise_conv2d_segments_weight_grad.default" in seen.names) == (inputs[0] is w[1])
         assert ("_depthwise_conv2d_segments_input_grad.default" in seen.names) == (inputs[0] is x)
-    with _OpNames() as seen:
+    with OpNames() as seen:
         torch.autograd.grad(single, [x], torch.ones_like(single))
     assert "_depthwise_conv2d_input_grad.default" in seen.names
     assert "_depthwise_conv2d_weight_grad.default" not in seen.names
