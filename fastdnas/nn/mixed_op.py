@@ -408,9 +408,9 @@ class _StrideGroup:
                     rows = [r.reshape(-1) for r in inner_running]
                 elif update:
                     # The running statistics' update, applied by the caller: batch_norm records
-                    # the batch mean and unbiased variance it normalises with into fresh buffers
-                    # at momentum 1 (1 * statistic + 0 * buffer: exact), no second pass over y.
-                    rows = (bn_input.new_zeros(S * E * C), bn_input.new_ones(S * E * C))
+                    # the batch mean and unbiased variance it normalises with into zeroed buffers
+                    # at momentum 1 (1 * statistic + 0 * 0: exact), no second pass over y.
+                    rows = bn_input.new_zeros(2, S * E * C).unbind(0)
                     momentum = 1.0
                 y = F.relu(F.batch_norm(bn_input, *rows, training=batch_stats, momentum=momentum, eps=eps)
                            .to(y.dtype))
