@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastdnas  # noqa: F401  (fails loudly if the extension is not built)
 
@@ -133,3 +134,15 @@ class ToySearchModel(torch.nn.Module):
         h = self.bn(h)
         h = weights[1, 0] * h + weights[1, 1] * torch.tanh(h) + weights[1, 2] * h * h
         return self.fc2(h)
+
+
+class OpNames(TorchDispatchMode):
+    """Records the names of the ops dispatched while it is active (the backward's kernels included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))

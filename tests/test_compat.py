@@ -103,3 +103,23 @@ def test_backends_give_the_same_loss():
     expected = fused._loss(x, y)
     fused.backend = "reference"
     assert torch.allclose(fused._loss(x, y), expected, rtol=1e-10)
+
+
+def test_new_restores_the_garbage_collector_and_keeps_device_and_dtype():
+    import gc
+
+    net = compat_darts.Network(4, 3, 3, nn.CrossEntropyLoss(), steps=2, multiplier=2)
+    was = gc.isenabled()
+    try:
+        for collecting in (True, False):
+            (gc.enable if collecting else gc.disable)()
+            copy = net.new()
+            assert gc.isenabled() == collecting
+            assert all(p.dtype == torch.float32 for p in [*copy.parameters(), *copy.arch_parameters()])
+        gc.enable()
+        net.double()
+        copy = net.new()
+        assert gc.isenabled()
+        assert all(p.dtype == torch.float64 for p in [*copy.parameters(), *copy.arch_parameters()])
+    finally:
+        (gc.enable if was else gc.disable)()

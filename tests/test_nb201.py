@@ -20,7 +20,7 @@ from fastdnas.nb201 import (
 )
 from fastdnas.nb201.network import NB201Cell, ResNetBasicBlock
 
-from conftest import rel_err
+from conftest import OpNames, rel_err
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +93,20 @@ def test_backends_equal_reference_float64(backend, train, track):
     alpha_grad = fused[1][[n for n, _ in net.named_parameters()].index("alphas")]
     assert alpha_grad.abs().min() > 0
 
+
+
+def test_fused_cell_takes_each_state_relu_once_without_concatenating():
+    """The fused cell's convolutions run edge by edge: the ReLU of each of the 3 states that feed
+    them is computed once per cell (node 0 feeds 3 edges, node 1 two), no input is concatenated."""
+    cell = NB201Cell(4).double()
+    weights = torch.randn(6, 5, dtype=torch.float64).softmax(-1)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    with OpNames() as seen:
+        out = cell(x, weights)
+    nodes = len(seen.names) - seen.names[::-1].index("mixed_node.default")  # then the running statistics' update
+    assert seen.names.count("relu.default") == 3 and "cat.default" not in seen.names[:nodes]
+    cell.backend = "reference"
+    assert rel_err(out, cell(x, weights)) <= 1e-12
 
 def authors_darts_forward(net, x):
     """The authors' DARTS supernet written from SPEC section 7, edge by edge."""

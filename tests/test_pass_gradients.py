@@ -7,6 +7,7 @@ import contextlib
 import pytest
 import torch
 
+from conftest import OpNames
 import fastdnas.search.architect
 import fastdnas.search.loop
 from fastdnas import autodeeplab, darts
@@ -84,3 +85,47 @@ def test_differentiating_freezes_the_other_parameters_and_restores_them():
     with pytest.raises(RuntimeError, match="boom"), differentiating(net, alphas):
         raise RuntimeError("boom")
     assert all(p.requires_grad for p in weights[1:])
+
+
+def test_custom_ops_skip_the_weight_gradients_a_pass_does_not_use():
+    """torch.autograd.grad(loss, alphas) with every weight still requiring grad (the original
+    architect's Hessian-vector product on the compat network): the depthwise kernels' weight
+    gradients are not computed, the alphas' gradients are bitwise those of a full backward; and
+    a pass asking for the weights (leaves captured by autograd.grad) gets them, bitwise too."""
+    from fastdnas import ops
+    from fastdnas.compat import darts as compat_darts
+
+    torch.manual_seed(0)
+    net = compat_darts.Network(4, 3, 3, torch.nn.CrossEntropyLoss(), steps=2, multiplier=2).double()
+    x, y = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 2])
+    net.eval()  # the same normalisation in every pass
+    weights, alphas = list(net.parameters()), net.arch_parameters()
+    net._loss(x, y).backward()
+    full_alphas, full_weights = [a.grad.clone() for a in alphas], [w.grad.clone() for w in weights]
+    with OpNames() as seen:
+        alpha_grads = torch.autograd.grad(net._loss(x, y), alphas)
+    assert "_depthwise_conv2d_segments_input_grad.default" in seen.names
+    assert "_depthwise_conv2d_segments_weight_grad.default" not in seen.names
+    assert all(torch.equal(a, b) for a, b in zip(alpha_grads, full_alphas))
+    with OpNames() as seen:
+        weight_grads = torch.autograd.grad(net._loss(x, y), weights)
+    assert "_depthwise_conv2d_segments_weight_grad.default" in seen.names
+    assert all(torch.equal(a, b) for a, b in zip(weight_grads, full_weights))
+
+    # The ops on their own, with leaf weights: only the gradients asked for, the same values.
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64, requires_grad=True)
+    w = [torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    out = ops.depthwise_conv2d_segments(x, w, 1, [1, 2], [1, 2], [0, 3])
+    single = ops.depthwise_conv2d(x, w[0].repeat(2, 1, 1, 1), 1, 1, 1)
+    g = torch.randn_like(out)
+    full = torch.autograd.grad(out, [x, *w], g, retain_graph=True)
+    for inputs, expected in (([w[1]], full[2:]), ([x], full[:1])):
+        with OpNames() as seen:
+            got = torch.autograd.grad(out, inputs, g, retain_graph=True)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+        assert ("_depthwise_conv2d_segments_weight_grad.default" in seen.names) == (inputs[0] is w[1])
+        assert ("_depthwise_conv2d_segments_input_grad.default" in seen.names) == (inputs[0] is x)
+    with OpNames() as seen:
+        torch.autograd.grad(single, [x], torch.ones_like(single))
+    assert "_depthwise_conv2d_input_grad.default" in seen.names
+    assert "_depthwise_conv2d_weight_grad.default" not in seen.names

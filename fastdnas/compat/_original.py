@@ -6,6 +6,8 @@ not parameters: ``parameters()``, ``named_parameters()`` and ``state_dict()`` ho
 weights alone, which the original architect relies on (it flattens ``parameters()`` into the
 unrolled weight vector and copies ``state_dict()`` into the unrolled model).
 """
+import gc
+
 import torch
 
 
@@ -41,10 +43,25 @@ class OriginalInterface:
 
     def new(self):
         """A network of the same configuration (fresh weights) with a copy of the architecture
-        tensors, on this network's device and dtype (the unrolled model of the original architect)."""
-        model_new = self._same_configuration()
+        tensors, on this network's device and dtype (the unrolled model of the original architect).
+
+        The original architect calls it every second-order step. Building the thousands of modules
+        creates objects enough to start several of the garbage collector's full passes, each over
+        every live object (this network, its tensors, the caller's): the collector is paused while
+        the network is built and restored after, as it was, whatever happens (what it would have
+        collected meanwhile it collects on its next pass). The move to this network's device and
+        dtype, a walk over every module, is skipped where the new network already has them."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            model_new = self._same_configuration()
+        finally:
+            if collecting:
+                gc.enable()
         reference = self.arch_parameters()[0]
-        model_new = model_new.to(device=reference.device, dtype=reference.dtype)
+        built = model_new.arch_parameters()[0]
+        if (built.device, built.dtype) != (reference.device, reference.dtype):
+            model_new = model_new.to(device=reference.device, dtype=reference.dtype)
         for x, y in zip(model_new.arch_parameters(), self.arch_parameters()):
             x.data.copy_(y.data)
         return model_new

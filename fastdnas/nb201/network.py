@@ -9,7 +9,7 @@ convolution is bias-free.
 
 Backends: ``"fused"`` (default: each node one ``mixed_node`` call: the skips, the average pools
 (without BatchNorm, ``mixed_node``'s kind 3) and the convolutions' final BatchNorms computed
-inside it; the convolutions' ReLU once per edge input), ``"fused_sum"`` (every candidate eager,
+inside it; the convolutions' ReLU once per state and cell), ``"fused_sum"`` (every candidate eager,
 each node one ``mixed_sum`` call, 'none' never computed) and ``"reference"`` (every candidate
 eager, the node a Python sum, as the authors' code writes it).
 """
@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..darts.gdas import hard_gumbel_softmax
-from ..nn.mixed_op import MixedOp, mixed_sum_chunked, node_sum
+from ..nn.mixed_op import FusedCell, MixedOp, mixed_sum_chunked, node_sum
 from ..nn.operations import Identity, Zero, _run_layers
 from .space import EDGES, NB201_PRIMITIVES, NUM_EDGES, NUM_NODES, decode_argmax, genotype_string
 
@@ -127,8 +127,12 @@ class NB201Cell(_Switchable):
         if list(weights.shape) != [NUM_EDGES, len(NB201_PRIMITIVES)]:
             raise ValueError(f"weights must have shape [{NUM_EDGES}, {len(NB201_PRIMITIVES)}], got {list(weights.shape)}")
         nodes = [x]
+        # Fused: each state's ReLU once per cell, the running statistics updated at the end.
+        cell = FusedCell([edges for edges, _ in self.node_edges()]) if self.backend == "fused" else None
         for edges, rows in self.node_edges():
-            nodes.append(node_sum(edges, nodes, weights[rows], self.backend))
+            nodes.append(node_sum(edges, nodes, weights[rows], self.backend, cell))
+        if cell is not None:
+            cell.finish()
         return nodes[-1]
 
     def forward_sampled(self, x, hardwts, index):

@@ -185,12 +185,14 @@ class FusedCell:
     its incoming MixedOps) stacks the weights every node's stacked convolutions take in one
     ``torch.stack`` per weight shape, split into the nodes' pieces (views); the nodes pass it to
     ``node_sum`` and append their running-statistics updates to it; ``finish()`` applies them
-    all in one stacked update."""
+    all in one stacked update. ``relu_of(state)``: the ReLU of a state, computed once per cell
+    evaluation however many nodes read it edge by edge."""
 
     def __init__(self, nodes):
         from .. import ops
 
         self.running_updates = []
+        self._relus = {}
         self._pieces = {}
         requests = []  # (node key, group index, parameters)
         for mixed_ops in nodes:
@@ -217,9 +219,18 @@ class FusedCell:
         """{group index: the stacked weights of its requests}, or {} if not prepared."""
         return self._pieces.get(tuple(map(id, mixed_ops)), {})
 
+    def relu_of(self, state):
+        """F.relu(state), once per state of this cell evaluation (the state is kept with it, so
+        its id stays its own)."""
+        hit = self._relus.get(id(state))
+        if hit is None or hit[0] is not state:
+            hit = self._relus[id(state)] = (state, F.relu(state))
+        return hit[1]
+
     def finish(self):
         apply_running_updates(self.running_updates)
         self.running_updates = []
+        self._relus = {}
 
 
 def _node_plan(mixed_ops, edge_bns):
@@ -277,7 +288,8 @@ def _mixed_node(mixed_ops, states, weights, edge_bns, cell=None):
             n = len(group.inner_bns)
             rows = (running[row : row + n], running[A + row : A + row + n])
             row += n
-        outputs, stats = group.conv_outputs(mixed_ops, states, rows, batch_stats, update, eps, pieces.get(g))
+        outputs, stats = group.conv_outputs(mixed_ops, states, rows, batch_stats, update, eps, pieces.get(g),
+                                            cell.relu_of if cell is not None else None)
         conv_outputs += outputs
         conv_items += [e * P + i for e, i in group.conv_items]
         if stats is not None:
@@ -357,14 +369,19 @@ class _StrideGroup:
     def _layers(self, mixed_ops):
         return [[mixed_ops[e]._ops[i].op for e in self.edges] for i in self.stacked]
 
-    def conv_outputs(self, mixed_ops, states, inner_running, batch_stats, update, eps, pieces=None):
+    def conv_outputs(self, mixed_ops, states, inner_running, batch_stats, update, eps, pieces=None, relu_of=None):
         """(the group's conv outputs before their final BatchNorm, in conv_items order; the inner
         BatchNorms' batch mean and unbiased variance [len(inner_bns), C] when ``update``, else
         None). ``inner_running``: (means, variances) [len(inner_bns), C] to normalise with (eval),
-        or None (batch statistics). ``pieces``: the weight_requests already stacked, or None."""
+        or None (batch statistics). ``pieces``: the weight_requests already stacked, or None.
+        ``relu_of``: the ReLU of a state, shared by the nodes of a cell (FusedCell.relu_of), or None."""
         xs = [states[e] for e in self.edges]
         E, C = len(xs), xs[0].shape[1]
-        x = F.relu(torch.cat(xs, 1) if E > 1 else xs[0])  # one ReLU of every edge input
+        per_edge = None
+        if self.stacked or relu_of is None:
+            x = F.relu(torch.cat(xs, 1) if E > 1 else xs[0])  # one ReLU of every edge input
+        else:  # edge by edge only: no concatenation, each state's ReLU once per cell
+            per_edge = [relu_of(h) for h in xs]
         outputs, stats = [], None
         if self.stacked:
             S, K = self.sep_count, len(self.stacked)
@@ -382,17 +399,23 @@ class _StrideGroup:
             y, done = first.split([S * E * C, (K - S) * E * C], 1) if 0 < S < K else (first, first)
             y = y.contiguous()
             if S:
-                if update:  # the running statistics' update, applied by the caller
-                    with torch.no_grad():
-                        var, mean = torch.var_mean(y, dim=(0, 2, 3), unbiased=True)
-                    stats = (mean.view(S * E, C), var.view(S * E, C))
-                rows = (None, None)
-                if inner_running is not None:
-                    rows = [r.reshape(-1) for r in inner_running]
                 # In float32 under autocast, as nn.BatchNorm2d computes a half-precision input
                 # with its float32 buffers: without them the half kernel loses precision.
                 low = y.dtype in (torch.float16, torch.bfloat16)
-                y = F.relu(F.batch_norm(y.float() if low else y, *rows, training=batch_stats, eps=eps).to(y.dtype))
+                bn_input = y.float() if low else y
+                rows, momentum = (None, None), 0.0
+                if inner_running is not None:
+                    rows = [r.reshape(-1) for r in inner_running]
+                elif update:
+                    # The running statistics' update, applied by the caller: batch_norm records
+                    # the batch mean and unbiased variance it normalises with into zeroed buffers
+                    # at momentum 1 (1 * statistic + 0 * 0: exact), no second pass over y.
+                    rows = bn_input.new_zeros(2, S * E * C).unbind(0)
+                    momentum = 1.0
+                y = F.relu(F.batch_norm(bn_input, *rows, training=batch_stats, momentum=momentum, eps=eps)
+                           .to(y.dtype))
+                if update:
+                    stats = (rows[0].view(S * E, C), rows[1].view(S * E, C))
                 second = _depthwise_segments(y, [kind[0][5] for kind in layers[:S]],
                                              [next(pieces) for _ in range(S)], [s * E * C for s in range(S)])
                 second = _stacked_pointwise(second, next(pieces))
@@ -403,7 +426,8 @@ class _StrideGroup:
             slots = torch.cat([p.reshape(N, -1, C, H * W).transpose(0, 1) for p in parts])
             outputs += slots.view(K * E, N, C, H, W).unbind(0)
         if self.single:
-            per_edge = x.split(C, 1) if E > 1 else [x]
+            if per_edge is None:
+                per_edge = x.split(C, 1) if E > 1 else [x]
             for e, x_relu in zip(self.edges, per_edge):
                 children = list(mixed_ops[e]._ops)
                 outputs += [children[i].pre_bn(x_relu) for i in self.single]

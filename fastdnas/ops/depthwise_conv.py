@@ -3,6 +3,7 @@ kernels and autograd formula (csrc/depthwise_conv/)."""
 import torch
 from torch import Tensor
 
+from ..backward_needs import engine_needs
 from ..precision import autocast_inputs
 from .common import _SUPPORTED_DTYPES, _check_storage_size, _tensor, _type_name
 
@@ -126,9 +127,9 @@ def _depthwise_conv2d_setup_context(ctx, inputs, output):
 def _depthwise_conv2d_backward(ctx, grad):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and engine_needs(ctx, 0):
         grad_input = torch.ops.fastdnas._depthwise_conv2d_input_grad(grad, weight, ctx.input_size, *ctx.geometry)
-    if ctx.needs_input_grad[1]:
+    if ctx.needs_input_grad[1] and engine_needs(ctx, 1):
         grad_weight = torch.ops.fastdnas._depthwise_conv2d_weight_grad(grad, input, ctx.weight_size, *ctx.geometry)
     return grad_input, grad_weight, None, None, None
 

@@ -5,6 +5,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..backward_needs import engine_needs
 from ..precision import autocast_inputs
 from .common import (_check_storage_size, _checked_size_product, _checked_size_sum, _int_list, _needed, _only_needed,
                      _tensor, _tensor_list, _type_name)
@@ -166,15 +167,19 @@ def _depthwise_conv2d_segments_backward(ctx, grad):
     input, *weights = ctx.saved_tensors
     grad_input = None
     grad_weights = [None] * len(ctx.weight_shapes)
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and engine_needs(ctx, 0):
         grad_input = torch.ops.fastdnas._depthwise_conv2d_segments_input_grad(grad, weights, ctx.input_size,
                                                                              *ctx.geometry)
-    if ctx.need_weights:
+    # The weights' gradients only where this backward pass uses them (not in torch.autograd.grad
+    # of the alphas alone): engine_needs, tensor input 1 + g.
+    need_weights = [ctx.need_weights and need and engine_needs(ctx, 1 + g)
+                    for g, need in enumerate(_needed(ctx.needs_input_grad[1], len(ctx.weight_shapes)))]
+    if any(need_weights):
         kernel_sizes = [k for shape in ctx.weight_shapes for k in shape[2:]]
         flat = torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad, input, kernel_sizes, *ctx.geometry)
         numels = [shape[0] * shape[2] * shape[3] for shape in ctx.weight_shapes]
         grad_weights = _only_needed([g.view(shape) for g, shape in zip(flat.split(numels), ctx.weight_shapes)],
-                                    _needed(ctx.needs_input_grad[1], len(numels)))
+                                    need_weights)
     return grad_input, grad_weights, None, None, None, None
 
 
