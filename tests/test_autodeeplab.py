@@ -215,9 +215,11 @@ def test_decoded_network_rejects_bad_cells(cell, match):
         DecodedNetwork(num_classes=3, path=[0, 1], cell_genotype=cell, filter_multiplier=2)
 
 
-def test_fused_backend_saves_at_most_0_7_of_the_reference_for_backward():
+def test_fused_backend_saves_at_most_0_71_of_the_reference_for_backward():
     # A CPU-sized search step, counted (not timed): the fused nodes keep neither the pool, skip
-    # nor BatchNorm outputs, and the convolutions of an edge share one ReLU.
+    # nor BatchNorm outputs, and the convolutions of an edge share one ReLU. (0.699 before the
+    # stacked inner BatchNorms recorded their running statistics in their own pass: batch_norm
+    # then also keeps those per-channel buffers, 21 KB here, 0.702.)
     torch.manual_seed(0)
     net = SearchNetwork(5, layers=3, blocks=3, filter_multiplier=4)
     x = torch.randn(2, 3, 32, 32)
@@ -225,4 +227,4 @@ def test_fused_backend_saves_at_most_0_7_of_the_reference_for_backward():
     for backend in ("reference", "fused"):
         net.backend = backend
         saved[backend] = saved_bytes(lambda: net(x).sum())
-    assert saved["fused"] <= 0.7 * saved["reference"], saved
+    assert saved["fused"] <= 0.71 * saved["reference"], saved
