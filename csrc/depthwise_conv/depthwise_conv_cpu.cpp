@@ -1,8 +1,9 @@
 // CPU kernels of depthwise_conv2d: forward, input gradient and weight gradient. Stride 1 works
 // on stacks of zero-padded planes as flat vectorised loops, other strides on stacks of the
 // padded planes' phases (every stride-th row and column) the same way, and padding too wide for
-// either row by row; all add the taps of every element in the order of the CUDA kernels. They also run on channel slices of
-// larger tensors, for depthwise_conv2d_segments (depthwise_conv_cpu.h).
+// either row by row; all add the taps of every element in the order of the CUDA kernels. They
+// also run on channel slices of larger tensors, for depthwise_conv2d_segments
+// (depthwise_conv_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -96,6 +97,8 @@ struct FlatStack {
   int64_t offset(const DepthwiseShape& s, int64_t i, int64_t j) const {
     return i * s.dilation[0] * pitch + j * s.dilation[1];
   }
+  // The same for any chunk size (PhaseStack's offsets depend on it).
+  int64_t offset(const DepthwiseShape& s, int64_t i, int64_t j, int64_t /*m*/) const { return offset(s, i, j); }
   int64_t input_row(const DepthwiseShape& s, int64_t n, int64_t h) const { return s.padding[0] + n * block + h; }
   int64_t output_row(int64_t n, int64_t oh) const { return (n * block + oh) * pitch; }  // where it starts
 };
@@ -114,17 +117,17 @@ void stack_planes(const DepthwiseShape& s, const FlatStack& f, const scalar_t* x
   }
 }
 
-// The output gradients of the same planes in the stacked output layout, zeros in the dropped
-// rows and columns (so they add nothing), after `margin` zeros and before zeros up to the
-// padded input's size: the input gradient's gather reads that far on either side.
-template <typename scalar_t, typename acc_t>
-void stack_grad(const DepthwiseShape& s, const FlatStack& f, const scalar_t* grad, int64_t c, int64_t n0, int64_t m,
-                int64_t margin, acc_t* stacked) {
-  std::fill(stacked, stacked + margin + f.input_size(s, m), acc_t(0));
+// The output gradients of the same planes in the output layout of a FlatStack or PhaseStack,
+// zeros in the dropped rows and columns (so they add nothing), after `margin` zeros and up to
+// `size` positions (the input gradient's gather reads up to the padded input's size).
+template <typename Stack, typename scalar_t, typename acc_t>
+void stack_grad(const DepthwiseShape& s, const Stack& f, const scalar_t* grad, int64_t c, int64_t n0, int64_t m,
+                int64_t margin, int64_t size, acc_t* stacked) {
+  std::fill(stacked, stacked + margin + size, acc_t(0));
   for (int64_t n = 0; n < m; ++n) {
     const scalar_t* plane = grad + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
     for (int64_t oh = 0; oh < s.OH; ++oh) {
-      acc_t* row = stacked + margin + (n * f.block + oh) * f.pitch;
+      acc_t* row = stacked + margin + f.output_row(n, oh);
       for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(plane[oh * s.OW + ow]);
     }
   }
@@ -249,7 +252,7 @@ void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar
     thread_local std::vector<int64_t> offsets;
     stacked.resize(margin + f.buffer_size(s));
     acc.resize(f.input_size(s, m));
-    stack_grad(s, f, grad, c, n0, m, margin, stacked.data());
+    stack_grad(s, f, grad, c, n0, m, margin, f.input_size(s, m), stacked.data());
     flat_taps(s, f, weight + c * s.KH * s.KW, true, offsets, weights);
     // Only the rows of the planes are needed, not the padding around them.
     const int64_t first = f.input_row(s, 0, 0) * f.pitch, count = f.input_row(s, m - 1, s.H) * f.pitch - first;
@@ -260,33 +263,6 @@ void input_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar
       for (int64_t h = 0; h < s.H; ++h) {
         const acc_t* row = acc.data() + f.input_row(s, n, h) * f.pitch + s.padding[1];
         for (int64_t w = 0; w < s.W; ++w) store_grad<kAdd>(gx[h * s.W + w], row[w]);
-      }
-    }
-  });
-}
-
-// One channel per task, its chunks in order: the same bits for any number of threads.
-template <typename scalar_t, typename acc_t>
-void weight_grad_flat(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* x, acc_t* sums) {
-  const FlatStack f(s);
-  const int64_t taps = s.KH * s.KW;
-  at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
-    std::vector<acc_t> padded(f.buffer_size(s)), stacked(f.buffer_size(s)), lanes(taps * kLanes);
-    for (int64_t c = first; c < last; ++c) {
-      std::fill(lanes.begin(), lanes.end(), acc_t(0));
-      for (int64_t chunk = 0; chunk < f.chunks(s); ++chunk) {
-        const int64_t n0 = chunk * f.planes, m = f.planes_in(s, chunk);
-        stack_planes(s, f, x, c, n0, m, padded.data());
-        stack_grad(s, f, grad, c, n0, m, 0, stacked.data());
-        for (int64_t i : f.tap_rows)
-          for (int64_t j : f.tap_cols)
-            add_dot(lanes.data() + (i * s.KW + j) * kLanes, stacked.data(), padded.data() + f.offset(s, i, j),
-                    f.outputs(s, m));
-      }
-      for (int64_t t = 0; t < taps; ++t) {
-        acc_t total = 0;
-        for (int64_t l = 0; l < kLanes; ++l) total += lanes[t * kLanes + l];
-        sums[c * taps + t] = total;
       }
     }
   });
@@ -342,6 +318,11 @@ struct PhaseStack {
     return slot[phase(s, i, j)] * m * ph * pw + row_shift(s, i) * pw + column_shift(s, j);
   }
   int64_t input_size(const DepthwiseShape&, int64_t m) const { return used * m * ph * pw; }
+  // The columns [*v0, *v1) of column phase q whose input column v * sw + q - pad_w lies in [0, W).
+  void columns_inside(const DepthwiseShape& s, int64_t q, int64_t* v0, int64_t* v1) const {
+    *v0 = std::max<int64_t>(0, (s.padding[1] - q + sw - 1) / sw);
+    *v1 = std::min<int64_t>(pw, (s.W - 1 + s.padding[1] - q) / sw + 1);
+  }
   int64_t output_row(int64_t n, int64_t oh) const { return (n * ph + oh) * pw; }
   // Output positions of a chunk of m planes up to its last output: the taps of those read
   // inside their phase's stack (the last output reads the last row and column of Xp at most).
@@ -368,9 +349,8 @@ void stack_planes(const DepthwiseShape& s, const PhaseStack& f, const scalar_t* 
     for (int64_t q = 0; q < f.sw; ++q) {
       const int64_t k = f.slot[r * f.sw + q];
       if (k < 0) continue;
-      // Phase columns v whose input column v * sw + q - pad_w lies in [0, W).
-      const int64_t v0 = std::max<int64_t>(0, (s.padding[1] - q + f.sw - 1) / f.sw);
-      const int64_t v1 = std::min<int64_t>(f.pw, (s.W - 1 + s.padding[1] - q) / f.sw + 1);
+      int64_t v0, v1;
+      f.columns_inside(s, q, &v0, &v1);
       for (int64_t n = 0; n < m; ++n) {
         const scalar_t* plane = x + ((n0 + n) * s.x_channels + c) * s.H * s.W;
         acc_t* phase = buffer + (k * m + n) * f.ph * f.pw;
@@ -462,8 +442,8 @@ void input_grad_phases(const DepthwiseShape& s, const scalar_t* grad, const scal
         // A phase no tap reads gets zeros (correlate over no taps).
         correlate(acc.data() + first, stacked.data() + first, offsets.data(), weights.data(),
                   static_cast<int64_t>(offsets.size()), count);
-        const int64_t v0 = std::max<int64_t>(0, (s.padding[1] - q + f.sw - 1) / f.sw);
-        const int64_t v1 = std::min<int64_t>(f.pw, (s.W - 1 + s.padding[1] - q) / f.sw + 1);
+        int64_t v0, v1;
+        f.columns_inside(s, q, &v0, &v1);
         for (int64_t n = 0; n < m; ++n) {
           out_t* gx = grad_x + ((n0 + n) * s.x_channels + c) * s.H * s.W;
           for (int64_t u = 0; u < f.ph; ++u) {
@@ -471,35 +451,29 @@ void input_grad_phases(const DepthwiseShape& s, const scalar_t* grad, const scal
             if (h < 0 || h >= s.H) continue;
             const acc_t* row = acc.data() + n * block + first + u * pitch;
             const int64_t column0 = h * s.W + q - s.padding[1];
-            for_each_strided(f.sw, v0, v1, [&](int64_t v, int64_t step) { store_grad<kAdd>(gx[column0 + step], row[v]); });
+            for_each_strided(f.sw, v0, v1,
+                             [&](int64_t v, int64_t step) { store_grad<kAdd>(gx[column0 + step], row[v]); });
           }
         }
       }
   });
 }
 
-// One channel per task, its chunks in order, as weight_grad_flat: the output gradient in the
-// layout of the forward's outputs (zeros in the dropped rows and columns) dotted with each tap's
-// window of the phase stacks.
-template <typename scalar_t, typename acc_t>
-void weight_grad_phases(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* x, acc_t* sums) {
-  const PhaseStack f(s);
+// Weight gradient of a FlatStack or PhaseStack: one channel per task, its chunks in order (the
+// same bits for any number of threads), the output gradient in the outputs' layout dotted with
+// each tap's window of the stacked input.
+template <typename Stack, typename scalar_t, typename acc_t>
+void weight_grad_stacked(const DepthwiseShape& s, const scalar_t* grad, const scalar_t* x, acc_t* sums) {
+  const Stack f(s);
   const int64_t taps = s.KH * s.KW;
   at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
-    std::vector<acc_t> buffer(f.input_size(s, f.planes)), stacked, lanes(taps * kLanes);
+    std::vector<acc_t> buffer(f.input_size(s, f.planes)), stacked(f.outputs(s, f.planes)), lanes(taps * kLanes);
     for (int64_t c = first; c < last; ++c) {
       std::fill(lanes.begin(), lanes.end(), acc_t(0));
       for (int64_t chunk = 0; chunk < f.chunks(s); ++chunk) {
         const int64_t n0 = chunk * f.planes, m = f.planes_in(s, chunk);
         stack_planes(s, f, x, c, n0, m, buffer.data());
-        stacked.assign(f.outputs(s, m), acc_t(0));
-        for (int64_t n = 0; n < m; ++n) {
-          const scalar_t* plane = grad + ((n0 + n) * s.y_channels + c) * s.OH * s.OW;
-          for (int64_t oh = 0; oh < s.OH; ++oh) {
-            acc_t* row = stacked.data() + (n * f.ph + oh) * f.pw;
-            for (int64_t ow = 0; ow < s.OW; ++ow) row[ow] = static_cast<acc_t>(plane[oh * s.OW + ow]);
-          }
-        }
+        stack_grad(s, f, grad, c, n0, m, 0, f.outputs(s, m), stacked.data());
         for (int64_t i : f.tap_rows)
           for (int64_t j : f.tap_cols)
             add_dot(lanes.data() + (i * s.KW + j) * kLanes, stacked.data(), buffer.data() + f.offset(s, i, j, m),
@@ -709,9 +683,9 @@ void weight_grad(const DepthwiseShape& s, const scalar_t* gd, const scalar_t* xd
   const Path path = stacked_path(s);
   if (path != Path::kRows) {
     if (path == Path::kFlat) {
-      weight_grad_flat<scalar_t, acc_t>(s, gd, xd, sd);
+      weight_grad_stacked<FlatStack, scalar_t, acc_t>(s, gd, xd, sd);
     } else {
-      weight_grad_phases<scalar_t, acc_t>(s, gd, xd, sd);
+      weight_grad_stacked<PhaseStack, scalar_t, acc_t>(s, gd, xd, sd);
     }
     // Redone row by row where a non-finite value took part (the stacked sums multiply the
     // dropped outputs' zeros too).
@@ -726,7 +700,7 @@ void weight_grad(const DepthwiseShape& s, const scalar_t* gd, const scalar_t* xd
     });
     return;
   }
-  // One channel per task, as weight_grad_flat.
+  // One channel per task, as weight_grad_stacked.
   at::parallel_for(0, s.C, 1, [&](int64_t first, int64_t last) {
     std::vector<acc_t> partial;
     for (int64_t c = first; c < last; ++c) weight_grad_rows(s, columns, gd, xd, c, partial, sd);
