@@ -89,3 +89,31 @@ def _check_weight_vector(weights, length, device, op, what, length_meaning):
         weights.device == device,
         lambda: f"{op}: {what} is on {weights.device} but the inputs are on {device}; they must be on one device",
     )
+
+
+def _check_input_list(op, inputs, max_inputs):
+    """The number of a list of inputs and the first one's dtype (mixed_sum, resize_sum); returns
+    inputs[0]."""
+    torch._check(len(inputs) > 0, lambda: f"{op}: inputs must hold at least one tensor, got an empty list")
+    torch._check(
+        len(inputs) <= max_inputs,
+        lambda: f"{op}: inputs holds {len(inputs)} tensors; at most {max_inputs} are supported",
+    )
+    first = inputs[0]
+    torch._check(
+        first.dtype in _SUPPORTED_DTYPES,
+        lambda: f"{op}: inputs must be float64, float32, float16 or bfloat16, got {first.dtype}",
+    )
+    return first
+
+
+def _check_like_first(op, name, x, first_name, first):
+    """A tensor of a list has the dtype and device of the list's first."""
+    torch._check(
+        x.dtype == first.dtype,
+        lambda: f"{op}: {name} has dtype {x.dtype} but {first_name} has dtype {first.dtype}; all must match",
+    )
+    torch._check(
+        x.device == first.device,
+        lambda: f"{op}: {name} is on {x.device} but {first_name} is on {first.device}; all must be on one device",
+    )

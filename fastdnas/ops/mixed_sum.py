@@ -5,7 +5,8 @@ import torch
 from torch import Tensor
 
 from ..precision import autocast_inputs
-from .common import _SUPPORTED_DTYPES, _check_weight_vector, _needed, _only_needed, _tensor, _tensor_list
+from .common import (_check_input_list, _check_like_first, _check_weight_vector, _needed, _only_needed, _tensor,
+                     _tensor_list)
 
 MAX_MIXED_SUM_INPUTS = 128  # csrc/mixed_sum/mixed_sum.h
 
@@ -30,26 +31,9 @@ def mixed_sum(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
 
 def _check_mixed_sum_args(inputs, weights, op="mixed_sum"):
     # Mirrors csrc/mixed_sum/mixed_sum.h so fake tensors (torch.compile) fail with the same messages.
-    torch._check(len(inputs) > 0, lambda: f"{op}: inputs must hold at least one tensor, got an empty list")
-    torch._check(
-        len(inputs) <= MAX_MIXED_SUM_INPUTS,
-        lambda: f"{op}: inputs holds {len(inputs)} tensors; at most {MAX_MIXED_SUM_INPUTS} are supported",
-    )
-    first = inputs[0]
-    torch._check(
-        first.dtype in _SUPPORTED_DTYPES,
-        lambda: f"{op}: inputs must be float64, float32, float16 or bfloat16, got {first.dtype}",
-    )
+    first = _check_input_list(op, inputs, MAX_MIXED_SUM_INPUTS)
     for i, x in enumerate(inputs):
-        torch._check(
-            x.dtype == first.dtype,
-            lambda: f"{op}: inputs[{i}] has dtype {x.dtype} but inputs[0] has dtype {first.dtype}; all must match",
-        )
-        torch._check(
-            x.device == first.device,
-            lambda: f"{op}: inputs[{i}] is on {x.device} but inputs[0] is on {first.device}; "
-            "all must be on one device",
-        )
+        _check_like_first(op, f"inputs[{i}]", x, "inputs[0]", first)
         torch._check(
             x.shape == first.shape,
             lambda: f"{op}: inputs[{i}] has shape {list(x.shape)} but inputs[0] has shape {list(first.shape)}; "

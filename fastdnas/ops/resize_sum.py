@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from ..precision import autocast_inputs
-from .common import (_SUPPORTED_DTYPES, _check_storage_size, _check_weight_vector, _needed, _only_needed, _tensor,
-                     _tensor_list)
+from .common import (_check_input_list, _check_like_first, _check_storage_size, _check_weight_vector, _needed,
+                     _only_needed, _tensor, _tensor_list)
 
 MAX_RESIZE_SUM_INPUTS = 32  # csrc/trellis/resize_sum.h
 
@@ -40,30 +40,13 @@ def resize_sum(inputs: Sequence[Tensor], size: Sequence[int], weights: Tensor | 
 
 def _check_resize_sum_args(inputs, size, weights, op="resize_sum"):
     """Mirrors csrc/trellis/resize_sum.h."""
-    torch._check(len(inputs) > 0, lambda: f"{op}: inputs must hold at least one tensor, got an empty list")
-    torch._check(
-        len(inputs) <= MAX_RESIZE_SUM_INPUTS,
-        lambda: f"{op}: inputs holds {len(inputs)} tensors; at most {MAX_RESIZE_SUM_INPUTS} are supported",
-    )
-    first = inputs[0]
-    torch._check(
-        first.dtype in _SUPPORTED_DTYPES,
-        lambda: f"{op}: inputs must be float64, float32, float16 or bfloat16, got {first.dtype}",
-    )
+    first = _check_input_list(op, inputs, MAX_RESIZE_SUM_INPUTS)
     for i, x in enumerate(inputs):
         torch._check(
             x.dim() == 4 and x.shape[2] > 0 and x.shape[3] > 0,
             lambda: f"{op}: inputs[{i}] must be 4-D [N, C, H, W] with H, W > 0, got shape {list(x.shape)}",
         )
-        torch._check(
-            x.dtype == first.dtype,
-            lambda: f"{op}: inputs[{i}] has dtype {x.dtype} but inputs[0] has dtype {first.dtype}; all must match",
-        )
-        torch._check(
-            x.device == first.device,
-            lambda: f"{op}: inputs[{i}] is on {x.device} but inputs[0] is on {first.device}; "
-            "all must be on one device",
-        )
+        _check_like_first(op, f"inputs[{i}]", x, "inputs[0]", first)
         torch._check(
             x.shape[:2] == first.shape[:2],
             lambda: f"{op}: inputs[{i}] has shape {list(x.shape)} but inputs[0] has shape {list(first.shape)}; "

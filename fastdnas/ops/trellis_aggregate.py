@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from ..precision import autocast_inputs
-from .common import (_SUPPORTED_DTYPES, _check_storage_size, _check_weight_vector, _needed, _only_needed, _tensor,
-                     _tensor_list, _type_name)
+from .common import (_SUPPORTED_DTYPES, _check_like_first, _check_storage_size, _check_weight_vector, _needed,
+                     _only_needed, _tensor, _tensor_list, _type_name)
 
 MAX_TRELLIS_CELLS = 3  # csrc/trellis/trellis_aggregate.h
 MAX_TRELLIS_BLOCKS_PER_CELL = 32  # csrc/trellis/trellis_aggregate.h
@@ -78,14 +78,7 @@ def _check_trellis_aggregate_args(blocks, num_cells, betas, op="trellis_aggregat
                         _trellis_output_shape(first, B), first.dtype)
     for i, x in enumerate(blocks):
         name = f"cells[{i // B}][{i % B}]"
-        torch._check(
-            x.dtype == first.dtype,
-            lambda: f"{op}: {name} has dtype {x.dtype} but cells[0][0] has dtype {first.dtype}; all must match",
-        )
-        torch._check(
-            x.device == first.device,
-            lambda: f"{op}: {name} is on {x.device} but cells[0][0] is on {first.device}; all must be on one device",
-        )
+        _check_like_first(op, name, x, "cells[0][0]", first)
         torch._check(
             x.shape == first.shape,
             lambda: f"{op}: {name} has shape {list(x.shape)} but cells[0][0] has shape {list(first.shape)}; "
