@@ -26,6 +26,26 @@ def _as_rows(weights):
     return rows
 
 
+def _cell_rows(weights, steps, primitives):
+    """(rows as lists of floats, indices of the non-'none' primitives), checked for a cell of ``steps`` nodes."""
+    rows = _as_rows(weights)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if len(rows) != num_edges(steps) or any(len(row) != len(primitives) for row in rows):
+        shape = [len(rows), len(rows[0]) if rows else 0]
+        raise ValueError(
+            f"weights must have shape [{num_edges(steps)}, {len(primitives)}] "
+            f"(edges of {steps} steps, one column per primitive), got {shape}"
+        )
+    if any(math.isnan(w) for row in rows for w in row):
+        raise ValueError("weights contain NaN: the architecture parameters diverged")
+    # 'none' takes part in the softmax but never in the choice.
+    candidates = [k for k, name in enumerate(primitives) if name != "none"]
+    if not candidates:
+        raise ValueError("primitives: at least one operation other than 'none' is needed to decode")
+    return rows, candidates
+
+
 def parse_cell(weights, steps, primitives=PRIMITIVES):
     """The discrete cell of the DARTS paper: for every node, its 2 strongest incoming edges with
     the best operation on each.
@@ -41,23 +61,8 @@ def parse_cell(weights, steps, primitives=PRIMITIVES):
         first. An edge's strength is its largest non-'none' weight; ranking is stable (ties: lower
         state index first) and the op is the argmax over non-'none' ops (ties: lower op index).
     """
-    rows = _as_rows(weights)
     primitives = tuple(primitives)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if len(rows) != num_edges(steps) or any(len(row) != len(primitives) for row in rows):
-        shape = [len(rows), len(rows[0]) if rows else 0]
-        raise ValueError(
-            f"weights must have shape [{num_edges(steps)}, {len(primitives)}] "
-            f"(edges of {steps} steps, one column per primitive), got {shape}"
-        )
-    if any(math.isnan(w) for row in rows for w in row):
-        raise ValueError("weights contain NaN: the architecture parameters diverged")
-    # 'none' takes part in the softmax but never in the choice.
-    candidates = [k for k, name in enumerate(primitives) if name != "none"]
-    if not candidates:
-        raise ValueError("primitives: at least one operation other than 'none' is needed to decode")
-
+    rows, candidates = _cell_rows(weights, steps, primitives)
     gene = []
     start = 0
     for node in range(steps):
@@ -71,6 +76,27 @@ def parse_cell(weights, steps, primitives=PRIMITIVES):
                 if node_rows[j][k] > node_rows[j][best]:  # strict: ties keep the lower op index
                     best = k
             gene.append((primitives[best], j))
+        start += 2 + node
+    return gene
+
+
+def parse_cell_pairs(weights, steps, primitives=PRIMITIVES):
+    """GDAS's decoding as its authors' code runs it (AutoDL-Projects, the ``genotype`` of the DARTS-space
+    GDAS supernet): for every node, the 2 largest weights among all (operation, input) pairs of its
+    incoming edges, 'none' left out. Two operations of the same edge may both win, so a node may take
+    the same input twice.
+
+    Same arguments and result form as ``parse_cell``. Ranking is stable in the order the pairs are
+    listed (input by input, operation by operation): ties keep the lower input, then the lower op index.
+    """
+    primitives = tuple(primitives)
+    rows, candidates = _cell_rows(weights, steps, primitives)
+    gene = []
+    start = 0
+    for node in range(steps):
+        pairs = [(j, k) for j in range(2 + node) for k in candidates]
+        strongest = sorted(pairs, key=lambda pair: -rows[start + pair[0]][pair[1]])[:2]
+        gene += [(primitives[k], j) for j, k in strongest]
         start += 2 + node
     return gene
 

@@ -66,7 +66,8 @@ def gdas_sample(alphas, tau, gumbels):
 
 def gdas_forward(net, x, gumbels):
     """Logits of a ``GdasNetwork`` with the given Gumbel noise (normal, reduce): every edge runs
-    its sampled op only, times its straight-through weight; a node sums its edges."""
+    its sampled op only, times its straight-through weight; a node sums its edges. The authors'
+    supernet (``AuthorsGdasNetwork``) puts its BatchNorm-ReLU ``lastact`` before the pooling."""
     samples = {False: gdas_sample(net.alphas_normal, net.tau, gumbels[0]),
                True: gdas_sample(net.alphas_reduce, net.tau, gumbels[1])}
     s0 = s1 = net.stem(x)
@@ -83,7 +84,26 @@ def gdas_forward(net, x, gumbels):
             first += len(states)
             states.append(node)
         s0, s1 = s1, torch.cat(states[-cell.multiplier :], dim=1)
+    if hasattr(net, "lastact"):
+        s1 = net.lastact(s1)
     return net.classifier(net.global_pooling(s1).flatten(1))
+
+
+def gdas_authors_cell(weights, steps, primitives):
+    """The authors' GDAS genotype of one cell: node i lists every (op, j, weight) of its edges
+    j = 0 .. i + 1, 'none' left out, sorts them by weight (largest first, stable) and keeps the
+    first two as (op, j)."""
+    gene, first = [], 0
+    for i in range(steps):
+        listed = []
+        for j in range(2 + i):
+            for k, name in enumerate(primitives):
+                if name != "none":
+                    listed.append((name, j, float(weights[first + j][k])))
+        listed = sorted(listed, key=lambda item: -item[2])
+        gene += [(name, j) for name, j, _ in listed[:2]]
+        first += 2 + i
+    return gene
 
 
 # --- The parts of the successors (fastdnas.darts.parts), from the papers' formulas -------------

@@ -57,6 +57,9 @@ def resolve_settings(args, defaults, dataset_defaults):
     if "method" in defaults:
         method = given.get("method", from_file.get("method", settings["method"]))
         settings.update(METHOD_DEFAULTS[args.space].get((method, dataset), {}))
+        variant = given.get("gdas_variant", from_file.get("gdas_variant", settings.get("gdas_variant")))
+        if method == "gdas" and variant == "authors":
+            settings.update(METHOD_DEFAULTS[args.space].get(("gdas-authors", dataset), {}))
     settings.update({**from_file, **given})
     settings.setdefault("out", os.path.join("runs", f"{args.command}-{args.space}-{dataset}"))
     return settings, given

@@ -3,7 +3,7 @@ import json
 import os
 
 from .common import SearchRun, TrainRun, UsageError
-from .defaults import METHOD_SETTINGS, PART_SETTINGS, SEARCH_DEFAULTS, SEARCH_METHODS
+from .defaults import GDAS_VARIANTS, METHOD_SETTINGS, PART_SETTINGS, SEARCH_DEFAULTS, SEARCH_METHODS
 
 
 def darts_search(settings, data):
@@ -22,6 +22,10 @@ def darts_search(settings, data):
     elif method == "gdas":
         # CUDA graphs: every candidate runs (same results), since which one to run is a host decision.
         network = GdasNetwork
+        if settings["gdas_variant"] == "authors":
+            from ..darts.gdas_authors import AuthorsGdasNetwork
+
+            network = AuthorsGdasNetwork
         options.update(tau_max=settings["tau_max"], tau_min=settings["tau_min"], sampled_only=not settings["cuda_graphs"])
     else:
         network = SearchNetwork
@@ -120,6 +124,26 @@ def check_method_settings(settings):
         if settings["unrolled"]:
             raise UsageError("--unrolled does not apply to --method gdas (a first-order method: every forward "
                              "pass draws a new sample)")
+    if settings.get("gdas_variant", "default") not in GDAS_VARIANTS:
+        raise UsageError(f"--gdas-variant must be one of {list(GDAS_VARIANTS)}, got {settings['gdas_variant']!r}")
+    if settings.get("gdas_variant") == "authors":
+        if uses_parts(settings):
+            raise UsageError(f"--gdas-variant authors is GDAS's own supernet: it takes no part flags "
+                             f"({describe_parts(settings)})")
+        if settings["layers"] % 3:
+            raise UsageError(f"--gdas-variant authors builds N cells per stage (the reductions after N and 2N cells): "
+                             f"--layers must be a multiple of 3, got {settings['layers']}")
+        if settings["cuda_graphs"]:
+            raise UsageError("--cuda-graphs does not apply to --gdas-variant authors (its step takes the weight step "
+                             "first and clips with the alphas, which the captured step does not)")
+
+
+def darts_config_options(settings):
+    """SearchConfig settings of the method: --gdas-variant authors takes the authors' step (weight step
+    first, Nesterov SGD, the clip over the weights' and the alphas' gradients)."""
+    if settings.get("method") == "gdas" and settings.get("gdas_variant") == "authors":
+        return {"weight_step_first": True, "nesterov": True, "clip_with_arch": True}
+    return {}
 
 
 def uses_parts(settings):

@@ -10,6 +10,7 @@ SEARCH_DEFAULTS = {
     "cuda_graphs": False,
     # The search method, and the settings of the one that has them.
     "method": "darts", "partial_channels": 4, "tau_max": 10.0, "tau_min": 0.1,
+    "gdas_variant": "default",  # gdas: "authors" for the authors' supernet and step (README, "PC-DARTS and GDAS")
     # The parts of a preset replaced (fastdnas.darts.composed); None: the preset's own.
     "arch_weights": None, "perturbation": None, "regulariser": None, "selection": None,
     "pt_interval": 5,  # DARTS-PT: tuning epochs between decisions (81 tuning epochs at 5)
@@ -17,7 +18,8 @@ SEARCH_DEFAULTS = {
 SEARCH_METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts",
                   "darts-pt")
 METHOD_SETTINGS = {"partial_channels": ("pc-darts", "drnas"), "tau_max": ("gdas",), "tau_min": ("gdas",),
-                   "pt_interval": ("darts-pt",)}
+                   "gdas_variant": ("gdas",), "pt_interval": ("darts-pt",)}
+GDAS_VARIANTS = ("default", "authors")
 PART_SETTINGS = ("arch_weights", "perturbation", "regulariser", "selection")
 # Per (method, dataset): applied over the dataset defaults (a config file and flags still win).
 SEARCH_METHOD_DEFAULTS = {
@@ -32,6 +34,13 @@ SEARCH_METHOD_DEFAULTS = {
     # GDAS's CIFAR search runs 240 epochs (tau 10 -> 0.1); the rest as DARTS.
     ("gdas", "cifar10"): {"epochs": 240},
     ("gdas", "cifar100"): {"epochs": 240},
+    # --gdas-variant authors (applied over the gdas ones): their DARTS-space configuration (SPEC 5b;
+    # GDAS-NASNet-CIFAR.config and the search-arch config): C=16, N=2 (6 cells), batch 256, 250
+    # epochs, weight decay 5e-4. Digits and synthetic: their sizes, 3N cells, the authors' decay.
+    **{("gdas-authors", d): {"epochs": 250, "batch_size": 256, "weight_decay": 5e-4, "init_channels": 16,
+                             "layers": 6} for d in ("cifar10", "cifar100")},
+    ("gdas-authors", "digits"): {"weight_decay": 5e-4, "layers": 6},
+    ("gdas-authors", "synthetic"): {"weight_decay": 5e-4},
     # DrNAS on the DARTS space (SPEC 8.1, DARTS-space/train_search.py:25-46, 120-182): batch 64,
     # SGD lr 0.1 cosine to 0, Adam 6e-4 (its 'l2' regulariser: weight decay 1e-3 on theta), K = 6,
     # C=36, 20 layers, theta updated from epoch 10 of a 25-epoch stage; one stage of 50 epochs here

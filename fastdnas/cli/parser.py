@@ -1,8 +1,8 @@
 """The argument parser of every command: its flags, help texts and defaults."""
 import argparse
 
-from .defaults import (AUTODEEPLAB, COMMAND_SPACES, COMMON_DEFAULTS, DARTS, EVERY, METHOD_DEFAULTS, NB201_METHODS,
-                       PART_SETTINGS, SEARCH_ADL, SEARCH_DARTS, SEARCH_METHODS, SEARCH_NB201, SEARCHES, SETTINGS,
+from .defaults import (AUTODEEPLAB, COMMAND_SPACES, COMMON_DEFAULTS, DARTS, EVERY, GDAS_VARIANTS, METHOD_DEFAULTS,
+                       NB201_METHODS, PART_SETTINGS, SEARCH_ADL, SEARCH_DARTS, SEARCH_METHODS, SEARCH_NB201, SEARCHES, SETTINGS,
                        TRAIN_ADL, TRAIN_DARTS)
 from .score import add_score_command
 from .search import run_nb201_search, run_search
@@ -82,6 +82,10 @@ FLAGS = [
      "FairDARTS's, written to selected.json next to the argmax genotype)", (SEARCH_DARTS,)),
     ("--tau-max", {"type": float}, "gdas: Gumbel-softmax temperature at the first epoch", (SEARCH_DARTS, SEARCH_NB201)),
     ("--tau-min", {"type": float}, "gdas: temperature at the last epoch", (SEARCH_DARTS, SEARCH_NB201)),
+    ("--gdas-variant", {"choices": GDAS_VARIANTS}, "gdas: default (fastdnas's DARTS supernet and step) or authors "
+     "(the authors' code: pools without BatchNorm, biased convolutions, BatchNorm-ReLU before the pooling, 3N "
+     "cells, (op, input) pairs ranked per node, weight step first, clip with the alphas, Nesterov; their "
+     "CIFAR settings)", (SEARCH_DARTS,)),
     ("--resume", {"action": "store_true"}, "continue from OUT/checkpoint.pt", SEARCHES),
     ("--allow-unverified-checkpoint", {"action": "store_true"},
      "with --resume: load a checkpoint whose checksum is missing or damaged (an older fastdnas, or a file cut "
@@ -158,7 +162,7 @@ def default_text(name, command, space):
         value = show_value(name, dataset_defaults[dataset].get(name, base.get(name)), dataset)
         values.setdefault(value, []).append(dataset)
     text = f"default: {next(iter(values))}" if len(values) == 1 else f"default: {on_datasets(values)}"
-    methods = {SEARCH_DARTS: SEARCH_METHODS, SEARCH_NB201: NB201_METHODS}.get((command, space), ())
+    methods = {SEARCH_DARTS: SEARCH_METHODS + ("gdas-authors",), SEARCH_NB201: NB201_METHODS}.get((command, space), ())
     for method in methods:
         values = {}
         own_defaults = METHOD_DEFAULTS[space]
@@ -167,7 +171,8 @@ def default_text(name, command, space):
                 value = show_value(name, own_defaults[method, dataset][name], dataset)
                 values.setdefault(value, []).append(dataset)
         if values:
-            text += f"; --method {method}: {on_datasets(values)}"
+            label = "gdas --gdas-variant authors" if method == "gdas-authors" else method
+            text += f"; --method {label}: {on_datasets(values)}"
     return text
 
 

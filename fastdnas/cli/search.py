@@ -107,7 +107,9 @@ def describe_method(space, settings):
         method = settings["method"]
         own = {"darts": f"{'second' if settings['unrolled'] else 'first'} order",
                "pc-darts": f"K={settings['partial_channels']}",
-               "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"}.get(method)
+               "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"
+                       + (", the authors' supernet and step" if settings.get("gdas_variant") == "authors" else "")
+               }.get(method)
         if own is None or uses_parts(settings):
             own = ", ".join(f"{k} {v}" for k, v in method_parts(settings).items() if k != "primitives" and v)
         network = f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cells"

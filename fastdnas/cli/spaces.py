@@ -1,13 +1,16 @@
 """The search spaces of the search and train commands, and the checks of their own settings."""
 from .autodeeplab import autodeeplab_search, autodeeplab_train
 from .common import UsageError, check_positive
-from .darts import check_method_settings, darts_search, darts_train
+from .darts import check_method_settings, darts_config_options, darts_search, darts_train
 from .defaults import SEARCH_NB201
 from .nb201 import check_nb201_settings, nb201_search
 
 
 def space_config_options(space, settings):
-    """SearchConfig settings a space fixes (NAS-Bench-201: the authors' step for the method)."""
+    """SearchConfig settings a space fixes (NAS-Bench-201: the authors' step for the method; DARTS:
+    GDAS's with --gdas-variant authors)."""
+    if space == "darts":
+        return darts_config_options(settings)
     if space != "nb201":
         return {}
     from ..nb201.runs import search_config_options

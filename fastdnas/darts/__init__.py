@@ -2,6 +2,7 @@
 published cells in ``fastdnas.darts.genotypes``)."""
 from .final_network import FinalNetwork, drop_path
 from .gdas import GdasNetwork, SampledSearchCell, hard_gumbel_softmax
+from .gdas_authors import AuthorsGdasNetwork
 from .genotype import (
     DARTS_V1,
     DARTS_V2,
@@ -23,6 +24,7 @@ from .pc_darts import PartialMixedOp, PartialSearchCell, PCDartsNetwork, channel
 from .search_network import SearchCell, SearchNetwork
 
 __all__ = [
+    "AuthorsGdasNetwork",
     "DARTS_V1",
     "DARTS_V2",
     "FinalNetwork",

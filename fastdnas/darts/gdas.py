@@ -134,4 +134,8 @@ class GdasNetwork(SearchNetwork):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, (cell(s0, s1, reduce, reduce_index) if cell.reduction else cell(s0, s1, normal, normal_index))
-        return self.classifier(self.global_pooling(s1).flatten(1))
+        return self.head(s1)
+
+    def head(self, feature):
+        """The logits of the last cell's output: global average pooling, then the classifier."""
+        return self.classifier(self.global_pooling(feature).flatten(1))

@@ -157,6 +157,10 @@ class SearchNetwork(nn.Module):
 
     def genotype(self):
         """The discrete architecture the current alphas stand for (SPEC.md section 3)."""
-        normal, reduce = (parse_cell(w, self.steps, self.primitives) for w in self.decode_weights())
+        normal, reduce = (self.decode_cell(w) for w in self.decode_weights())
         concat = range(2 + self.steps - self.multiplier, self.steps + 2)
         return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
+
+    def decode_cell(self, weights):
+        """One cell's pairs from its [edges, ops] weights: the DARTS rule (``decode.parse_cell``)."""
+        return parse_cell(weights, self.steps, self.primitives)

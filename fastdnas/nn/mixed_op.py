@@ -69,6 +69,10 @@ class MixedOp(nn.Module):
         ]
         free = {i for i, _ in self.free_primitives}
         self.conv_primitives = [i for i in self.computed_indices if i not in free]
+        # Candidates mixed_node has no kind for (neither free nor a convolution ending in a
+        # BatchNorm, e.g. a max pool without BatchNorm): the "fused" node adds them outside the kernel.
+        self.outside_primitives = [i for i in self.conv_primitives if not hasattr(self._ops[i], "output_bn")]
+        self.conv_primitives = [i for i in self.conv_primitives if i not in self.outside_primitives]
         # The same selection as an index that costs no host-to-device copy per call (a Python list
         # index would build a tensor each time, which CUDA-graph capture forbids): a slice when the
         # computed primitives are contiguous (always for the DARTS set), else a buffer on the device.
@@ -119,11 +123,15 @@ def node_sum(mixed_ops, states, weights, backend, cell=None):
     check_backend(backend)
     limit = ops.MAX_NODE_EDGES
     if len(states) <= limit:
-        return _mixed_node(mixed_ops, states, weights, edge_bns, cell)
-    # Wider than one kernel call takes (only with many steps): add up groups of edges.
-    return sum(_mixed_node(mixed_ops[i : i + limit], states[i : i + limit], weights[i : i + limit],
-                           edge_bns[i : i + limit], cell)
-               for i in range(0, len(states), limit))
+        out = _mixed_node(mixed_ops, states, weights, edge_bns, cell)
+    else:  # wider than one kernel call takes (only with many steps): add up groups of edges
+        out = sum(_mixed_node(mixed_ops[i : i + limit], states[i : i + limit], weights[i : i + limit],
+                              edge_bns[i : i + limit], cell)
+                  for i in range(0, len(states), limit))
+    for e, op in enumerate(mixed_ops):
+        for i in op.outside_primitives:
+            out = out + weights[e, i] * op._ops[i](states[e])
+    return out
 
 
 def node_edge_slices(num_nodes):
