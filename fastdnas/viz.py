@@ -82,12 +82,16 @@ def plot_cell(pairs, concat, path, title=None):
     edges = [(state_name(index), str(k // 2), op) for k, (op, index) in enumerate(pairs)]
     edges += [(state_name(i), "c_{k}", None) for i in concat]
     curves = []  # (start, end, rad, display points of the drawn part) of every edge
+    drawn = set()
     for source, target, op in edges:
         (x0, y0), (x1, y1) = positions[source], positions[target]
         # Edges along the row of nodes would run through the nodes between: bend them (ops up, output
         # down), the longer ones more, so that two arcs into one node part.
         skips_nodes = y0 == y1 and abs(x1 - x0) > 2.5
         rad = (0.3 if op is None else -0.2 - 0.03 * abs(x1 - x0)) if skips_nodes else 0.0
+        if (source, target) in drawn:  # a node taking one input twice (GDAS's authors' decoding): bend apart
+            rad += 0.4
+        drawn.add((source, target))
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops=dict(arrowstyle="-|>", color="gray" if op is None else "black", lw=1.0,
                                     shrinkA=16, shrinkB=16, connectionstyle=f"arc3,rad={rad}"))

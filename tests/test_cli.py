@@ -196,7 +196,7 @@ def test_help_and_start_line_give_each_method_its_own_settings(tmp_path, capsys,
     darts = help_text(capsys, "search", "darts")
     for text in ("channels C of the first cells (default: 8 on digits, 16 on cifar10 and cifar100, 4 on synthetic; "
                  "--method pc-darts: 16 on digits; --method drnas: 16 on digits, 36 on cifar10 and cifar100, 8 on "
-                 "synthetic)",
+                 "synthetic; --method gdas --gdas-variant authors: 16 on cifar10 and cifar100)",
                  "(default: 0.003 on digits and synthetic, 0.0003 on cifar10 and cifar100; --method pc-darts: 0.006 on "
                  "digits, 0.0006 on cifar10 and cifar100; --method drnas: 0.006 on digits, 0.0006 on cifar10 and "
                  "cifar100; --method fair-darts: 0.03 on digits, 0.003 on cifar10 and cifar100)",

@@ -112,7 +112,7 @@ def test_the_authors_decoding_ranks_op_input_pairs():
     assert net.genotype().normal == got
 
 
-def test_a_cell_taking_one_input_twice_retrains():
+def test_a_cell_taking_one_input_twice_retrains(tmp_path):
     twice = [("sep_conv_3x3", 1), ("skip_connect", 1), ("max_pool_3x3", 0), ("dil_conv_3x3", 0),
              ("skip_connect", 2), ("avg_pool_3x3", 2), ("sep_conv_5x5", 3), ("sep_conv_3x3", 1)]
     genotype = Genotype(normal=twice, normal_concat=[2, 3, 4, 5], reduce=twice, reduce_concat=[2, 3, 4, 5])
@@ -128,23 +128,31 @@ def test_a_cell_taking_one_input_twice_retrains():
         node0 = cell._ops[0](cell.preprocess1(s)) + cell._ops[1](cell.preprocess1(s))
         out = cell(s, s, 0.0)
     assert cell.indices[:2] == [1, 1] and rel_err(out[:, :4], node0) <= 1e-12
+    from fastdnas.viz import plot_genotype  # the two edges of one input drawn apart
+
+    for path in plot_genotype(genotype, tmp_path):
+        assert (tmp_path / path).stat().st_size > 0
 
 
-def authors_loop_step(net, x, y, vx, vy, gumbels, lr, clip):
-    """exps/algos/GDAS.py's step: the weight step on the training batch (every parameter's gradient,
-    clip_grad_norm_ over network.parameters(), Nesterov SGD with weight decay 5e-4), then the
-    architecture step on the validation batch (Adam 3e-4-style, betas (0.5, 0.999), wd 1e-3)."""
+def authors_loop(net, batches, gumbels, lr, clip):
+    """exps/algos/GDAS.py's loop: per step the weight step on the training batch (every parameter's
+    gradient, clip_grad_norm_ over network.parameters(), Nesterov SGD with weight decay 5e-4), then
+    the architecture step on the validation batch (Adam, betas (0.5, 0.999), wd 1e-3). Only the
+    weight optimizer's gradients are cleared before the weight step: the alphas' gradient of the
+    previous architecture step is still there and counts in the clip's norm."""
     alphas = net.arch_parameters()
     w_opt = torch.optim.SGD([p for p in net.parameters() if all(p is not a for a in alphas)], lr=lr, momentum=0.9,
                             weight_decay=5e-4, nesterov=True)
     a_opt = torch.optim.Adam(alphas, lr=0.05, betas=(0.5, 0.999), weight_decay=1e-3)
-    w_opt.zero_grad()
-    F.cross_entropy(net(x, gumbels[0]), y).backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-    w_opt.step()
-    a_opt.zero_grad()
-    F.cross_entropy(net(vx, gumbels[1]), vy).backward()
-    a_opt.step()
+    noise = iter(gumbels)
+    for x, y, vx, vy in batches:
+        w_opt.zero_grad()
+        F.cross_entropy(net(x, next(noise)), y).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        w_opt.step()
+        a_opt.zero_grad()
+        F.cross_entropy(net(vx, next(noise)), vy).backward()
+        a_opt.step()
 
 
 def make_search(net, **config):
@@ -156,32 +164,37 @@ def make_search(net, **config):
     return Search(net, data, data, SearchConfig(**{**options, **config}), progress=False, log=lambda *a, **k: None)
 
 
-def test_one_search_step_equals_the_authors_loop(monkeypatch):
+def test_two_search_steps_equal_the_authors_loop(monkeypatch):
     """Search with the variant's step (weight step first, clip over weights and alphas, Nesterov)
-    gives the authors' loop's weights and alphas; the other order or the weights-only clip do not."""
+    gives the authors' loop's weights and alphas after two steps (the second one's clip norm holds
+    the first architecture step's gradient, as theirs); the other order or the weights-only clip do not."""
     torch.manual_seed(6)
     net = authors_network()  # fused
-    x, vx = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 8, 8, dtype=torch.float64)
-    y, vy = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 3, 2, 1])
-    noise = [[finite_gumbel_noise(a) for a in net.arch_parameters()] for _ in range(2)]
-    authors = copy.deepcopy(net)
-    authors.backend = "reference"
-    authors_loop_step(authors, x, y, vx, vy, noise, lr=0.3, clip=0.5)
+    batches = [(torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3]),
+                torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([4, 3, 2, 1])) for _ in range(2)]
+    noise = [[finite_gumbel_noise(a) for a in net.arch_parameters()] for _ in range(4)]
+    want = {}
+    for steps in (1, 2):
+        authors = copy.deepcopy(net)
+        authors.backend = "reference"
+        authors_loop(authors, batches[:steps], noise, lr=0.3, clip=0.5)
+        want[steps] = dict(authors.named_parameters())
     original = AuthorsGdasNetwork.forward
-    results = {}
-    for name, config in [("authors", dict(weight_step_first=True, clip_with_arch=True, nesterov=True)),
-                         ("arch first", dict(weight_step_first=False, clip_with_arch=True, nesterov=True)),
-                         ("weights-only clip", dict(weight_step_first=True, clip_with_arch=False, nesterov=True))]:
+    for name, steps, config in [("authors", 2, dict(weight_step_first=True, clip_with_arch=True, nesterov=True)),
+                                ("arch first", 1, dict(weight_step_first=False, clip_with_arch=True, nesterov=True)),
+                                ("weights-only clip", 1, dict(weight_step_first=True, clip_with_arch=False,
+                                                              nesterov=True))]:
         queue = list(noise)
         monkeypatch.setattr(AuthorsGdasNetwork, "forward", lambda self, inp, gumbels=None: original(self, inp, queue.pop(0)))
         model = copy.deepcopy(net)
-        make_search(model, **config).search_step(x, y, vx, vy)
-        results[name] = dict(model.named_parameters())
-    want = dict(authors.named_parameters())
-    for name, value in results["authors"].items():
-        assert rel_err(value, want[name]) <= 1e-10, name
-    for other in ("arch first", "weights-only clip"):
-        assert max(rel_err(value, want[name]) for name, value in results[other].items()) > 1e-6, other
+        search = make_search(model, **config)
+        for batch in batches[:steps]:
+            search.search_step(*batch)
+        errors = {key: rel_err(value, want[steps][key]) for key, value in model.named_parameters()}
+        if name == "authors":
+            assert max(errors.values()) <= 1e-10, max(errors, key=errors.get)
+        else:
+            assert max(errors.values()) > 1e-6, name
 
 
 TINY = ["--dataset", "synthetic", "--device", "cpu", "--threads", "1", "--epochs", "1"]
@@ -206,6 +219,9 @@ def test_cli_search_with_the_authors_variant_then_retrain(tmp_path):
 
 def test_cli_variant_defaults_and_refusals(tmp_path, capsys):
     parser = cli.build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["search", "darts", "--help"])
+    assert "--method gdas --gdas-variant authors: 250 on cifar10 and cifar100" in " ".join(capsys.readouterr().out.split())
     for dataset, expected in [("cifar10", {"epochs": 250, "batch_size": 256, "weight_decay": 5e-4,
                                            "init_channels": 16, "layers": 6, "lr": 0.025, "lr_min": 0.001}),
                               ("digits", {"weight_decay": 5e-4, "layers": 6, "epochs": 12})]:
