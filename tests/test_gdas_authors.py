@@ -197,6 +197,16 @@ def test_two_search_steps_equal_the_authors_loop(monkeypatch):
             assert max(errors.values()) > 1e-6, name
 
 
+def test_cuda_graphs_refuse_the_host_checked_noise():
+    from fastdnas.data import ImageSet
+    from fastdnas.search import Search, SearchConfig
+
+    data = ImageSet(torch.randn(8, 3, 8, 8), torch.arange(8) % 5, torch.zeros(3), torch.ones(3))
+    with pytest.raises(ValueError, match="host check"):
+        Search(AuthorsGdasNetwork(C=4, num_classes=5, layers=3, sampled_only=False), data, data,
+               SearchConfig(batch_size=4), cuda_graphs=True, progress=False, log=lambda *a, **k: None)
+
+
 TINY = ["--dataset", "synthetic", "--device", "cpu", "--threads", "1", "--epochs", "1"]
 
 

@@ -2,8 +2,8 @@
 import argparse
 
 from .defaults import (AUTODEEPLAB, COMMAND_SPACES, COMMON_DEFAULTS, DARTS, EVERY, GDAS_VARIANTS, METHOD_DEFAULTS,
-                       NB201_METHODS, PART_SETTINGS, SEARCH_ADL, SEARCH_DARTS, SEARCH_METHODS, SEARCH_NB201, SEARCHES, SETTINGS,
-                       TRAIN_ADL, TRAIN_DARTS)
+                       NB201_METHODS, PART_SETTINGS, SEARCH_ADL, SEARCH_DARTS, SEARCH_METHODS, SEARCH_NB201, SEARCHES,
+                       SETTINGS, TRAIN_ADL, TRAIN_DARTS)
 from .score import add_score_command
 from .search import run_nb201_search, run_search
 from .train import run_train

@@ -83,6 +83,8 @@ class AuthorsGdasNetwork(GdasNetwork):
     """GDAS's DARTS-space supernet as in the authors' code (see the module doc); ``GdasNetwork``'s
     arguments, ``layers`` = 3N (N cells per stage)."""
 
+    checks_noise_on_host = True  # finite_gumbel_noise: no CUDA-graph capture of its forward
+
     def __init__(self, C=16, num_classes=10, layers=6, steps=4, multiplier=4, stem_multiplier=3,
                  backend="fused", in_channels=3, primitives=PRIMITIVES, tau_max=10.0, tau_min=0.1,
                  sampled_only=True):

@@ -185,6 +185,9 @@ class Search:
             if config.weight_step_first or config.clip_with_arch:
                 raise ValueError("cuda_graphs: the captured step runs the architecture step first and clips the "
                                  "weights' gradients alone; run this search without CUDA graphs")
+            if getattr(model, "checks_noise_on_host", False):
+                raise ValueError("cuda_graphs: this network draws its Gumbel noise again after a host check (GDAS as "
+                                 "its authors run it); search without CUDA graphs")
             if getattr(model, "perturbation", None) is not None:
                 raise ValueError("cuda_graphs: the perturbation of the weight step is not captured; search without "
                                  "--cuda-graphs")
