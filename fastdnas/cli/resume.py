@@ -106,6 +106,14 @@ def check_resume_state(state, search, path):
 
     epoch, epochs = state["epoch"], search.config.epochs
     check(type(epoch) is int and 0 <= epoch <= epochs, "epoch", f"an integer from 0 to {epochs}", epoch)
+    if search.schedule is not None:  # a progressive search: the network brought to the saved stage's shapes
+        schedule = state.get("schedule")
+        check(isinstance(schedule, dict) and {"stage", "masks"} <= set(schedule), "schedule",
+              "the stage and the operation masks of a progressive search", schedule)
+        try:
+            search.model.load_schedule_state(schedule)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"checkpoint {path!r}: {error}") from error
     model = search.model.state_dict()
     saved_model = state["model"]
     check(isinstance(saved_model, dict), "model", "a state dict", saved_model)

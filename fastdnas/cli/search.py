@@ -6,7 +6,7 @@ import time
 
 from .common import (UsageError, check_positive, describe_device, load_data, make_config, pick_device,
                      resolve_settings)
-from .darts import method_parts, uses_parts
+from .darts import SCHEDULE_PARTS, drnas_schedule, method_parts, uses_parts
 from .defaults import GDAS_FEW_STEPS, INVOCATION_ONLY, SEARCH_CONFIG_KEYS, SETTINGS
 from .nb201 import load_nb201
 from .resume import check_resume_state, read_resume_state, refused_checkpoint, resume_note
@@ -108,12 +108,20 @@ def describe_method(space, settings):
         own = {"darts": f"{'second' if settings['unrolled'] else 'first'} order",
                "pc-darts": f"K={settings['partial_channels']}",
                "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"}.get(method)
+        parts = method_parts(settings)
         if own is None or uses_parts(settings):
-            own = ", ".join(f"{k} {v}" for k, v in method_parts(settings).items() if k != "primitives" and v)
+            own = ", ".join(f"{k} {v}" for k, v in parts.items() if k not in SCHEDULE_PARTS and v)
+        if "stage_partial_channels" in parts:
+            own += (f", {len(parts['stage_keep_ops'])} stages: K {' -> '.join(map(str, parts['stage_partial_channels']))}"
+                    f", operations {' -> '.join(map(str, parts['stage_keep_ops']))}")
         network = f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cells"
     else:
         network = f"L={settings['layers']}, B={settings['blocks']}, F={settings['filter_multiplier']}"
     updates = f"from epoch {start + 1}/{epochs}" if start < epochs else f"none (--arch-start-epoch {start})"
+    if space == "darts" and drnas_schedule(settings) is not None:
+        stage = epochs // settings["drnas_stages"]
+        updates = (f"from epoch {start + 1} of each {stage}-epoch stage" if start < stage
+                   else f"none (--arch-start-epoch {start})")
     return f"{network}, {epochs} epochs, arch lr {settings['arch_lr']}, architecture updates {updates}"
 
 
