@@ -39,6 +39,9 @@ def run_search(args):
                          "so the ranks' BatchNorms would not meet")
     if settings["cuda_graphs"] and (context.enabled or settings["amp"]):
         raise UsageError("--cuda-graphs captures a single-process float32 step: drop --amp, or run without torchrun")
+    if args.space == "darts" and context.enabled and drnas_schedule(settings) is not None:
+        raise UsageError(f"--drnas-stages {settings['drnas_stages']} widens the network between the stages: run it in "
+                         "one process (without torchrun), or with --drnas-stages 1")
     config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS, **space_config_options(args.space, settings))
     if settings["batch_size"] % context.world_size:
         raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
