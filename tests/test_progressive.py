@@ -15,7 +15,7 @@ from fastdnas.darts import progressive
 from fastdnas.darts.composed import preset_network
 from fastdnas.data.base import ImageSet
 from fastdnas.nn.operations import DilConv, FactorizedReduce, SepConv
-from fastdnas.search import Search, SearchConfig, load_checkpoint
+from fastdnas.search import Search, SearchConfig, load_checkpoint, save_checkpoint
 from conftest import rel_err
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -209,6 +209,20 @@ def test_resume_across_the_stage_boundary(tmp_path, monkeypatch, no_plots):
             assert torch.equal(a, b)
         assert all(torch.equal(a, b) for a, b in zip(straight["schedule"]["masks"], resumed["schedule"]["masks"]))
         assert (out / "genotype.json").read_text() == (tmp_path / "straight" / "genotype.json").read_text()
+
+
+def test_resume_of_a_one_stage_run_saved_before_the_schedule(tmp_path, monkeypatch, no_plots):
+    out = tmp_path / "old"
+    original_run = Search.run
+    monkeypatch.setattr(Search, "run", lambda self, until=None: original_run(self, until=1))
+    assert cli.main([*TINY, "--drnas-stages", "1", "--epochs", "2", "--out", str(out)]) == 0
+    monkeypatch.setattr(Search, "run", original_run)
+    state = load_checkpoint(out / "checkpoint.pt")
+    for name in ("drnas_stages", "drnas_partial_channels", "drnas_keep_ops"):  # as an older fastdnas saved it
+        del state["extra"]["settings"][name]
+    save_checkpoint(state, out / "checkpoint.pt")
+    assert cli.main([*TINY, "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
 def test_cli_schedule_flags(tmp_path, capsys, monkeypatch, no_plots):

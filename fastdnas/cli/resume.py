@@ -43,8 +43,11 @@ def read_resume_state(settings, given):
     changed = changed_settings(saved, given)
     if changed:
         raise UsageError(f"--resume continues the saved run; these settings differ from it: {changed}")
-    # Settings added since the run was saved keep their defaults.
+    # Settings added since the run was saved keep their defaults; a drnas run saved before the
+    # progressive schedule was one stage.
     settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
+    if saved.get("method") == "drnas" and "drnas_stages" not in saved:
+        settings["drnas_stages"] = 1
     return settings, resume_state
 
 
