@@ -126,13 +126,37 @@ def composed_weights(net, noise=None):
             out.append(1 / (1 + torch.exp(-alphas)))
         elif net.sampler == "dirichlet":
             beta = torch.where(alphas > 0, alphas, torch.exp(alphas) - 1) + 1
-            out.append(torch.distributions.Dirichlet(beta).rsample())
+            w = torch.distributions.Dirichlet(beta).rsample()
+            mask = getattr(net, "mask_reduce" if i else "mask_normal", None)
+            out.append(w if mask is None else masked_rows(w, mask))
         else:
             h, k = gdas_sample(alphas, net.tau, noise[i])
             mask = torch.zeros_like(h)
             mask[torch.arange(h.shape[0]), k] = 1.0
             out.append(h * mask)
     return out
+
+
+def masked_rows(w, mask):
+    """DrNAS's pruned draw: the pruned entries set to 0, each row divided by its sum."""
+    kept = torch.where(mask, w, torch.zeros_like(w))
+    return kept / kept.sum(dim=1, keepdim=True)
+
+
+def drnas_prune(theta, keep, mask=None):
+    """DrNAS's pruning, row by row: the ``keep`` largest theta among the entries not pruned before
+    (all of them without a mask) stay, every other entry becomes 0; returns (theta, mask)."""
+    new_theta, new_mask = torch.zeros_like(theta), torch.zeros_like(theta, dtype=torch.bool)
+    for r in range(theta.shape[0]):
+        alive = [j for j in range(theta.shape[1]) if mask is None or bool(mask[r, j])]
+        for j in sorted(alive, key=lambda j: -float(theta[r, j]))[:keep]:
+            new_theta[r, j], new_mask[r, j] = theta[r, j], True
+    return new_theta, new_mask
+
+
+def net2wider(tensor, dim, index):
+    """net2wider's copy: the tensor with its slices ``index`` along ``dim`` appended (no rescaling)."""
+    return torch.cat([tensor, tensor.index_select(dim, index)], dim=dim)
 
 
 def composed_forward(net, x, weights):

@@ -146,3 +146,12 @@ class OpNames(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(func.__name__)
         return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Searches without their pictures (test_cli.py tests them; they take seconds)."""
+    import fastdnas.viz
+
+    for plot in ("plot_genotype", "plot_alpha_history"):
+        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)

@@ -201,7 +201,7 @@ def test_help_and_start_line_give_each_method_its_own_settings(tmp_path, capsys,
                  "digits, 0.0006 on cifar10 and cifar100; --method drnas: 0.006 on digits, 0.0006 on cifar10 and "
                  "cifar100; --method fair-darts: 0.03 on digits, 0.003 on cifar10 and cifar100)",
                  "no architecture updates in the first N epochs (default: 0; --method pc-darts: 4 on digits, 15 on "
-                 "cifar10 and cifar100; --method drnas: 5 on digits, 10 on cifar10 and cifar100)",
+                 "cifar10 and cifar100; --method drnas: 2 on digits, 10 on cifar10 and cifar100)",
                  "--epochs EPOCHS default: 12 on digits, 50 on cifar10 and cifar100, 2 on synthetic; --method gdas: 240 "
                  "on cifar10 and cifar100"):
         assert text in darts, text
@@ -419,15 +419,6 @@ def test_resume_from_a_damaged_checkpoint_fails_in_one_line(tmp_path, capsys):
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert str(path) in err and reason in err and "run without --resume to start over" in err, err
     assert not (out / ".checkpoint-killed.tmp").exists()
-
-
-@pytest.fixture
-def no_plots(monkeypatch):
-    """Searches without their pictures (tested above; they take seconds)."""
-    import fastdnas.viz
-
-    for plot in ("plot_genotype", "plot_alpha_history"):
-        monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
 
 
 def refused(capsys, out, *flags):

@@ -105,8 +105,9 @@ def check_method_settings(settings):
     if uses_parts(settings):
         from ..darts.composed import check_parts
 
+        check_drnas_schedule(settings)
         try:
-            check_parts(**{k: v for k, v in method_parts(settings).items() if k != "primitives"})
+            check_parts(**{k: v for k, v in method_parts(settings).items() if k not in SCHEDULE_PARTS})
         except ValueError as error:  # 'sampler' is --arch-weights
             raise UsageError(f"--method {method} with {describe_parts(settings)}: {error}") from error
         if settings["unrolled"]:
@@ -146,6 +147,50 @@ def darts_config_options(settings):
     return {}
 
 
+SCHEDULE_PARTS = ("primitives", "stage_partial_channels", "stage_keep_ops")
+
+
+def drnas_schedule(settings):
+    """(K per stage, operations kept per stage) of a progressive drnas search, or None (one stage)."""
+    if settings.get("method") != "drnas" or settings["drnas_stages"] == 1:
+        return None
+    from ..darts.composed import PRIMITIVES_NO_NONE
+
+    return ([settings["partial_channels"]] + list(settings["drnas_partial_channels"]),
+            [len(PRIMITIVES_NO_NONE)] + list(settings["drnas_keep_ops"]))
+
+
+def check_drnas_schedule(settings):
+    if settings.get("method") != "drnas":
+        return
+    stages = settings["drnas_stages"]
+    if not isinstance(stages, int) or stages < 1:
+        raise UsageError(f"--drnas-stages must be a positive integer, got {stages!r}")
+    if stages == 1:
+        return
+    for name in ("drnas_partial_channels", "drnas_keep_ops"):
+        if len(settings[name]) != stages - 1:
+            raise UsageError(f"--{name.replace('_', '-')} needs one value per stage after the first ({stages - 1} "
+                             f"with --drnas-stages {stages}), got {settings[name]}")
+    if settings["epochs"] % stages:
+        raise UsageError(f"--epochs {settings['epochs']} must split evenly into the --drnas-stages {stages} stages")
+    if settings["arch_weights"] not in (None, "dirichlet"):
+        raise UsageError(f"--drnas-stages {stages}: the progressive schedule masks the Dirichlet draw; --arch-weights "
+                         f"{settings['arch_weights']} needs --drnas-stages 1")
+    from ..darts.progressive import check_schedule
+
+    partial_channels, keep_ops = drnas_schedule(settings)
+    try:
+        check_schedule(partial_channels, keep_ops, settings["init_channels"], keep_ops[0])
+    except ValueError as error:
+        raise UsageError(f"--method drnas with --partial-channels {settings['partial_channels']}, "
+                         f"--drnas-partial-channels {' '.join(map(str, settings['drnas_partial_channels']))}, "
+                         f"--drnas-keep-ops {' '.join(map(str, settings['drnas_keep_ops']))}: {error}") from error
+    if settings["cuda_graphs"]:
+        raise UsageError(f"--cuda-graphs does not apply to --drnas-stages {stages} (the network is widened between "
+                         "stages): search without it, or with --drnas-stages 1")
+
+
 def uses_parts(settings):
     """Whether the search runs the composed network: a successor preset, or a part replaced."""
     return settings.get("method") not in ("darts", "pc-darts", "gdas") or any(
@@ -159,6 +204,9 @@ def method_parts(settings):
     parts = dict(PRESETS[settings["method"]])
     if "partial_channels" in parts or settings["method"] == "drnas":
         parts["partial_channels"] = settings["partial_channels"]
+    schedule = drnas_schedule(settings)
+    if schedule is not None:
+        parts["stage_partial_channels"], parts["stage_keep_ops"] = schedule
     for name, key in (("arch_weights", "sampler"), ("perturbation", "perturbation"), ("regulariser", "regulariser"),
                       ("selection", "selection")):
         value = settings.get(name)

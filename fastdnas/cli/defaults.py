@@ -14,11 +14,15 @@ SEARCH_DEFAULTS = {
     # The parts of a preset replaced (fastdnas.darts.composed); None: the preset's own.
     "arch_weights": None, "perturbation": None, "regulariser": None, "selection": None,
     "pt_interval": 5,  # DARTS-PT: tuning epochs between decisions (81 tuning epochs at 5)
+    # DrNAS's progressive schedule (SPEC 8.1): the stages, and K and the operations kept per edge
+    # of the stages after the first (the first: --partial-channels, every operation).
+    "drnas_stages": 2, "drnas_partial_channels": [4], "drnas_keep_ops": [4],
 }
 SEARCH_METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts",
                   "darts-pt")
 METHOD_SETTINGS = {"partial_channels": ("pc-darts", "drnas"), "tau_max": ("gdas",), "tau_min": ("gdas",),
-                   "gdas_variant": ("gdas",), "pt_interval": ("darts-pt",)}
+                   "gdas_variant": ("gdas",), "pt_interval": ("darts-pt",), "drnas_stages": ("drnas",),
+                   "drnas_partial_channels": ("drnas",), "drnas_keep_ops": ("drnas",)}
 GDAS_VARIANTS = ("default", "authors")
 PART_SETTINGS = ("arch_weights", "perturbation", "regulariser", "selection")
 # Per (method, dataset): applied over the dataset defaults (a config file and flags still win).
@@ -42,13 +46,16 @@ SEARCH_METHOD_DEFAULTS = {
     ("gdas-authors", "digits"): {"weight_decay": 5e-4, "layers": 6},
     ("gdas-authors", "synthetic"): {"weight_decay": 5e-4},
     # DrNAS on the DARTS space (SPEC 8.1, DARTS-space/train_search.py:25-46, 120-182): batch 64,
-    # SGD lr 0.1 cosine to 0, Adam 6e-4 (its 'l2' regulariser: weight decay 1e-3 on theta), K = 6,
-    # C=36, 20 layers, theta updated from epoch 10 of a 25-epoch stage; one stage of 50 epochs here
-    # (the progressive pruning between stages is not implemented).
+    # SGD lr 0.1 cosine to 0 over all 50 epochs, Adam 6e-4 (its 'l2' regulariser: weight decay 1e-3
+    # on theta), C=36, 20 layers; two stages of 25 epochs, K 6 -> 4, operations 7 -> 4, theta
+    # updated from the stage-local epoch 10 in each.
     **{("drnas", d): {"lr": 0.1, "lr_min": 0.0, "arch_lr": 6e-4, "partial_channels": 6, "init_channels": 36,
                       "layers": 20, "arch_start_epoch": 10} for d in ("cifar10", "cifar100")},
-    ("drnas", "digits"): {"init_channels": 16, "arch_lr": 6e-3, "partial_channels": 4, "arch_start_epoch": 5},
-    ("drnas", "synthetic"): {"init_channels": 8, "partial_channels": 2},
+    # Digits: the same rule scaled to 5 + 5 epochs (theta updated from the stage-local epoch 2 =
+    # 10/25 of a stage), K 4 -> 2 at C=16 (6 does not divide 16).
+    ("drnas", "digits"): {"init_channels": 16, "arch_lr": 6e-3, "partial_channels": 4, "arch_start_epoch": 2,
+                          "epochs": 10, "drnas_partial_channels": [2]},
+    ("drnas", "synthetic"): {"init_channels": 8, "partial_channels": 2, "drnas_partial_channels": [1]},
     # SDARTS and beta-DARTS: DARTS's settings (SPEC 8.2: sota/cnn/train_search.py:34-57; 8.3).
     # FairDARTS (SPEC 8.4): batch 128, SGD lr 0.005 -> 0.001, Adam 3e-3 with betas (0.9, 0.999).
     **{("fair-darts", d): {"batch_size": 128, "lr": 0.005, "arch_lr": 3e-3, "arch_betas": [0.9, 0.999]}

@@ -71,7 +71,15 @@ FLAGS = [
     ("--pt-interval", {"type": int, "metavar": "EPOCHS"}, "darts-pt: tuning epochs between two decisions (17 "
      "decisions: 16 x EPOCHS + 1 tuning epochs, lr cosine 0.0025 -> 0.001)", (SEARCH_DARTS,)),
     ("--partial-channels", {"type": int, "metavar": "K"}, "pc-darts, drnas: 1/K of each edge's channels go through "
-     "its operations", (SEARCH_DARTS,)),
+     "its operations (drnas: in the first stage)", (SEARCH_DARTS,)),
+    ("--drnas-stages", {"type": int, "metavar": "N"}, "drnas: the progressive schedule's stages (epochs split "
+     "evenly; at each later stage's start the operations are pruned and the partial channels widened; "
+     "--arch-start-epoch counts within each stage); 1: one stage at --partial-channels, no pruning",
+     (SEARCH_DARTS,)),
+    ("--drnas-partial-channels", {"type": int, "nargs": "+", "metavar": "K"}, "drnas: K of each stage after the "
+     "first (the first: --partial-channels)", (SEARCH_DARTS,)),
+    ("--drnas-keep-ops", {"type": int, "nargs": "+", "metavar": "N"}, "drnas: operations kept per edge in each "
+     "stage after the first (the top-N theta; the first stage has all 7)", (SEARCH_DARTS,)),
     ("--arch-weights", {"choices": ["softmax", "gumbel", "dirichlet", "sigmoid"]}, "replace the preset's "
      "architecture weights", (SEARCH_DARTS,)),
     ("--perturbation", {"choices": ["none", "random", "adversarial"]}, "replace the preset's perturbation of the "

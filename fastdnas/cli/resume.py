@@ -43,8 +43,11 @@ def read_resume_state(settings, given):
     changed = changed_settings(saved, given)
     if changed:
         raise UsageError(f"--resume continues the saved run; these settings differ from it: {changed}")
-    # Settings added since the run was saved keep their defaults.
+    # Settings added since the run was saved keep their defaults; a drnas run saved before the
+    # progressive schedule was one stage.
     settings = {**settings, **saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}
+    if saved.get("method") == "drnas" and "drnas_stages" not in saved:
+        settings["drnas_stages"] = 1
     return settings, resume_state
 
 
@@ -106,6 +109,14 @@ def check_resume_state(state, search, path):
 
     epoch, epochs = state["epoch"], search.config.epochs
     check(type(epoch) is int and 0 <= epoch <= epochs, "epoch", f"an integer from 0 to {epochs}", epoch)
+    if search.schedule is not None:  # a progressive search: the network brought to the saved stage's shapes
+        schedule = state.get("schedule")
+        check(isinstance(schedule, dict) and {"stage", "masks"} <= set(schedule), "schedule",
+              "the stage and the operation masks of a progressive search", schedule)
+        try:
+            search.model.load_schedule_state(schedule)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"checkpoint {path!r}: {error}") from error
     model = search.model.state_dict()
     saved_model = state["model"]
     check(isinstance(saved_model, dict), "model", "a state dict", saved_model)

@@ -6,7 +6,7 @@ import time
 
 from .common import (UsageError, check_positive, describe_device, load_data, make_config, pick_device,
                      resolve_settings)
-from .darts import method_parts, uses_parts
+from .darts import SCHEDULE_PARTS, drnas_schedule, method_parts, uses_parts
 from .defaults import GDAS_FEW_STEPS, INVOCATION_ONLY, SEARCH_CONFIG_KEYS, SETTINGS
 from .nb201 import load_nb201
 from .resume import check_resume_state, read_resume_state, refused_checkpoint, resume_note
@@ -39,6 +39,9 @@ def run_search(args):
                          "so the ranks' BatchNorms would not meet")
     if settings["cuda_graphs"] and (context.enabled or settings["amp"]):
         raise UsageError("--cuda-graphs captures a single-process float32 step: drop --amp, or run without torchrun")
+    if args.space == "darts" and context.enabled and drnas_schedule(settings) is not None:
+        raise UsageError(f"--drnas-stages {settings['drnas_stages']} widens the network between the stages: run it in "
+                         "one process (without torchrun), or with --drnas-stages 1")
     config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS, **space_config_options(args.space, settings))
     if settings["batch_size"] % context.world_size:
         raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
@@ -110,12 +113,20 @@ def describe_method(space, settings):
                "gdas": f"tau {settings['tau_max']} -> {settings['tau_min']}"
                        + (", the authors' supernet and step" if settings.get("gdas_variant") == "authors" else "")
                }.get(method)
+        parts = method_parts(settings)
         if own is None or uses_parts(settings):
-            own = ", ".join(f"{k} {v}" for k, v in method_parts(settings).items() if k != "primitives" and v)
+            own = ", ".join(f"{k} {v}" for k, v in parts.items() if k not in SCHEDULE_PARTS and v)
+        if "stage_partial_channels" in parts:
+            own += (f", {len(parts['stage_keep_ops'])} stages: K {' -> '.join(map(str, parts['stage_partial_channels']))}"
+                    f", operations {' -> '.join(map(str, parts['stage_keep_ops']))}")
         network = f"method {method}: {own}, C={settings['init_channels']}, {settings['layers']} cells"
     else:
         network = f"L={settings['layers']}, B={settings['blocks']}, F={settings['filter_multiplier']}"
     updates = f"from epoch {start + 1}/{epochs}" if start < epochs else f"none (--arch-start-epoch {start})"
+    if space == "darts" and drnas_schedule(settings) is not None:
+        stage = epochs // settings["drnas_stages"]
+        updates = (f"from epoch {start + 1} of each {stage}-epoch stage" if start < stage
+                   else f"none (--arch-start-epoch {start})")
     return f"{network}, {epochs} epochs, arch lr {settings['arch_lr']}, architecture updates {updates}"
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..decode import num_edges
 from ..nn.operations import PRIMITIVES
-from . import parts
+from . import parts, progressive
 from .pc_darts import PartialSearchCell, edge_normalisation
 from .search_network import SearchCell, SearchNetwork
 
@@ -77,15 +77,30 @@ class ComposedNetwork(SearchNetwork):
     ``forward(x, noise=None)``: ``noise`` (normal, reduce) gives the Gumbel noise of the ``gumbel``
     sampler (tests; drawn when None). Architecture parameters: the alphas (theta of DrNAS), and
     with edge normalisation the betas of PC-DARTS.
+
+    ``stage_partial_channels``, ``stage_keep_ops`` (DrNAS's progressive schedule, ``progressive.py``;
+    Dirichlet weights only): K and the operations kept per edge of each stage, the first K being
+    ``partial_channels``. ``enter_stage(s)`` prunes and widens; ``mask_normal``, ``mask_reduce``
+    (None before the first pruning) mask the Dirichlet draw and the decoding softmax.
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, steps=4, multiplier=4, stem_multiplier=3,
                  backend="fused", in_channels=3, primitives=PRIMITIVES, sampler="softmax", partial_channels=1,
                  edge_normalisation=False, perturbation=None, regulariser=None, selection="argmax",
-                 alpha_init="randn", tau_max=10.0, tau_min=0.1):
+                 alpha_init="randn", tau_max=10.0, tau_min=0.1, stage_partial_channels=None, stage_keep_ops=None):
         check_parts(sampler, partial_channels, edge_normalisation, perturbation, regulariser, selection, alpha_init)
         if not isinstance(C, int) or C % partial_channels:
             raise ValueError(f"partial_channels must divide C={C!r}, got {partial_channels!r}")
+        self.progressive = None
+        if stage_partial_channels is not None or stage_keep_ops is not None:
+            if sampler != "dirichlet" or edge_normalisation:
+                raise ValueError("stage_partial_channels: the progressive schedule is DrNAS's: it needs sampler "
+                                 f"'dirichlet' without edge normalisation, not {sampler!r}")
+            self.progressive = progressive.check_schedule(stage_partial_channels or (), stage_keep_ops or (), C,
+                                                          len(primitives))
+            if self.progressive.partial_channels[0] != partial_channels:
+                raise ValueError(f"stage_partial_channels must start at partial_channels={partial_channels}, got "
+                                 f"{list(stage_partial_channels)}")
         if sampler == "gumbel" and not 0 < tau_min <= tau_max:
             raise ValueError(f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")
         self.sampler, self.partial_channels, self.edge_normalised = sampler, partial_channels, edge_normalisation
@@ -102,9 +117,12 @@ class ComposedNetwork(SearchNetwork):
         self.register_buffer("tau", torch.tensor(self.tau_max))
         self.epoch, self.epochs = 0, 1
         self.override = None  # the weights of the weight step while perturbed
+        self.stage = 0
+        self.register_buffer("mask_normal", None, persistent=False)  # the checkpoint keeps them: schedule_state
+        self.register_buffer("mask_reduce", None, persistent=False)
 
     def make_cell(self, *args):
-        if self.partial_channels > 1 or self.edge_normalised:
+        if self.partial_channels > 1 or self.edge_normalised or self.progressive is not None:
             return PartialSearchCell(*args, partial_channels=self.partial_channels)
         return SearchCell(*args)
 
@@ -121,8 +139,53 @@ class ComposedNetwork(SearchNetwork):
     def sample_weights(self, noise=None):
         """(normal, reduce) [edges, ops] weights of this forward."""
         noise = (None, None) if noise is None else noise
-        return tuple(parts.arch_weights(self.sampler, alphas, self.tau, n)
-                     for alphas, n in zip((self.alphas_normal, self.alphas_reduce), noise, strict=True))
+        weights = tuple(parts.arch_weights(self.sampler, alphas, self.tau, n)
+                        for alphas, n in zip((self.alphas_normal, self.alphas_reduce), noise, strict=True))
+        return self.apply_masks(weights)
+
+    def apply_masks(self, weights):
+        """(normal, reduce) weights masked and renormalised after a pruning (as they are before one)."""
+        if self.mask_normal is None:
+            return weights
+        return tuple(parts.masked(w, m) for w, m in zip(weights, (self.mask_normal, self.mask_reduce), strict=True))
+
+    def enter_stage(self, stage, generator=None):
+        """Stage ``stage`` of the progressive schedule from the one before: theta pruned to the stage's
+        operations per edge (masked), the partial channels widened to its K; returns the widening
+        records (``progressive.widen_momentum`` grows the weights' momentum buffers with them)."""
+        if self.progressive is None or stage != self.stage + 1 or stage >= self.progressive.stages:
+            raise ValueError(f"enter_stage: stage must be {self.stage + 1} (the next of a progressive schedule), "
+                             f"got {stage!r}")
+        keep = self.progressive.keep_ops[stage]
+        self.mask_normal = progressive.prune(self.alphas_normal, keep, self.mask_normal)
+        self.mask_reduce = progressive.prune(self.alphas_reduce, keep, self.mask_reduce)
+        records = progressive.widen_network(self, self.progressive.partial_channels[stage], generator)
+        self.stage = stage
+        return records
+
+    def schedule_state(self):
+        """What a checkpoint needs besides the state dict: the stage and the masks."""
+        masks = None if self.mask_normal is None else [self.mask_normal.cpu(), self.mask_reduce.cpu()]
+        return {"stage": self.stage, "masks": masks}
+
+    def load_schedule_state(self, state):
+        """The stage and masks of ``schedule_state()``: a network of an earlier stage is first
+        brought to that stage's shapes (the values come with the state dict loaded after)."""
+        stage = state["stage"]
+        if self.progressive is None or not isinstance(stage, int) or not self.stage <= stage < self.progressive.stages:
+            raise ValueError(f"schedule state: stage must be an integer from {self.stage} to "
+                             f"{(self.progressive.stages if self.progressive else 1) - 1}, got {stage!r}")
+        while self.stage < stage:
+            self.enter_stage(self.stage + 1, torch.Generator().manual_seed(0))
+        masks = state["masks"]
+        shape = self.alphas_normal.shape
+        if (masks is None) != (stage == 0) or masks is not None and (
+                not isinstance(masks, (list, tuple)) or len(masks) != 2
+                or any(not isinstance(m, torch.Tensor) or m.shape != shape for m in masks)):
+            raise ValueError(f"schedule state: masks must be None at stage 0, else two boolean tensors of shape "
+                             f"{list(shape)}")
+        if masks is not None:
+            self.mask_normal, self.mask_reduce = (m.to(self.alphas_normal.device, torch.bool) for m in masks)
 
     def edge_weights(self):
         """(normal, reduce) [edges] weights of the edges: normalised betas, or ones (partial channels alone)."""
@@ -200,8 +263,8 @@ class ComposedNetwork(SearchNetwork):
         with independent sigmoids, times the normalised betas with edge normalisation."""
         if self.sampler == "sigmoid":
             normal, reduce = torch.sigmoid(self.alphas_normal.detach()), torch.sigmoid(self.alphas_reduce.detach())
-        else:
-            normal, reduce = super().decode_weights()
+        else:  # DrNAS after a pruning: the softmax over the kept operations (model_search.py:246-249)
+            normal, reduce = self.apply_masks(super().decode_weights())
         if self.edge_normalised:
             normal_edges, reduce_edges = (b.detach() for b in self.edge_weights())
             normal, reduce = normal * normal_edges[:, None], reduce * reduce_edges[:, None]

@@ -8,7 +8,8 @@ Architecture weights (``SAMPLERS``), one [edges, ops] tensor per cell type:
 - ``gumbel``: the hard Gumbel-softmax sample of GDAS, straight-through (SPEC 5b); dense here:
   every candidate runs with weight ``one_hot * h`` (the value of the sampled op's h is 1).
 - ``dirichlet``: w ~ Dir(beta).rsample() with beta = ELU(theta) + 1, a new draw every forward,
-  training and eval (DrNAS, SPEC 8.1: utils.py:167-194, search_model.py:68).
+  training and eval (DrNAS, SPEC 8.1: utils.py:167-194, search_model.py:68). After DrNAS's
+  pruning (``progressive.py``) the draw is masked: w <- w * m / sum(w * m) (``masked``).
 - ``sigmoid``: sigma(alpha), independent per op, not normalised (FairDARTS, SPEC 8.4:
   model_search.py:104-126).
 
@@ -70,6 +71,12 @@ def arch_weights(sampler, alphas, tau=None, noise=None):
         hard, index = hard_gumbel_softmax(alphas, tau, gumbel_noise(alphas) if noise is None else noise)
         return hard * torch.zeros_like(hard).scatter_(-1, index[:, None], 1.0)
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def masked(weights, mask):
+    """w * m / sum(w * m) per row (the pruned operations weigh exactly 0; utils.py:176-184)."""
+    kept = weights * mask
+    return kept / kept.sum(dim=-1, keepdim=True)
 
 
 def beta_decay_loss(alphas_list):

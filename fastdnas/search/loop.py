@@ -178,6 +178,13 @@ class Search:
         self.history = {"epochs": [], "alphas": []}
         self.prefetcher = DevicePrefetcher(self.device)
         self.graphed_step = None
+        # A network searched in stages (DrNAS's progressive schedule) changes shape between them.
+        self.schedule = getattr(model, "progressive", None)
+        if self.schedule is not None:
+            self.schedule.stage_epochs(config.epochs)  # raises unless the epochs split evenly
+            if cuda_graphs or distributed.enabled:
+                raise ValueError("a progressive schedule widens the network between stages: run it in one process "
+                                 "without cuda_graphs")
         if cuda_graphs:
             if not getattr(model, "uses_all_weights", True):
                 raise ValueError("cuda_graphs: this network chooses on the host which operations to run (GDAS with "
@@ -207,6 +214,7 @@ class Search:
         """Search from the current epoch up to epoch ``until`` (default: all); returns the history."""
         for epoch in range(self.epoch, self.config.epochs if until is None else until):
             start = time.perf_counter()
+            self.enter_stage_of(epoch)
             lr = cosine_lr(epoch, self.config.epochs, self.config.lr, self.config.lr_min)
             train = self.train_epoch(epoch, lr)
             # Rank 0's BatchNorm running statistics for everyone: one model to evaluate and save.
@@ -215,11 +223,13 @@ class Search:
             record = {
                 "epoch": epoch,
                 "lr": lr,
-                "arch_updates": epoch >= self.config.arch_start_epoch,
+                "arch_updates": self.updates_arch(epoch),
                 **prefixed("train", train),
                 **prefixed("val", val),
                 "time": time.perf_counter() - start,
             }
+            if self.schedule is not None:
+                record["stage"] = self.model.stage
             if self.describe is not None:
                 record.update(self.describe(self.model))
             self.history["epochs"].append(record)
@@ -241,6 +251,30 @@ class Search:
                          f"{BN_KEEPS ** steps:.0%} of their initial values, so val trails train for the first epochs)")
         return self.history
 
+    def updates_arch(self, epoch):
+        """Whether epoch ``epoch`` updates the architecture: after the warm-up (``arch_start_epoch``),
+        counted within each stage when the network is searched in stages."""
+        if self.schedule is not None:
+            return self.schedule.updates_arch(epoch, self.config.epochs, self.config.arch_start_epoch)
+        return epoch >= self.config.arch_start_epoch
+
+    def enter_stage_of(self, epoch):
+        """Prunes and widens the network (``enter_stage``) when ``epoch`` starts a new stage; the weight
+        optimizer's momentum buffers grow with the weights, the architecture optimizer's state is kept
+        and the learning rate schedule goes on over all the epochs (DrNAS's train_search.py:150-159).
+        The widening draws from a generator seeded by the seed and the stage, so a resumed run widens alike."""
+        if self.schedule is None:
+            return
+        from ..darts.progressive import widen_momentum
+
+        stage = self.schedule.stage_of(epoch, self.config.epochs)
+        while self.model.stage < stage:
+            nxt = self.model.stage + 1
+            generator = torch.Generator().manual_seed(self.config.seed * 1000 + nxt)
+            widen_momentum(self.weight_optimizer, self.model.enter_stage(nxt, generator))
+            self.log(f"stage {nxt + 1}/{self.schedule.stages}: {self.schedule.keep_ops[nxt]} operations kept per edge, "
+                     f"partial channels K={self.schedule.partial_channels[nxt]}")
+
     def train_epoch(self, epoch, lr):
         """One pass over the search-train half, zipped with a pass over the search-val half."""
         config = self.config
@@ -248,7 +282,7 @@ class Search:
         set_epoch = getattr(self.model, "set_search_epoch", None)  # schedules of the network (GDAS: tau)
         if set_epoch is not None:
             set_epoch(epoch, config.epochs)
-        update_arch = epoch >= config.arch_start_epoch
+        update_arch = self.updates_arch(epoch)
         generator = epoch_generator(config.seed, epoch)
         shard = {"rank": self.distributed.rank, "world_size": self.distributed.world_size}
         train_batches = iterate_batches(self.train_data, self.rank_batch_size, generator, shuffle=True,
@@ -346,9 +380,12 @@ class Search:
             "history": self.history,
             "config": asdict(self.config),
             "extra": self.extra,
+            **({"schedule": self.model.schedule_state()} if self.schedule is not None else {}),
         }
 
     def load_state_dict(self, state):
+        if self.schedule is not None:  # the stage's shapes first: the state dict is of the widened network
+            self.model.load_schedule_state(state["schedule"])
         self.model.load_state_dict(state["model"])
         with torch.no_grad():
             for a, saved in zip(self.model.arch_parameters(), state["arch_parameters"], strict=True):
