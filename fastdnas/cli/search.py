@@ -192,31 +192,35 @@ def run_seed_groups(args, seeds, out, world, device, groups):
     done = dist.new_group(list(range(world.world_size)), timeout=timedelta(days=SEED_GROUPS_WAIT_DAYS),
                           backend="gloo")
     index = world.rank // group.world_size
+    ranks = (f"rank {group.members[0]}" if group.world_size == 1 else
+             f"ranks {group.members[0]}-{group.members[-1]}")
     if world.is_main:
         print(f"{len(seeds)} seeds on {world.world_size} ranks: {groups} groups of {group.world_size} rank(s), "
               "each running its seeds in turn")
-    rows, failure = {}, None
+    rows, failure, report = {}, None, None
     for seed in group_seeds(seeds, groups, index):
         folder = os.path.join(out, f"seed-{seed}")
         try:
             with contextlib.redirect_stdout(LinePrefix(sys.stdout, f"[seed {seed}] ")):
                 if group.is_main:
-                    print(f"ranks {group.members[0]}-{group.members[-1]}: output in {folder}")
+                    print(f"{ranks}: output in {folder}")
                 run_search(seed_args(args, seed, folder), started=(group, device))
         except Exception as error:  # the other groups finish first (raised below)
             failure = error
+            report = (isinstance(error, UsageError), f"seed {seed} ({ranks}): "
+                      f"{error if isinstance(error, UsageError) else f'{type(error).__name__}: {error}'}")
             break
         if group.is_main:
             rows[seed] = seed_row(seed, read_log(folder))
     reports = [None] * world.world_size
-    dist.all_gather_object(reports, (rows, None if failure is None else f"{type(failure).__name__}: {failure}"),
-                           group=done)
-    if failure is not None:
-        raise failure
-    failed = [message for _, message in reports if message is not None]
+    dist.all_gather_object(reports, (rows, report), group=done)
+    if failure is not None and not isinstance(failure, UsageError):
+        raise failure  # with its traceback, on the ranks where it happened
+    failed = [report] if failure is not None else [failed for _, failed in reports if failed is not None]
     if failed:
-        raise RuntimeError(f"--seeds: a group of ranks failed: {failed[0]}")
-    gathered = {seed: row for report, _ in reports for seed, row in report.items()}
+        usage, message = failed[0]
+        raise (UsageError if usage else RuntimeError)(message)
+    gathered = {seed: row for group_rows, _ in reports for seed, row in group_rows.items()}
     return [gathered[seed] for seed in seeds]
 
 
