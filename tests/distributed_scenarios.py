@@ -73,10 +73,11 @@ def batch_norm_case(seed=0):
     return x, upstream, bn
 
 
-def cross_rank_batch_norm(rank, world_size):
-    """Forward and backward of CrossRankBatchNorm on this rank's shard of the batch (two steps)."""
-    x, upstream, bn = batch_norm_case()
-    bn = distributed.CrossRankBatchNorm.convert(bn)
+def cross_rank_batch_norm(rank, world_size, case=0, group=None):
+    """Forward and backward of CrossRankBatchNorm on this rank's shard of the batch (two steps);
+    ``group``: the ranks it normalises over (``rank`` and ``world_size`` those inside it)."""
+    x, upstream, bn = batch_norm_case(case)
+    bn = distributed.CrossRankBatchNorm.convert(bn, group)
     shard = x[rank::world_size].clone().requires_grad_()
     outputs = []
     for _ in range(2):
@@ -179,6 +180,9 @@ def nb201_seed_groups(rank, world_size, port, out):
     from fastdnas import cli
     from fastdnas.search import loop
 
+    # Cross-rank BatchNorm inside each group of 2, on a batch of the group's own.
+    group = distributed.split(distributed.Distributed(rank, world_size, rank), 2)
+    batch_norm = cross_rank_batch_norm(group.rank, group.world_size, case=rank // 2, group=group.group)
     no_nb201_plots()
     writes = []
     save = loop.save_checkpoint
@@ -199,7 +203,7 @@ def nb201_seed_groups(rank, world_size, port, out):
     torch.distributed.init_process_group("gloo")
     codes.append(cli.main([*NB201_FLAGS, "--seed", str(seed), "--out", os.path.join(out, "alone", f"seed-{seed}")]))
     distributed.shutdown(owned_only=False)
-    torch.save({"codes": codes, "writes": writes}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save({"codes": codes, "writes": writes, "batch_norm": batch_norm}, os.path.join(out, f"rank{rank}.pt"))
 
 
 def free_ports(count):

@@ -199,6 +199,16 @@ def test_nb201_seeds_on_groups_of_ranks_equal_each_seed_alone_and_resume(tmp_pat
     assert all(report["codes"] == [0, 0, 0] for report in groups)
     # Each group's rank 0 alone writes its seed's checkpoint, once per epoch (killed after 1, resumed).
     assert [report["writes"] for report in groups] == [["seed-5"] * 2, [], ["seed-6"] * 2, []]
+    for rank, report in enumerate(groups):  # cross-rank BatchNorm over its group only, 2 steps
+        x, upstream, bn = batch_norm_case(rank // 2)  # each group's own batch
+        x.requires_grad_()
+        for step in range(2):
+            out = bn(x)
+            (out * upstream).sum().backward()
+            torch.testing.assert_close(report["batch_norm"]["outputs"][step], out.detach()[rank % 2::2], rtol=1e-12,
+                                       atol=1e-12)
+        torch.testing.assert_close(report["batch_norm"]["input_grad"], x.grad[rank % 2::2], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(report["batch_norm"]["running_var"], bn.running_var, rtol=1e-12, atol=1e-14)
     summary = json.loads((tmp_path / "groups" / "summary.json").read_text())
     assert [(row["seed"], row["epochs"]) for row in summary["seeds"]] == [(5, 2), (6, 2)]
     for seed in (5, 6):
