@@ -73,10 +73,11 @@ def batch_norm_case(seed=0):
     return x, upstream, bn
 
 
-def cross_rank_batch_norm(rank, world_size):
-    """Forward and backward of CrossRankBatchNorm on this rank's shard of the batch (two steps)."""
-    x, upstream, bn = batch_norm_case()
-    bn = distributed.CrossRankBatchNorm.convert(bn)
+def cross_rank_batch_norm(rank, world_size, case=0, group=None):
+    """Forward and backward of CrossRankBatchNorm on this rank's shard of the batch (two steps);
+    ``group``: the ranks it normalises over (``rank`` and ``world_size`` those inside it)."""
+    x, upstream, bn = batch_norm_case(case)
+    bn = distributed.CrossRankBatchNorm.convert(bn, group)
     shard = x[rank::world_size].clone().requires_grad_()
     outputs = []
     for _ in range(2):
@@ -153,3 +154,67 @@ def cli_search_epoch(rank, world_size, port, out):
     states = [search_state(search) for search in searches]
     distributed.shutdown(owned_only=False)  # the group made here, after the searches' DDP wrappers
     torch.save({"codes": codes, "writes": writes, "states": states}, os.path.join(out, f"rank{rank}.pt"))
+
+
+# `search nb201 --seeds 5,6` (tests/test_distributed.py): tiny, 2 steps an epoch.
+NB201_FLAGS = ["search", "nb201", "--dataset", "synthetic", "--device", "cpu", "--threads", "1", "--epochs", "2",
+               "--batch-size", "32"]
+
+
+def no_nb201_plots():
+    import fastdnas.nb201.runs
+    import fastdnas.viz
+
+    fastdnas.viz.plot_alpha_history = lambda *args, **kwargs: None
+    fastdnas.nb201.runs.plot_benchmark = lambda *args, **kwargs: None
+
+
+def nb201_seed_groups(rank, world_size, port, out):
+    """`search nb201 --seeds 5,6` on 4 ranks (two groups of 2), "killed" after the first of two
+    epochs, then again with --resume; records which ranks wrote checkpoints. Then the reference,
+    each seed alone on 2 ranks, straight through: ranks 0-1 and 2-3 leave the job and each pair
+    starts a job of its own (on a fresh port that rank 0 picked) to run `--seed 5` and `--seed 6`.
+    The process groups are made here, once for both commands (as in cli_search_epoch)."""
+    announce_rank(rank, world_size, port)
+    torch.distributed.init_process_group("gloo")
+    from fastdnas import cli
+    from fastdnas.search import loop
+
+    # Cross-rank BatchNorm inside each group of 2, on a batch of the group's own.
+    group = distributed.split(distributed.Distributed(rank, world_size, rank), 2)
+    batch_norm = cross_rank_batch_norm(group.rank, group.world_size, case=rank // 2, group=group.group)
+    no_nb201_plots()
+    writes = []
+    save = loop.save_checkpoint
+    loop.save_checkpoint = lambda state, path: (writes.append(os.path.basename(os.path.dirname(path))),
+                                                save(state, path))
+    flags = [*NB201_FLAGS, "--seeds", "5,6", "--out", os.path.join(out, "groups")]
+    run = Search.run
+    Search.run = lambda self, until=None: run(self, until=1)  # "killed" after epoch 1
+    codes = [cli.main(flags)]
+    Search.run = run
+    codes.append(cli.main([*flags, "--resume"]))
+    ports = [free_ports(2) if rank == 0 else None]
+    torch.distributed.broadcast_object_list(ports, src=0)
+    distributed.shutdown(owned_only=False)  # the group made here, after the searches' DDP wrappers
+    loop.save_checkpoint = save
+    pair, seed = rank // 2, (5, 6)[rank // 2]
+    announce_rank(rank % 2, 2, ports[0][pair])
+    torch.distributed.init_process_group("gloo")
+    codes.append(cli.main([*NB201_FLAGS, "--seed", str(seed), "--out", os.path.join(out, "alone", f"seed-{seed}")]))
+    distributed.shutdown(owned_only=False)
+    torch.save({"codes": codes, "writes": writes, "batch_norm": batch_norm}, os.path.join(out, f"rank{rank}.pt"))
+
+
+def free_ports(count):
+    """``count`` distinct free TCP ports of this machine."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

@@ -4,7 +4,8 @@ Each rank runs fastdnas's own ``distributed.setup`` from the environment torchru
 Checked: every rank holds bit-identical alphas and weights after every epoch (first and second
 order); 2 ranks with half the batch each compute what 1 process computes with the whole batch
 (with cross-rank BatchNorm, and measurably not without it); only rank 0 writes; a 2-rank
-checkpoint resumes in 1 process.
+checkpoint resumes in 1 process; `search nb201 --seeds` on 4 ranks runs each seed on its group of 2
+as that seed alone on 2 ranks, and resumes.
 """
 import socket
 import time
@@ -17,6 +18,7 @@ from distributed_scenarios import (
     batch_norm_case,
     cli_search_epoch,
     hang,
+    nb201_seed_groups,
     search_state,
     tiny_shapes,
     toy_search,
@@ -50,10 +52,10 @@ RANK_SECONDS = 600
 PARENT_SECONDS = RANK_SECONDS + 60
 
 
-def spawn(scenario, out, rank_seconds=RANK_SECONDS, parent_seconds=PARENT_SECONDS):
-    """Run ``scenario`` on WORLD_SIZE ranks, each under a watchdog; returns what each rank saved."""
-    context = mp.start_processes(with_watchdog, args=(scenario, rank_seconds, WORLD_SIZE, free_port(), str(out)),
-                                 nprocs=WORLD_SIZE, join=False, start_method="spawn")
+def spawn(scenario, out, rank_seconds=RANK_SECONDS, parent_seconds=PARENT_SECONDS, world_size=WORLD_SIZE):
+    """Run ``scenario`` on ``world_size`` ranks, each under a watchdog; returns what each rank saved."""
+    context = mp.start_processes(with_watchdog, args=(scenario, rank_seconds, world_size, free_port(), str(out)),
+                                 nprocs=world_size, join=False, start_method="spawn")
     deadline = time.monotonic() + parent_seconds
     try:
         # join() raises ProcessRaisedException / ProcessExitedException (with the rank's exit
@@ -67,7 +69,7 @@ def spawn(scenario, out, rank_seconds=RANK_SECONDS, parent_seconds=PARENT_SECOND
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
         error.args = (f"{error.args[0]}\n{watchdog_stacks(out)}", *error.args[1:])
         raise
-    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
 
 
 def watchdog_stacks(out):
@@ -187,6 +189,43 @@ def test_cli_search_on_two_ranks_writes_once_and_resumes_in_one_process(tmp_path
                      "--batch-size", "4", "--device", "cpu", "--threads", "1", "--epochs", "2", "--arch-start-epoch",
                      "0", "--out", str(tmp_path / "autodeeplab"), "--resume"]) == 0
     assert load_checkpoint(tmp_path / "autodeeplab" / "checkpoint.pt")["epoch"] == 2
+
+
+def test_nb201_seeds_on_groups_of_ranks_equal_each_seed_alone_and_resume(tmp_path):
+    import json
+
+    # Seeds 5 and 6 on ranks 0-1 and 2-3; then the reference, each seed alone on 2 ranks.
+    groups = spawn(nb201_seed_groups, tmp_path, world_size=4)
+    assert all(report["codes"] == [0, 0, 0] for report in groups)
+    # Each group's rank 0 alone writes its seed's checkpoint, once per epoch (killed after 1, resumed).
+    assert [report["writes"] for report in groups] == [["seed-5"] * 2, [], ["seed-6"] * 2, []]
+    for rank, report in enumerate(groups):  # cross-rank BatchNorm over its group only, 2 steps
+        x, upstream, bn = batch_norm_case(rank // 2)  # each group's own batch
+        x.requires_grad_()
+        for step in range(2):
+            out = bn(x)
+            (out * upstream).sum().backward()
+            torch.testing.assert_close(report["batch_norm"]["outputs"][step], out.detach()[rank % 2::2], rtol=1e-12,
+                                       atol=1e-12)
+        torch.testing.assert_close(report["batch_norm"]["input_grad"], x.grad[rank % 2::2], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(report["batch_norm"]["running_var"], bn.running_var, rtol=1e-12, atol=1e-14)
+    summary = json.loads((tmp_path / "groups" / "summary.json").read_text())
+    assert [(row["seed"], row["epochs"]) for row in summary["seeds"]] == [(5, 2), (6, 2)]
+    for seed in (5, 6):
+        grouped = load_checkpoint(tmp_path / "groups" / f"seed-{seed}" / "checkpoint.pt")
+        alone = load_checkpoint(tmp_path / "alone" / f"seed-{seed}" / "checkpoint.pt")
+        assert grouped["epoch"] == alone["epoch"] == 2
+        for a, b in zip(grouped["arch_parameters"], alone["arch_parameters"], strict=True):
+            assert torch.equal(a, b), seed
+        assert grouped["model"].keys() == alone["model"].keys()
+        assert all(torch.equal(grouped["model"][k], alone["model"][k]) for k in alone["model"]), seed
+        records = [[{k: v for k, v in r.items() if k != "time"} for r in run["history"]["epochs"]]
+                   for run in (grouped, alone)]
+        assert records[0] == records[1]
+        assert summary["seeds"][seed - 5]["genotype"] == records[1][-1]["genotype"]
+    assert summary["seeds"][0]["genotype"] != summary["seeds"][1]["genotype"] or \
+        not torch.equal(load_checkpoint(tmp_path / "alone" / "seed-5" / "checkpoint.pt")["arch_parameters"][0],
+                        load_checkpoint(tmp_path / "alone" / "seed-6" / "checkpoint.pt")["arch_parameters"][0])
 
 
 def test_shards_of_a_batch_make_up_the_single_process_batch():

@@ -1,5 +1,6 @@
 """`search nb201` / `score nb201` end to end on a tiny synthetic search, and the benchmark lookups
 through nats_bench on archives written in its exact format (proved by nats_bench reading them)."""
+import io
 import json
 import math
 import os
@@ -139,6 +140,23 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     fails(capsys, ["score", "nb201", str(tmp_path), "--benchmark", str(empty)], "meta.pickle.pbz2")
+
+
+def test_seeds_under_torchrun_split_the_ranks_into_equal_groups():
+    from fastdnas.cli.search import LinePrefix
+    from fastdnas.nb201.runs import group_seeds, seed_groups
+
+    # The largest divisor of the ranks that is at most the number of seeds (README, "Seeds").
+    cases = {(1, 3): 1, (2, 2): 2, (4, 2): 2, (4, 3): 2, (3, 2): 1, (2, 5): 2, (8, 3): 2, (6, 4): 3, (4, 4): 4}
+    assert {case: seed_groups(*case) for case in cases} == cases
+    assert [group_seeds([777, 888, 999], 2, i) for i in range(2)] == [[777, 999], [888]]
+    with pytest.raises(ValueError, match="world_size and seed_count must be >= 1"):
+        seed_groups(0, 2)
+    stream = io.StringIO()  # each group's lines carry its seed
+    prefixed = LinePrefix(stream, "[seed 5] ")
+    prefixed.write("a\nb")
+    prefixed.write("c\n\nd\n")
+    assert stream.getvalue() == "[seed 5] a\n[seed 5] bc\n[seed 5] \n[seed 5] d\n"
 
 
 def test_cifar10_uses_the_authors_split_file(tmp_path):

@@ -60,7 +60,8 @@ FLAGS = [
      "file, or a NAS-Bench-201 .pth: every epoch's cell is looked up (needs the package nats_bench)",
      (SEARCH_NB201,)),
     ("--seeds", {"metavar": "S1,S2,..."}, "one search per seed, in OUT/seed-S, then OUT/summary.json and "
-     "summary.md (mean and std over seeds)", (SEARCH_NB201,)),
+     "summary.md (mean and std over seeds); under torchrun the ranks split into equal groups running seeds at "
+     "the same time (README, NAS-Bench-201)", (SEARCH_NB201,)),
     ("--split-file", {"metavar": "FILE"}, "the authors' split file (default: DATA/cifar-split.txt for cifar10, "
      "DATA/cifar100-test-split.txt, DATA/imagenet-16-120-test-split.txt)", (SEARCH_NB201,)),
     ("--method", {"choices": SEARCH_METHODS}, "the search method, a preset of parts: darts; pc-darts (partial "

@@ -1,7 +1,9 @@
 """The search command of every space, and search nb201 --seeds."""
 import argparse
+import contextlib
 import json
 import os
+import sys
 import time
 
 from .common import (UsageError, check_positive, describe_device, load_data, make_config, pick_device,
@@ -13,11 +15,12 @@ from .resume import check_resume_state, read_resume_state, refused_checkpoint, r
 from .spaces import SEARCH_SPACES, check_space_settings, space_config_options
 
 
-def run_search(args):
+def run_search(args, started=None):
     """The search command of every space: settings, resume, data, the shared ``Search``, outputs.
 
     Under torchrun every rank runs this; rank 0 alone reads the checkpoint to resume (and sends
-    it to the others), prints and writes files.
+    it to the others), prints and writes files. ``started``: the (Distributed, device) to run on
+    (a group of the ranks, from ``search nb201 --seeds``) instead of those of ``start_distributed``.
     """
     import torch
 
@@ -26,7 +29,7 @@ def run_search(args):
 
     defaults, dataset_defaults = SETTINGS["search", args.space]
     settings, given = resolve_settings(args, defaults, dataset_defaults)
-    context, device = start_distributed(settings)
+    context, device = started or start_distributed(settings)
     settings, resume_state = distributed.run_on_main(lambda: read_resume_state(settings, given), context)
     device = device or pick_device(settings["device"], settings["threads"])  # one process: saved settings count
     check_positive(settings, ["epochs", "batch_size", "layers", "log_interval"])
@@ -145,8 +148,11 @@ def start_distributed(settings):
 
 
 def run_nb201_search(args):
-    """`search nb201`: one search, or with --seeds one per seed (OUT/seed-S) and their summary."""
-    from ..nb201.runs import parse_seeds, seed_args, summarise
+    """`search nb201`: one search, or with --seeds one per seed (OUT/seed-S) and their summary.
+
+    Under torchrun the ranks split into groups of the same size (``seed_groups``), each running
+    its seeds data-parallel in turn; one group (all ranks) runs every seed in turn."""
+    from ..nb201.runs import parse_seeds, seed_args, seed_groups, summarise
 
     if "seeds" not in vars(args):
         return run_search(args)
@@ -157,16 +163,93 @@ def run_nb201_search(args):
     if "seed" in vars(args):
         raise UsageError("--seed and --seeds exclude each other (--seeds runs one search per seed)")
     single = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "seeds"})
-    out = resolve_settings(single, *SETTINGS["search", "nb201"])[0]["out"]  # checks the settings once, too
-    from ..search import distributed
-
-    main = not distributed.from_environment().enabled or int(os.environ.get("RANK", "0")) == 0
-    for i, seed in enumerate(seeds):
-        if main:
-            print(f"seed {seed} ({i + 1}/{len(seeds)}): output in {os.path.join(out, f'seed-{seed}')}")
-        run_search(seed_args(args, seed, os.path.join(out, f"seed-{seed}")))
-    if main:
-        _, table = summarise(out, seeds)
+    settings = resolve_settings(single, *SETTINGS["search", "nb201"])[0]  # checks the settings once, too
+    out = settings["out"]
+    world, device = start_distributed(settings)
+    groups = seed_groups(world.world_size, len(seeds))
+    if groups > 1:
+        rows = run_seed_groups(args, seeds, out, world, device, groups)
+    else:
+        rows = None  # read back from the seeds' log.jsonl
+        for i, seed in enumerate(seeds):
+            if world.is_main:
+                print(f"seed {seed} ({i + 1}/{len(seeds)}): output in {os.path.join(out, f'seed-{seed}')}")
+            run_search(seed_args(args, seed, os.path.join(out, f"seed-{seed}")))
+    if world.is_main:
+        _, table = summarise(out, seeds, rows)
         print(table)
         print(f"wrote summary.json and summary.md in {out}")
     return 0
+
+
+# How long the ranks of a group that is done wait for the other groups (the last seeds of another
+# group may take hours); a rank that dies ends the whole job through torchrun anyway.
+SEED_GROUPS_WAIT_DAYS = 30
+
+
+def run_seed_groups(args, seeds, out, world, device, groups):
+    """--seeds under torchrun, the ranks in ``groups`` groups: each group runs its seeds in turn
+    (``group_seeds``; data-parallel inside the group, its rank 0 writing OUT/seed-S and printing
+    with a "[seed S]" prefix). Returns the summary's rows (in the order of ``seeds``) on rank 0 of
+    the job, gathered from the groups (no shared disk needed); an error in a group is raised on
+    every rank once all groups are done."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from ..nb201.runs import group_seeds, read_log, seed_args, seed_row
+    from ..search import distributed
+
+    group = distributed.split(world, groups)
+    # Made by every rank now; its long timeout lets a group that is done wait for the others.
+    done = dist.new_group(list(range(world.world_size)), timeout=timedelta(days=SEED_GROUPS_WAIT_DAYS),
+                          backend="gloo")
+    index = world.rank // group.world_size
+    ranks = (f"rank {group.members[0]}" if group.world_size == 1 else
+             f"ranks {group.members[0]}-{group.members[-1]}")
+    if world.is_main:
+        print(f"{len(seeds)} seeds on {world.world_size} ranks: {groups} groups of {group.world_size} rank(s), "
+              "each running its seeds in turn")
+    rows, failure, report = {}, None, None
+    for seed in group_seeds(seeds, groups, index):
+        folder = os.path.join(out, f"seed-{seed}")
+        try:
+            with contextlib.redirect_stdout(LinePrefix(sys.stdout, f"[seed {seed}] ")):
+                if group.is_main:
+                    print(f"{ranks}: output in {folder}")
+                run_search(seed_args(args, seed, folder), started=(group, device))
+        except Exception as error:  # the other groups finish first (raised below)
+            failure = error
+            report = (isinstance(error, UsageError), f"seed {seed} ({ranks}): "
+                      f"{error if isinstance(error, UsageError) else f'{type(error).__name__}: {error}'}")
+            break
+        if group.is_main:
+            rows[seed] = seed_row(seed, read_log(folder))
+    reports = [None] * world.world_size
+    dist.all_gather_object(reports, (rows, report), group=done)
+    if failure is not None and not isinstance(failure, UsageError):
+        raise failure  # with its traceback, on the ranks where it happened
+    failed = [report] if failure is not None else [failed for _, failed in reports if failed is not None]
+    if failed:
+        usage, message = failed[0]
+        raise (UsageError if usage else RuntimeError)(message)
+    gathered = {seed: row for group_rows, _ in reports for seed, row in group_rows.items()}
+    return [gathered[seed] for seed in seeds]
+
+
+class LinePrefix:
+    """A text stream that writes ``prefix`` at the start of every line to ``stream``."""
+
+    def __init__(self, stream, prefix):
+        self.stream, self.prefix, self.line_start = stream, prefix, True
+
+    def write(self, text):
+        pieces = []
+        for line in text.splitlines(keepends=True):
+            pieces.append(self.prefix + line if self.line_start else line)
+            self.line_start = line.endswith("\n")
+        self.stream.write("".join(pieces))
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()

@@ -153,17 +153,36 @@ def parse_seeds(text):
     return seeds
 
 
-def summarise(out, seeds):
-    """summary.json and summary.md from the seed runs under ``out``: per seed the cell, its benchmark
-    accuracies (where scored) and the search time; then the mean and the standard deviation over seeds
-    (population, ddof 0, of the seeds that have the figure)."""
-    rows = []
-    for seed, folder in zip(seeds, seed_dirs(out, seeds)):
-        records = read_log(folder)
-        last = records[-1]
-        rows.append({"seed": seed, "genotype": last["genotype"], "cell_index": last["cell_index"],
-                     "epochs": len(records), "search_time": sum(r["time"] for r in records),
-                     "benchmark": last.get("benchmark")})
+def seed_groups(world_size, seed_count):
+    """How many groups ``search nb201 --seeds`` cuts ``world_size`` ranks into, one seed at a time
+    per group: the largest divisor of ``world_size`` that is at most ``seed_count``. So every rank
+    always works and the groups are the same size (each seed runs on world_size / groups ranks);
+    with seed_count >= world_size each rank runs seeds alone, and where only 1 divides (3 ranks, 2
+    seeds) all ranks run each seed in turn."""
+    if world_size < 1 or seed_count < 1:
+        raise ValueError(f"world_size and seed_count must be >= 1, got {world_size} and {seed_count}")
+    return max(g for g in range(1, min(world_size, seed_count) + 1) if world_size % g == 0)
+
+
+def group_seeds(seeds, groups, index):
+    """The seeds group ``index`` of ``groups`` runs, one after another: every groups-th from its own."""
+    return seeds[index::groups]
+
+
+def seed_row(seed, records):
+    """The summary's row of a seed's run (its ``log.jsonl`` records)."""
+    last = records[-1]
+    return {"seed": seed, "genotype": last["genotype"], "cell_index": last["cell_index"], "epochs": len(records),
+            "search_time": sum(r["time"] for r in records), "benchmark": last.get("benchmark")}
+
+
+def summarise(out, seeds, rows=None):
+    """summary.json and summary.md from the seed runs under ``out`` (or from their ``rows``, in the
+    order of ``seeds``): per seed the cell, its benchmark accuracies (where scored) and the search
+    time; then the mean and the standard deviation over seeds (population, ddof 0, of the seeds that
+    have the figure)."""
+    if rows is None:
+        rows = [seed_row(seed, read_log(folder)) for seed, folder in zip(seeds, seed_dirs(out, seeds))]
     stats = {}
     for key in SUMMARY_KEYS + ["search_time"]:
         values = [row["search_time"] if key == "search_time" else (row["benchmark"] or {}).get(key) for row in rows]

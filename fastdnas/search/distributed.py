@@ -7,6 +7,10 @@ averaged here with one all-reduce, so every rank applies the same Adam step to t
 permutation (``iterate_batches(..., rank, world_size)``, the order DistributedSampler would
 give). Only rank 0 writes files or prints.
 
+A ``Distributed`` may stand for a group of the ranks (``split``: ``search nb201 --seeds`` runs
+one seed per group): its rank and world size are then those inside the group, and every
+collective here goes over the group only.
+
 Without torchrun (no RANK / WORLD_SIZE in the environment) ``SINGLE`` stands for the one
 process and every helper here does nothing, so the single-process search is unchanged.
 """
@@ -26,11 +30,22 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 @dataclass(frozen=True)
 class Distributed:
-    """Where this process stands in the job: its rank, the number of ranks, its rank on its node."""
+    """Where this process stands in the job: its rank, the number of ranks, its rank on its node.
+
+    With ``group`` (a process group of ``split``) rank and world_size count inside the group, and
+    ``members`` are the group's ranks in the whole job (the group's rank 0 is ``members[0]``).
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    group: object = None  # None: the whole job (torch's default group)
+    members: tuple = ()
+
+    @property
+    def main_rank(self):
+        """The job-wide rank of this group's rank 0 (the ``src`` of broadcasts)."""
+        return self.members[0] if self.members else 0
 
     @property
     def enabled(self):
@@ -133,7 +148,7 @@ def average_(tensors, context):
         return tensors
     with torch.no_grad():
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat)
+        dist.all_reduce(flat, group=context.group)
         flat.div_(context.world_size)
         torch._foreach_copy_(tensors, [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]),
                                                                              tensors)])
@@ -145,15 +160,17 @@ def broadcast_(tensors, context):
     """Copy rank 0's values into ``tensors`` on every rank."""
     if context.enabled:
         for t in tensors:
-            dist.broadcast(t, src=0)
+            dist.broadcast(t, src=context.main_rank, group=context.group)
     return tensors
 
 
-def differentiable_all_reduce(tensor):
-    """The sum of ``tensor`` over the ranks; its backward sums the incoming gradients over the ranks."""
+def differentiable_all_reduce(tensor, group=None):
+    """The sum of ``tensor`` over the ranks (of ``group``, default all); its backward sums the
+    incoming gradients over the same ranks."""
+    group = dist.group.WORLD if group is None else group
     if not _FUNCTIONAL_ALL_REDUCE_HAS_AUTOGRAD:
-        return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM, group=dist.group.WORLD)
-    return functional_collectives.wait_tensor(functional_collectives.all_reduce(tensor, "sum", dist.group.WORLD))
+        return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return functional_collectives.wait_tensor(functional_collectives.all_reduce(tensor, "sum", group))
 
 
 # Newer torch (2.11 and later at least) gives the functional all-reduce a backward; torch 2.4
@@ -172,9 +189,9 @@ def sum_meter_(meter, context):
         return meter
     for name, value in vars(meter).items():
         if isinstance(value, torch.Tensor):
-            dist.all_reduce(value)
+            dist.all_reduce(value, group=context.group)
     samples = torch.tensor([meter.samples], dtype=torch.int64, device=meter_device(meter))
-    dist.all_reduce(samples)
+    dist.all_reduce(samples, group=context.group)
     meter.samples = int(samples.item())
     return meter
 
@@ -206,7 +223,7 @@ def data_parallel(model, context, device):
     # look for the unused ones.
     unused = not getattr(model, "uses_all_weights", True)
     wrapper = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused,
-                                                  **_NO_FORWARD_BUFFER_SYNC)
+                                                  process_group=context.group, **_NO_FORWARD_BUFFER_SYNC)
     _data_parallel_wrappers.add(wrapper)  # released by shutdown() before the group goes
     return wrapper
 
@@ -221,16 +238,16 @@ _NO_FORWARD_BUFFER_SYNC = (
 )
 
 
-def sync_batch_norm(model, device):
-    """Make every BatchNorm of ``model`` normalise over the batches of all ranks together.
+def sync_batch_norm(model, device, group=None):
+    """Make every BatchNorm of ``model`` normalise over the batches of all ranks (of ``group``) together.
 
     On CUDA: torch's SyncBatchNorm. On CPU, where SyncBatchNorm does not run, ``CrossRankBatchNorm``
     (the same arithmetic from autograd-aware all-reduces). Parameters and buffers are shared with
     the replaced modules, so the state dict keeps its keys.
     """
     if torch.device(device).type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return CrossRankBatchNorm.convert(model)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+    return CrossRankBatchNorm.convert(model, group)
 
 
 class CrossRankBatchNorm(_BatchNorm):
@@ -242,15 +259,17 @@ class CrossRankBatchNorm(_BatchNorm):
     inputs on every rank's loss, exactly as SyncBatchNorm's backward does. Two passes (mean,
     then the centred sum of squares) keep the variance accurate. Every rank must call forward
     and backward in the same order, as DDP requires anyway. In eval mode, or alone, it is
-    plain BatchNorm.
+    plain BatchNorm. ``group`` (None: all ranks) is the process group its statistics cover.
     """
+
+    group = None
 
     def _check_input_dim(self, input):
         if input.dim() < 2:
             raise ValueError(f"expected at least 2-D input [N, C, ...], got shape {list(input.shape)}")
 
     def forward(self, x):
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and dist.is_initialized() and dist.get_world_size(self.group) > 1):
             return super().forward(x)
         self._check_input_dim(x)
         dtype = torch.promote_types(x.dtype, torch.float32)  # statistics of half inputs in float32
@@ -258,11 +277,11 @@ class CrossRankBatchNorm(_BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor(float(x.numel() // x.shape[1]), dtype=dtype, device=x.device)
-        sums = differentiable_all_reduce(torch.cat([values.sum(dims), count.reshape(1)]))
+        sums = differentiable_all_reduce(torch.cat([values.sum(dims), count.reshape(1)]), self.group)
         total = sums[-1]
         mean = sums[:-1] / total
         centred = values - mean.view(shape)
-        var = differentiable_all_reduce(centred.square().sum(dims)) / total
+        var = differentiable_all_reduce(centred.square().sum(dims), self.group) / total
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
@@ -279,7 +298,7 @@ class CrossRankBatchNorm(_BatchNorm):
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
     @classmethod
-    def convert(cls, module):
+    def convert(cls, module, group=None):
         """``module`` with every BatchNorm replaced (in place below the root; returns the root)."""
         if isinstance(module, _BatchNorm) and not isinstance(module, (cls, nn.SyncBatchNorm)):
             converted = cls(module.num_features, module.eps, module.momentum, module.affine,
@@ -289,9 +308,10 @@ class CrossRankBatchNorm(_BatchNorm):
             converted.running_mean, converted.running_var = module.running_mean, module.running_var
             converted.num_batches_tracked = module.num_batches_tracked
             converted.train(module.training)
+            converted.group = group
             return converted
         for name, child in module.named_children():
-            module.add_module(name, cls.convert(child))
+            module.add_module(name, cls.convert(child, group))
         return module
 
 
@@ -306,7 +326,7 @@ def run_on_main(fn, context):
             message[0] = ("ok", fn())
         except Exception as error:  # re-raised on every rank, so no rank waits for the others
             message[0] = ("error", error)
-    dist.broadcast_object_list(message, src=0)
+    dist.broadcast_object_list(message, src=context.main_rank, group=context.group)
     status, value = message[0]
     if status == "error":
         raise value
@@ -315,7 +335,24 @@ def run_on_main(fn, context):
 
 def barrier(context):
     if context.enabled:
-        dist.barrier()
+        dist.barrier(group=context.group)
+
+
+def split(context, groups):
+    """The job's ranks cut into ``groups`` groups of consecutive ranks, the same size each (``groups``
+    must divide the world size): the ``Distributed`` of this rank's group, whose collectives stay
+    inside it. Every rank must call this, with the same ``groups`` (torch makes the groups
+    collectively)."""
+    if groups < 1 or context.world_size % groups:
+        raise ValueError(f"{groups} groups do not divide the {context.world_size} ranks into equal groups")
+    size = context.world_size // groups
+    mine = None
+    for first in range(0, context.world_size, size):
+        members = tuple(range(first, first + size))
+        group = dist.new_group(list(members))  # made by every rank, in the same order
+        if context.rank in members:
+            mine = Distributed(context.rank - first, size, context.local_rank, group, members)
+    return mine
 
 
 __all__ = [
@@ -330,6 +367,7 @@ __all__ = [
     "release_data_parallel",
     "run_on_main",
     "setup",
+    "split",
     "shutdown",
     "sum_meter_",
     "sync_batch_norm",

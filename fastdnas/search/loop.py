@@ -150,7 +150,7 @@ class Search:
                 raise ValueError(f"batch_size {config.batch_size} is larger than the {name} set ({len(data)} images)")
         self.device = torch.device(device)
         if config.sync_bn and distributed.enabled:
-            model = sync_batch_norm(model, self.device)
+            model = sync_batch_norm(model, self.device, distributed.group)
         self.model = model.to(self.device)
         self.train_data, self.val_data = train_data, val_data
         self.loss_fn = loss_fn
