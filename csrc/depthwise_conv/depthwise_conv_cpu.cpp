@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "../common/vector_clones.h"
 #include "depthwise_conv_cpu.h"
 
 namespace fastdnas {
@@ -133,14 +134,8 @@ void stack_grad(const DepthwiseShape& s, const Stack& f, const scalar_t* grad, i
   }
 }
 
-// The loops below are the whole arithmetic of the flat path: compiled also for AVX2 (twice the
-// vector width of the x86-64 baseline) and picked at load time by the CPU (GCC function
-// multiversioning). No FMA: the sums stay bitwise those of the baseline build.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTDNAS_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FASTDNAS_VECTOR_CLONES
-#endif
+// The loops below are the whole arithmetic of the flat path, compiled also for AVX2
+// (FASTDNAS_VECTOR_CLONES).
 
 // out[q] = sum over t of weights[t] * in[q + offsets[t]], the taps added in order from zero (as
 // every kernel of the op adds them). Blocks of four 32-byte vectors keep their sums in registers

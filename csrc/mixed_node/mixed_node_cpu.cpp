@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../common/tensor_lists.h"
+#include "../common/vector_clones.h"
 #include "mixed_node.h"
 
 namespace fastdnas {
@@ -53,6 +54,7 @@ acc_t pool_padding(int64_t kind) {
 
 // xp = the plane in acc_t with a border of `pad`; plane element (h, w) is xp[(h + 1) * (W + 2) + w + 1].
 template <typename scalar_t, typename acc_t>
+FASTDNAS_VECTOR_INLINE
 void pad_plane(const scalar_t* __restrict__ plane, const EdgePools<acc_t>& P, acc_t pad, acc_t* __restrict__ xp) {
   const int64_t Wp = P.padded_width();
   std::fill(xp, xp + Wp, pad);
@@ -78,6 +80,7 @@ inline acc_t max_pool_combine(acc_t a, acc_t b) {
 // row triples (row-major, the shared order), each row triple computed once for every output
 // row that uses it. rows: (H + 2) * Wo values of scratch.
 template <int64_t kStride, typename acc_t>
+FASTDNAS_VECTOR_INLINE
 void max_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc_t* __restrict__ rows,
                     acc_t* __restrict__ values) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
@@ -98,6 +101,7 @@ void max_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc
 // values[o] for every output of an avg pool over a padded plane: the 9 taps of each window
 // added in the shared order (row-major), the loop over outputs outermost (vectorises).
 template <int64_t kStride, typename acc_t>
+FASTDNAS_VECTOR_INLINE
 void avg_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc_t* __restrict__ values) {
   const int64_t Wp = P.padded_width();
   for (int64_t oh = 0; oh < P.Ho; ++oh) {
@@ -117,6 +121,7 @@ void avg_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc
 
 // Pads plane into xp, then pools it into values (rows: scratch for max_pool_plane).
 template <typename scalar_t, typename acc_t>
+FASTDNAS_VECTOR_INLINE
 void pool_plane(int64_t kind, const scalar_t* plane, const EdgePools<acc_t>& P, acc_t* xp, acc_t* rows,
                 acc_t* values) {
   pad_plane(plane, P, pool_padding<acc_t>(kind), xp);
@@ -139,7 +144,9 @@ inline int64_t padded_row(int64_t Wo) { return Wo + 2 * kRowPad; }
 // size, in padded rows). Padded input column j takes tap kw from output (j - kw) / kStride: one
 // pass per input row adds all three (the zeros around a row add +0, which is exact: the
 // gradients start at +0, and no sum turns that into -0).
+// (ivdep: g and d never overlap; __restrict__ does not always survive inlining.)
 template <int64_t kStride, typename acc_t>
+FASTDNAS_VECTOR_INLINE
 void avg_pool_scatter(const EdgePools<acc_t>& P, const acc_t* __restrict__ d_padded, acc_t* __restrict__ dxp) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
   for (int64_t oh = 0; oh < P.Ho; ++oh) {
@@ -147,8 +154,10 @@ void avg_pool_scatter(const EdgePools<acc_t>& P, const acc_t* __restrict__ d_pad
     for (int64_t kh = 0; kh < 3; ++kh) {
       acc_t* g = dxp + (oh * kStride + kh) * Wp;
       if (kStride == 1) {
+#pragma GCC ivdep
         for (int64_t j = 0; j < Wo + 2; ++j) g[j] = ((g[j] + d[j]) + d[j - 1]) + d[j - 2];
       } else {
+#pragma GCC ivdep
         for (int64_t m = 0; m < Wo; ++m) {
           g[2 * m] = (g[2 * m] + d[m]) + d[m - 1];
           g[2 * m + 1] += d[m];
@@ -165,6 +174,7 @@ void avg_pool_scatter(const EdgePools<acc_t>& P, const acc_t* __restrict__ d_pad
 constexpr int32_t kNoTap = 9;
 
 template <int64_t kStride, typename acc_t>
+FASTDNAS_VECTOR_INLINE
 void max_pool_taps(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, const acc_t* __restrict__ values,
                    int32_t* __restrict__ taps) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
@@ -196,6 +206,7 @@ void max_pool_taps(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, cons
 // dxp[argmax of window o] += d[o] for every output o of a max pool. Within an output row the
 // outputs go right to left: an input element takes its taps kw ascending, as in the shared order.
 template <int64_t kStride, typename scalar_t, typename acc_t>
+FASTDNAS_VECTOR_INLINE
 void max_pool_scatter(const scalar_t* plane, const EdgePools<acc_t>& P, const int32_t* taps, const acc_t* d,
                       acc_t* dxp) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
@@ -221,26 +232,37 @@ void max_pool_scatter(const scalar_t* plane, const EdgePools<acc_t>& P, const in
   }
 }
 
-// Lanes of independent partial sums, so the plane sums vectorise (fixed order: deterministic).
-constexpr int64_t kLanes = 8;
+// Lanes of independent partial sums, so the plane sums vectorise (fixed order: deterministic):
+// four AVX2 vectors of float, enough adds in flight to hide their latency.
+constexpr int64_t kLanes = 32;
+
+// lanes[0] + ... + lanes[2 * kHalf - 1], halving pairwise: a few vector adds (a serial sum of 32
+// lanes would outweigh a small plane's loop).
+template <int64_t kHalf, typename acc_t>
+FASTDNAS_VECTOR_INLINE acc_t fold_lanes(acc_t* lanes) {
+  for (int64_t l = 0; l < kHalf; ++l) lanes[l] += lanes[l + kHalf];
+  if constexpr (kHalf > 1) {
+    return fold_lanes<kHalf / 2>(lanes);
+  } else {
+    return lanes[0];
+  }
+}
 
 template <typename acc_t, typename Term>
-acc_t lane_sum(int64_t n, Term term) {
+FASTDNAS_VECTOR_INLINE acc_t lane_sum(int64_t n, Term term) {
   acc_t lanes[kLanes] = {};
   int64_t o = 0;
   for (; o + kLanes <= n; o += kLanes)
     for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(o + l);
   for (int64_t l = 0; o < n; ++o, ++l) lanes[l] += term(o);
-  acc_t sum = 0;
-  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
-  return sum;
+  return fold_lanes<kLanes / 2>(lanes);
 }
 
 // Mean and biased variance of one channel over its N planes: two passes inside each plane, the
 // planes merged in order with Chan's formula (accurate without a third pass over the input).
 // value(n, o) is element o of plane n.
 template <typename acc_t, typename Value>
-void channel_statistics(int64_t N, int64_t HW, Value value, acc_t* mean, acc_t* var) {
+FASTDNAS_VECTOR_INLINE void channel_statistics(int64_t N, int64_t HW, Value value, acc_t* mean, acc_t* var) {
   acc_t total_mean = 0, total_m2 = 0;
   int64_t count = 0;
   for (int64_t n = 0; n < N; ++n) {
@@ -263,6 +285,101 @@ void channel_statistics(int64_t N, int64_t HW, Value value, acc_t* mean, acc_t* 
 template <typename acc_t>
 std::unique_ptr<acc_t[]> buffer(int64_t size) {
   return std::unique_ptr<acc_t[]>(new acc_t[std::max<int64_t>(size, 1)]);
+}
+
+// What the work items of both passes read: one call's inputs and tables.
+template <typename scalar_t, typename acc_t>
+struct NodeInputs {
+  const NodeLayout& L;
+  const std::vector<EdgePools<acc_t>>& pools;
+  int64_t max_padded;
+  const std::vector<const scalar_t*>& x;  // edge inputs
+  const std::vector<const scalar_t*>& y;  // conv outputs
+  const acc_t* w;
+  bool batch_stats;
+};
+
+// ... and what the forward's also read and write.
+template <typename scalar_t, typename acc_t>
+struct NodeForward : NodeInputs<scalar_t, acc_t> {
+  double eps;
+  acc_t* mu;      // [num_bn_rows, C]: written on batch statistics, else the running means
+  acc_t* sigma2;  // likewise the variances
+  scalar_t* out;
+};
+
+// Channels [begin, end) of the forward. First every BatchNorm's statistics over the channel's N
+// planes (the BatchNorm'd pools pooled once, kept); then plane by plane, in a sum that stays in
+// the L1 cache, every item's weighted (normalised) value added in item order, as the node's
+// definition lists them: the same sums, in the same order, as one item at a time over all planes.
+template <typename scalar_t, typename acc_t>
+FASTDNAS_VECTOR_CLONES void forward_channels(const NodeForward<scalar_t, acc_t>& f, int64_t begin, int64_t end) {
+  const NodeLayout& L = f.L;
+  const int64_t N = L.N, C = L.C, HW = L.plane(), K = static_cast<int64_t>(f.y.size());
+  int64_t pooled_items = 0;
+  for (const FreeItem& item : L.free) pooled_items += free_kind_has_bn(item.kind);
+  auto pooled = buffer<acc_t>(pooled_items * N * HW), acc = buffer<acc_t>(HW), values = buffer<acc_t>(HW);
+  auto xp = buffer<acc_t>(f.max_padded), rows = buffer<acc_t>(f.max_padded);
+  std::vector<acc_t> invstd(L.num_bn_rows);
+  for (int64_t c = begin; c < end; ++c) {
+    for (int64_t i = 0, b = 0; i < static_cast<int64_t>(L.free.size()); ++i) {
+      const FreeItem& item = L.free[i];
+      if (!free_kind_has_bn(item.kind)) continue;
+      const EdgePools<acc_t>& P = f.pools[item.edge];
+      acc_t* v = pooled.get() + b++ * N * HW;
+      for (int64_t n = 0; n < N; ++n)
+        pool_plane(item.kind, f.x[item.edge] + (n * C + c) * P.H * P.W, P, xp.get(), rows.get(), v + n * HW);
+      const int64_t s = item.bn_row * C + c;
+      if (f.batch_stats)
+        channel_statistics<acc_t>(N, HW, [&](int64_t n, int64_t o) { return v[n * HW + o]; }, f.mu + s, f.sigma2 + s);
+      invstd[item.bn_row] = bn_invstd(f.sigma2[s], f.eps);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const scalar_t* yk = f.y[k] + c * HW;
+      const int64_t r = L.conv_bn_row(k), s = r * C + c;
+      if (f.batch_stats)
+        channel_statistics<acc_t>(
+            N, HW, [&](int64_t n, int64_t o) { return static_cast<acc_t>(yk[n * C * HW + o]); }, f.mu + s,
+            f.sigma2 + s);
+      invstd[r] = bn_invstd(f.sigma2[s], f.eps);
+    }
+    // `a` is this thread's own buffer, never an input: ivdep says so, else GCC keeps the loops scalar.
+    for (int64_t n = 0; n < N; ++n) {
+      acc_t* a = acc.get();
+      std::fill(a, a + HW, acc_t(0));
+      auto add_normalised = [&](int64_t row, acc_t weight, auto value) {
+        const acc_t m = f.mu[row * C + c], inv = invstd[row];
+#pragma GCC ivdep
+        for (int64_t o = 0; o < HW; ++o) a[o] += weight * bn_normalize(value(o), m, inv);
+      };
+      for (int64_t i = 0, b = 0; i < static_cast<int64_t>(L.free.size()); ++i) {
+        const FreeItem& item = L.free[i];
+        const acc_t wi = f.w[item.weight_index];
+        const EdgePools<acc_t>& P = f.pools[item.edge];
+        const scalar_t* plane = f.x[item.edge] + (n * C + c) * P.H * P.W;
+        if (item.kind == kFreeSkip) {
+#pragma GCC ivdep
+          for (int64_t o = 0; o < HW; ++o) a[o] = accumulate_product(a[o], wi, plane[o]);
+        } else if (item.kind == kFreePlainAvgPool) {  // no BatchNorm: the pool itself, weighted
+          pool_plane(item.kind, plane, P, xp.get(), rows.get(), values.get());
+          const acc_t* v = values.get();
+#pragma GCC ivdep
+          for (int64_t o = 0; o < HW; ++o) a[o] += wi * v[o];
+        } else {
+          const acc_t* v = pooled.get() + (b++ * N + n) * HW;
+          add_normalised(item.bn_row, wi, [&](int64_t o) { return v[o]; });
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t* yp = f.y[k] + (n * C + c) * HW;
+        add_normalised(L.conv_bn_row(k), f.w[L.conv_weight_index[k]],
+                       [&](int64_t o) { return static_cast<acc_t>(yp[o]); });
+      }
+      scalar_t* yp = f.out + (n * C + c) * HW;
+#pragma GCC ivdep
+      for (int64_t o = 0; o < HW; ++o) yp[o] = static_cast<scalar_t>(a[o]);
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
@@ -302,65 +419,193 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
     for (const auto& P : pools) max_padded = std::max(max_padded, P.padded_size());
     const auto x = data_pointers<scalar_t>(edges);
     const auto y = data_pointers<scalar_t>(convs);
-    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    const int64_t N = L.N, C = L.C, HW = L.plane(), K = static_cast<int64_t>(convs.size());
-
-    // Per channel: each BatchNorm's input over the N planes (pooled once into `values`), its
-    // statistics, then its normalised values added to the channel's sum, item by item in order.
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-      auto acc = buffer<acc_t>(N * HW), values = buffer<acc_t>(N * HW), xp = buffer<acc_t>(max_padded);
-      auto rows = buffer<acc_t>(max_padded);
-      for (int64_t c = begin; c < end; ++c) {
-        std::fill(acc.get(), acc.get() + N * HW, acc_t(0));
-        // acc += weight * BN_b(value(n, o)), with the statistics of row b computed first in training.
-        auto add_normalised = [&](int64_t b, acc_t weight, auto value) {
-          const int64_t s = b * C + c;
-          if (batch_stats) channel_statistics<acc_t>(N, HW, value, mu + s, sigma2 + s);
-          const acc_t m = mu[s], inv = bn_invstd(sigma2[s], eps);
-          for (int64_t n = 0; n < N; ++n) {
-            acc_t* a = acc.get() + n * HW;
-            for (int64_t o = 0; o < HW; ++o) a[o] += weight * bn_normalize(value(n, o), m, inv);
-          }
-        };
-        for (const FreeItem& item : L.free) {
-          const acc_t wi = w[item.weight_index];
-          if (item.kind == kFreeSkip) {
-            for (int64_t n = 0; n < N; ++n) {
-              const scalar_t* xn = x[item.edge] + (n * C + c) * HW;
-              acc_t* a = acc.get() + n * HW;
-              for (int64_t o = 0; o < HW; ++o) a[o] = accumulate_product(a[o], wi, xn[o]);
-            }
-            continue;
-          }
-          const EdgePools<acc_t>& P = pools[item.edge];
-          for (int64_t n = 0; n < N; ++n) {
-            const scalar_t* plane = x[item.edge] + (n * C + c) * P.H * P.W;
-            pool_plane(item.kind, plane, P, xp.get(), rows.get(), values.get() + n * HW);
-          }
-          const acc_t* v = values.get();
-          if (item.kind == kFreePlainAvgPool) {  // no BatchNorm: the pool itself, weighted
-            for (int64_t n = 0; n < N; ++n) {
-              acc_t* a = acc.get() + n * HW;
-              for (int64_t o = 0; o < HW; ++o) a[o] += wi * v[n * HW + o];
-            }
-            continue;
-          }
-          add_normalised(item.bn_row, wi, [&](int64_t n, int64_t o) { return v[n * HW + o]; });
-        }
-        for (int64_t k = 0; k < K; ++k) {
-          const scalar_t* yk = y[k] + c * HW;
-          add_normalised(L.conv_bn_row(k), w[L.conv_weight_index[k]],
-                         [&](int64_t n, int64_t o) { return static_cast<acc_t>(yk[n * C * HW + o]); });
-        }
-        for (int64_t n = 0; n < N; ++n) {
-          scalar_t* yp = out_data + (n * C + c) * HW;
-          const acc_t* a = acc.get() + n * HW;
-          for (int64_t o = 0; o < HW; ++o) yp[o] = static_cast<scalar_t>(a[o]);
-        }
-      }
-    });
+    const NodeForward<scalar_t, acc_t> f{{L, pools, max_padded, x, y, w, batch_stats}, eps, mu, sigma2,
+                                         out.mutable_data_ptr<scalar_t>()};
+    at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) { forward_channels(f, begin, end); });
   });
   return {out, mean, var};
+}
+
+// What the backward's work items also read and write.
+template <typename scalar_t, typename acc_t>
+struct NodeBackward : NodeInputs<scalar_t, acc_t> {
+  const scalar_t* g;                 // the node's gradient
+  const std::vector<scalar_t*>& gx;  // the edge inputs' gradients
+  const std::vector<scalar_t*>& gy;  // the conv outputs'
+  const acc_t* mu;                   // [num_bn_rows, C]
+  const acc_t* invstd;               // [num_bn_rows, C]
+  acc_t* partial;                    // [F + K + 1, C]: see mixed_node_backward_cpu
+};
+
+// Work items [begin, end) of the backward: item (channel c, unit u), units the edges (the
+// gradient of the edge input through its skip, pools and their BatchNorms), then the conv
+// outputs (their BatchNorm input gradients). Each item first sums its rows' partials over the N
+// planes, then computes the gradients.
+template <typename scalar_t, typename acc_t>
+FASTDNAS_VECTOR_CLONES void backward_items(const NodeBackward<scalar_t, acc_t>& work, int64_t begin, int64_t end) {
+  const NodeLayout& L = work.L;
+  const int64_t N = L.N, C = L.C, HW = L.plane(), M = L.count(), E = L.edges();
+  const int64_t F = static_cast<int64_t>(L.free.size()), K = static_cast<int64_t>(work.y.size()), units = E + K;
+  const auto& pools = work.pools;
+  const auto& x = work.x;
+  const auto& y = work.y;
+  const auto& gx = work.gx;
+  const auto& gy = work.gy;
+  const scalar_t* g = work.g;
+  const acc_t *w = work.w, *mu = work.mu, *invstd = work.invstd;
+  acc_t* partial = work.partial;
+  const bool batch_stats = work.batch_stats;
+  const int64_t max_padded = work.max_padded;
+  // mean(g) and mean(g * xhat) of each BatchNorm's input gradient, on batch statistics only.
+  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
+  auto batch_mean = [&](acc_t sum) { return batch_stats ? sum * inv_count : acc_t(0); };
+  auto values = buffer<acc_t>(N * HW), d = buffer<acc_t>(HW);
+  std::vector<acc_t> d_padded(L.Ho * padded_row(L.Wo), acc_t(0));  // the zeros around the rows stay
+  std::vector<int32_t> taps(HW);
+  auto xp = buffer<acc_t>(N * max_padded), dx = buffer<acc_t>(N * max_padded);  // padded planes
+  auto rows = buffer<acc_t>(max_padded);
+  for (int64_t item_index = begin; item_index < end; ++item_index) {
+    const int64_t c = item_index / units, u = item_index % units;
+    const acc_t mg = batch_mean(partial[(F + K) * C + c]);
+    if (u >= E) {
+      const int64_t k = u - E, b = L.conv_bn_row(k), s = b * C + c;
+      const acc_t wk = w[L.conv_weight_index[k]], m = mu[s], inv = invstd[s];
+      acc_t total = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t* gp = g + (n * C + c) * HW;
+        const scalar_t* yp = y[k] + (n * C + c) * HW;
+        total += lane_sum<acc_t>(HW, [&](int64_t o) {
+          return static_cast<acc_t>(gp[o]) * bn_normalize(static_cast<acc_t>(yp[o]), m, inv);
+        });
+      }
+      partial[(F + k) * C + c] = total;
+      const acc_t mgx = batch_mean(total);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t p = n * C + c;
+        const scalar_t* gp = g + p * HW;
+        const scalar_t* yp = y[k] + p * HW;
+        scalar_t* dy = gy[k] + p * HW;
+        for (int64_t o = 0; o < HW; ++o) {
+          const acc_t xhat = bn_normalize(static_cast<acc_t>(yp[o]), m, inv);
+          dy[o] = static_cast<scalar_t>(
+              bn_input_gradient(batch_stats, wk, inv, static_cast<acc_t>(gp[o]), xhat, mg, mgx));
+        }
+      }
+      continue;
+    }
+    const int64_t e = u;
+    const EdgePools<acc_t>& P = pools[e];
+    const int64_t in_plane = P.H * P.W, Wp = P.padded_width(), padded = P.padded_size();
+    const scalar_t* xe = x[e];
+    std::fill(dx.get(), dx.get() + N * padded, acc_t(0));
+    for (int64_t i = 0; i < F; ++i) {
+      const FreeItem& item = L.free[i];
+      if (item.edge != e) continue;
+      const acc_t wi = w[item.weight_index];
+      acc_t total = 0;
+      if (item.kind == kFreeSkip) {
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t p = n * C + c;
+          const scalar_t* gp = g + p * HW;
+          const scalar_t* xn = xe + p * HW;
+          total += lane_sum<acc_t>(HW, [&](int64_t o) {
+            return accumulate_product(acc_t(0), static_cast<acc_t>(gp[o]), xn[o]);
+          });
+          for (int64_t h = 0; h < P.H; ++h) {
+            acc_t* dx_row = dx.get() + n * padded + (h + 1) * Wp + 1;
+            const scalar_t* g_row = gp + h * P.W;
+            for (int64_t j = 0; j < P.W; ++j) dx_row[j] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(g_row[j]));
+          }
+        }
+        partial[i * C + c] = total;
+        continue;
+      }
+      if (item.kind == kFreePlainAvgPool) {
+        // t = pool^T(g / window size), the pool's adjoint (on a padded plane), gives both the
+        // input gradient weight * t and the weight's sum(g * pool(x)) = sum(x * t): no pool
+        // recomputed.
+        acc_t* t = xp.get();
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t p = n * C + c;
+          const scalar_t* gp = g + p * HW;
+          for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh) {
+            acc_t* d_row = d_padded.data() + oh * padded_row(P.Wo) + kRowPad;
+            for (int64_t ow = 0; ow < P.Wo; ++ow, ++o) d_row[ow] = static_cast<acc_t>(gp[o]) / P.divisor[o];
+          }
+          std::fill(t, t + padded, acc_t(0));
+          if (P.stride == 1)
+            avg_pool_scatter<1>(P, d_padded.data(), t);
+          else
+            avg_pool_scatter<2>(P, d_padded.data(), t);
+          const scalar_t* xn = xe + p * in_plane;
+          acc_t* dxp = dx.get() + n * padded;
+          for (int64_t h = 0; h < P.H; ++h) {
+            const acc_t* t_row = t + (h + 1) * Wp + 1;
+            acc_t* dx_row = dxp + (h + 1) * Wp + 1;
+            const scalar_t* x_row = xn + h * P.W;
+#pragma GCC ivdep
+            for (int64_t j = 0; j < P.W; ++j) dx_row[j] += wi * t_row[j];
+            total += lane_sum<acc_t>(P.W, [&](int64_t j) { return static_cast<acc_t>(x_row[j]) * t_row[j]; });
+          }
+        }
+        partial[i * C + c] = total;
+        continue;
+      }
+      // The pool outputs of all N planes, their sum(g * xhat), then the gradient of every pool
+      // output (through BN), each sent back to its window.
+      const int64_t s = item.bn_row * C + c;
+      const acc_t m = mu[s], inv = invstd[s];
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t p = n * C + c;
+        const scalar_t* gp = g + p * HW;
+        acc_t* v = values.get() + n * HW;
+        pool_plane(item.kind, xe + p * in_plane, P, xp.get() + n * padded, rows.get(), v);
+        total += lane_sum<acc_t>(HW, [&](int64_t o) {
+          return static_cast<acc_t>(gp[o]) * bn_normalize(v[o], m, inv);
+        });
+      }
+      partial[i * C + c] = total;
+      const acc_t mgx = batch_mean(total);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t p = n * C + c;
+        const scalar_t* gp = g + p * HW;
+        const acc_t* v = values.get() + n * HW;
+        acc_t* dxp = dx.get() + n * padded;
+        if (item.kind == kFreeMaxPool) {
+          for (int64_t o = 0; o < HW; ++o)
+            d[o] = bn_input_gradient(batch_stats, wi, inv, static_cast<acc_t>(gp[o]), bn_normalize(v[o], m, inv),
+                                     mg, mgx);
+          const acc_t* xpn = xp.get() + n * padded;
+          if (P.stride == 1) {
+            max_pool_taps<1>(xpn, P, v, taps.data());
+            max_pool_scatter<1>(xe + p * in_plane, P, taps.data(), d.get(), dxp);
+          } else {
+            max_pool_taps<2>(xpn, P, v, taps.data());
+            max_pool_scatter<2>(xe + p * in_plane, P, taps.data(), d.get(), dxp);
+          }
+        } else {
+          for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh) {
+            acc_t* d_row = d_padded.data() + oh * padded_row(P.Wo) + kRowPad;
+            for (int64_t ow = 0; ow < P.Wo; ++ow, ++o)
+              d_row[ow] = bn_input_gradient(batch_stats, wi, inv, static_cast<acc_t>(gp[o]),
+                                            bn_normalize(v[o], m, inv), mg, mgx) /
+                          P.divisor[o];
+          }
+          if (P.stride == 1)
+            avg_pool_scatter<1>(P, d_padded.data(), dxp);
+          else
+            avg_pool_scatter<2>(P, d_padded.data(), dxp);
+        }
+      }
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t h = 0; h < P.H; ++h) {
+        scalar_t* gx_row = gx[e] + (n * C + c) * in_plane + h * P.W;
+        const acc_t* dx_row = dx.get() + n * padded + (h + 1) * Wp + 1;
+        for (int64_t j = 0; j < P.W; ++j) gx_row[j] = static_cast<scalar_t>(dx_row[j]);
+      }
+    }
+  }
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_node_backward_cpu(
@@ -418,154 +663,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
         partial[(F + K) * C + c] = total;
       }
     });
-    // mean(g) and mean(g * xhat) of each BatchNorm's input gradient, on batch statistics only.
-    const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
-    auto batch_mean = [&](acc_t sum) { return batch_stats ? sum * inv_count : acc_t(0); };
-
-    // Work items (channel, unit), units: the edges (the gradient of the edge input through its
-    // skip, pools and their BatchNorms), then the conv outputs (their BatchNorm input gradients).
-    // Each item first sums its rows' partials over the N planes, then computes the gradients.
-    const int64_t units = E + K;
-    at::parallel_for(0, C * units, 1, [&](int64_t begin, int64_t end) {
-      auto values = buffer<acc_t>(N * HW), d = buffer<acc_t>(HW);
-      std::vector<acc_t> d_padded(L.Ho * padded_row(L.Wo), acc_t(0));  // the zeros around the rows stay
-      std::vector<int32_t> taps(HW);
-      auto xp = buffer<acc_t>(N * max_padded), dx = buffer<acc_t>(N * max_padded);  // padded planes
-      auto rows = buffer<acc_t>(max_padded);
-      for (int64_t item_index = begin; item_index < end; ++item_index) {
-        const int64_t c = item_index / units, u = item_index % units;
-        const acc_t mg = batch_mean(partial[(F + K) * C + c]);
-        if (u >= E) {
-          const int64_t k = u - E, b = L.conv_bn_row(k), s = b * C + c;
-          const acc_t wk = w[L.conv_weight_index[k]], m = mu[s], inv = invstd[s];
-          acc_t total = 0;
-          for (int64_t n = 0; n < N; ++n) {
-            const scalar_t* gp = g + (n * C + c) * HW;
-            const scalar_t* yp = y[k] + (n * C + c) * HW;
-            total += lane_sum<acc_t>(HW, [&](int64_t o) {
-              return static_cast<acc_t>(gp[o]) * bn_normalize(static_cast<acc_t>(yp[o]), m, inv);
-            });
-          }
-          partial[(F + k) * C + c] = total;
-          const acc_t mgx = batch_mean(total);
-          for (int64_t n = 0; n < N; ++n) {
-            const int64_t p = n * C + c;
-            const scalar_t* gp = g + p * HW;
-            const scalar_t* yp = y[k] + p * HW;
-            scalar_t* dy = gy[k] + p * HW;
-            for (int64_t o = 0; o < HW; ++o) {
-              const acc_t xhat = bn_normalize(static_cast<acc_t>(yp[o]), m, inv);
-              dy[o] = static_cast<scalar_t>(
-                  bn_input_gradient(batch_stats, wk, inv, static_cast<acc_t>(gp[o]), xhat, mg, mgx));
-            }
-          }
-          continue;
-        }
-        const int64_t e = u;
-        const EdgePools<acc_t>& P = pools[e];
-        const int64_t in_plane = P.H * P.W, Wp = P.padded_width(), padded = P.padded_size();
-        const scalar_t* xe = x[e];
-        std::fill(dx.get(), dx.get() + N * padded, acc_t(0));
-        for (int64_t i = 0; i < F; ++i) {
-          const FreeItem& item = L.free[i];
-          if (item.edge != e) continue;
-          const acc_t wi = w[item.weight_index];
-          acc_t total = 0;
-          if (item.kind == kFreeSkip) {
-            for (int64_t n = 0; n < N; ++n) {
-              const int64_t p = n * C + c;
-              const scalar_t* gp = g + p * HW;
-              const scalar_t* xn = xe + p * HW;
-              total += lane_sum<acc_t>(HW, [&](int64_t o) {
-                return accumulate_product(acc_t(0), static_cast<acc_t>(gp[o]), xn[o]);
-              });
-              for (int64_t h = 0; h < P.H; ++h) {
-                acc_t* dx_row = dx.get() + n * padded + (h + 1) * Wp + 1;
-                const scalar_t* g_row = gp + h * P.W;
-                for (int64_t j = 0; j < P.W; ++j) dx_row[j] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(g_row[j]));
-              }
-            }
-            partial[i * C + c] = total;
-            continue;
-          }
-          if (item.kind == kFreePlainAvgPool) {
-            // sum(g * pool) for the weight, then weight * g / window size sent back to each window.
-            for (int64_t n = 0; n < N; ++n) {
-              const int64_t p = n * C + c;
-              const scalar_t* gp = g + p * HW;
-              acc_t* v = values.get() + n * HW;
-              pool_plane(item.kind, xe + p * in_plane, P, xp.get() + n * padded, rows.get(), v);
-              total += lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]) * v[o]; });
-              for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh) {
-                acc_t* d_row = d_padded.data() + oh * padded_row(P.Wo) + kRowPad;
-                for (int64_t ow = 0; ow < P.Wo; ++ow, ++o)
-                  d_row[ow] = scaled_gradient<acc_t>(wi, static_cast<acc_t>(gp[o])) / P.divisor[o];
-              }
-              acc_t* dxp = dx.get() + n * padded;
-              if (P.stride == 1)
-                avg_pool_scatter<1>(P, d_padded.data(), dxp);
-              else
-                avg_pool_scatter<2>(P, d_padded.data(), dxp);
-            }
-            partial[i * C + c] = total;
-            continue;
-          }
-          // The pool outputs of all N planes, their sum(g * xhat), then the gradient of every pool
-          // output (through BN), each sent back to its window.
-          const int64_t s = item.bn_row * C + c;
-          const acc_t m = mu[s], inv = invstd[s];
-          for (int64_t n = 0; n < N; ++n) {
-            const int64_t p = n * C + c;
-            const scalar_t* gp = g + p * HW;
-            acc_t* v = values.get() + n * HW;
-            pool_plane(item.kind, xe + p * in_plane, P, xp.get() + n * padded, rows.get(), v);
-            total += lane_sum<acc_t>(HW, [&](int64_t o) {
-              return static_cast<acc_t>(gp[o]) * bn_normalize(v[o], m, inv);
-            });
-          }
-          partial[i * C + c] = total;
-          const acc_t mgx = batch_mean(total);
-          for (int64_t n = 0; n < N; ++n) {
-            const int64_t p = n * C + c;
-            const scalar_t* gp = g + p * HW;
-            const acc_t* v = values.get() + n * HW;
-            acc_t* dxp = dx.get() + n * padded;
-            if (item.kind == kFreeMaxPool) {
-              for (int64_t o = 0; o < HW; ++o)
-                d[o] = bn_input_gradient(batch_stats, wi, inv, static_cast<acc_t>(gp[o]), bn_normalize(v[o], m, inv),
-                                         mg, mgx);
-              const acc_t* xpn = xp.get() + n * padded;
-              if (P.stride == 1) {
-                max_pool_taps<1>(xpn, P, v, taps.data());
-                max_pool_scatter<1>(xe + p * in_plane, P, taps.data(), d.get(), dxp);
-              } else {
-                max_pool_taps<2>(xpn, P, v, taps.data());
-                max_pool_scatter<2>(xe + p * in_plane, P, taps.data(), d.get(), dxp);
-              }
-            } else {
-              for (int64_t oh = 0, o = 0; oh < P.Ho; ++oh) {
-                acc_t* d_row = d_padded.data() + oh * padded_row(P.Wo) + kRowPad;
-                for (int64_t ow = 0; ow < P.Wo; ++ow, ++o)
-                  d_row[ow] = bn_input_gradient(batch_stats, wi, inv, static_cast<acc_t>(gp[o]),
-                                                bn_normalize(v[o], m, inv), mg, mgx) /
-                              P.divisor[o];
-              }
-              if (P.stride == 1)
-                avg_pool_scatter<1>(P, d_padded.data(), dxp);
-              else
-                avg_pool_scatter<2>(P, d_padded.data(), dxp);
-            }
-          }
-        }
-        for (int64_t n = 0; n < N; ++n) {
-          for (int64_t h = 0; h < P.H; ++h) {
-            scalar_t* gx_row = gx[e] + (n * C + c) * in_plane + h * P.W;
-            const acc_t* dx_row = dx.get() + n * padded + (h + 1) * Wp + 1;
-            for (int64_t j = 0; j < P.W; ++j) gx_row[j] = static_cast<scalar_t>(dx_row[j]);
-          }
-        }
-      }
-    });
+    const NodeBackward<scalar_t, acc_t> work{
+        {L, pools, max_padded, x, y, w, batch_stats}, g, gx, gy, mu, invstd.data(), partial};
+    at::parallel_for(0, C * (E + K), 1, [&](int64_t begin, int64_t end) { backward_items(work, begin, end); });
 
     // Weight gradients: the per-channel partials added in channel order.
     at::Tensor grad_w = at::zeros({weights.numel()}, acc_options);
