@@ -52,9 +52,12 @@ acc_t pool_padding(int64_t kind) {
   return kind == kFreeMaxPool ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
 }
 
+// The per-plane pool loops below are AVX2 clones of their own, not inlined into the work items:
+// inlined, their __restrict__ was lost and the stride-2 loops ran slower than the baseline's.
+
 // xp = the plane in acc_t with a border of `pad`; plane element (h, w) is xp[(h + 1) * (W + 2) + w + 1].
 template <typename scalar_t, typename acc_t>
-FASTDNAS_VECTOR_INLINE
+FASTDNAS_VECTOR_CLONES
 void pad_plane(const scalar_t* __restrict__ plane, const EdgePools<acc_t>& P, acc_t pad, acc_t* __restrict__ xp) {
   const int64_t Wp = P.padded_width();
   std::fill(xp, xp + Wp, pad);
@@ -80,7 +83,7 @@ inline acc_t max_pool_combine(acc_t a, acc_t b) {
 // row triples (row-major, the shared order), each row triple computed once for every output
 // row that uses it. rows: (H + 2) * Wo values of scratch.
 template <int64_t kStride, typename acc_t>
-FASTDNAS_VECTOR_INLINE
+FASTDNAS_VECTOR_CLONES
 void max_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc_t* __restrict__ rows,
                     acc_t* __restrict__ values) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
@@ -101,7 +104,7 @@ void max_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc
 // values[o] for every output of an avg pool over a padded plane: the 9 taps of each window
 // added in the shared order (row-major), the loop over outputs outermost (vectorises).
 template <int64_t kStride, typename acc_t>
-FASTDNAS_VECTOR_INLINE
+FASTDNAS_VECTOR_CLONES
 void avg_pool_plane(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, acc_t* __restrict__ values) {
   const int64_t Wp = P.padded_width();
   for (int64_t oh = 0; oh < P.Ho; ++oh) {
@@ -146,7 +149,7 @@ inline int64_t padded_row(int64_t Wo) { return Wo + 2 * kRowPad; }
 // gradients start at +0, and no sum turns that into -0).
 // (ivdep: g and d never overlap; __restrict__ does not always survive inlining.)
 template <int64_t kStride, typename acc_t>
-FASTDNAS_VECTOR_INLINE
+FASTDNAS_VECTOR_CLONES
 void avg_pool_scatter(const EdgePools<acc_t>& P, const acc_t* __restrict__ d_padded, acc_t* __restrict__ dxp) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
   for (int64_t oh = 0; oh < P.Ho; ++oh) {
@@ -174,7 +177,7 @@ void avg_pool_scatter(const EdgePools<acc_t>& P, const acc_t* __restrict__ d_pad
 constexpr int32_t kNoTap = 9;
 
 template <int64_t kStride, typename acc_t>
-FASTDNAS_VECTOR_INLINE
+FASTDNAS_VECTOR_CLONES
 void max_pool_taps(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, const acc_t* __restrict__ values,
                    int32_t* __restrict__ taps) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
@@ -206,7 +209,7 @@ void max_pool_taps(const acc_t* __restrict__ xp, const EdgePools<acc_t>& P, cons
 // dxp[argmax of window o] += d[o] for every output o of a max pool. Within an output row the
 // outputs go right to left: an input element takes its taps kw ascending, as in the shared order.
 template <int64_t kStride, typename scalar_t, typename acc_t>
-FASTDNAS_VECTOR_INLINE
+FASTDNAS_VECTOR_CLONES
 void max_pool_scatter(const scalar_t* plane, const EdgePools<acc_t>& P, const int32_t* taps, const acc_t* d,
                       acc_t* dxp) {
   const int64_t Wp = P.padded_width(), Wo = P.Wo;
