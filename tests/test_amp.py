@@ -200,3 +200,33 @@ def test_fp16_overflow_skips_both_steps_and_backs_off(tmp_path):
     assert saved["scale"] == search.precision.scaler.get_scale()
     resumed = toy_search(amp="fp16", out_dir=tmp_path, epochs=1).resume()
     assert resumed.precision.scaler.get_scale() == saved["scale"]
+
+
+def test_fp16_clip_with_arch_counts_the_last_architecture_gradient_unscaled_once(monkeypatch):
+    """With clip_with_arch the clip norm holds the alphas' leftover gradient of the last
+    architecture step (already unscaled) plus the weight step's: under fp16 only the new part is
+    divided by the loss scale, so the leftover enters the norm as it is."""
+    import fastdnas.search.loop as loop
+    from distributed_scenarios import toy_search
+
+    seen, real = [], loop.clip_grad_norm_
+
+    def recording(params, *args, **kwargs):
+        params = list(params)
+        seen.append(params[-1].grad.detach().clone())  # the alphas come last
+        return real(params, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "clip_grad_norm_", recording)
+    leftover = torch.randn(2, 3)
+    for with_leftover in (False, True):
+        search = toy_search(amp="fp16", clip_with_arch=True)
+        search.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        assert [tuple(a.shape) for a in search.model.arch_parameters()] == [tuple(leftover.shape)]
+        if with_leftover:
+            search.model.alphas.grad = leftover.clone()
+        inputs, targets = search.train_data.batch(torch.arange(16))
+        search.weight_step(inputs, targets)
+        assert search.model.alphas.grad is None
+    without, with_it = seen
+    assert without.abs().sum() > 0  # the weight step's own alpha gradient is there too
+    torch.testing.assert_close(with_it - without, leftover)

@@ -330,6 +330,12 @@ class Search:
         self.weight_optimizer.zero_grad(set_to_none=True)
         arch = list(self.model.arch_parameters()) if self.config.clip_with_arch else []
         params = self.weights + arch
+        # The last architecture step's gradient, still on the alphas, counts in the clip norm (as in
+        # the authors' loop); it is already unscaled, so under fp16 it is kept apart from the new,
+        # scaled gradient and added back after that is unscaled.
+        leftover = [a.grad for a in arch] if self.precision.scaler.is_enabled() else []
+        for a in arch if leftover else []:
+            a.grad = None
         # A network whose weight step runs on perturbed architecture weights (SDARTS) says so here.
         perturbed = getattr(self.model, "perturbed", None)
         with (perturbed(self.loss_fn, inputs, targets) if perturbed is not None else nullcontext()), \
@@ -346,6 +352,9 @@ class Search:
             average_([a.grad for a in arch], context=self.distributed)
             if self.precision.scaler.is_enabled():
                 torch._foreach_mul_([a.grad for a in arch], 1.0 / scaler.get_scale())
+                for a, old in zip(arch, leftover):
+                    if old is not None:
+                        a.grad.add_(old)
             clip_grad_norm_(params, self.config.grad_clip, foreach=True)
             for a in arch:
                 a.grad = None
