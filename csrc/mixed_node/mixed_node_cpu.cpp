@@ -47,6 +47,14 @@ std::vector<EdgePools<acc_t>> edge_pools(const NodeLayout& L) {
   return pools;
 }
 
+// The largest padded plane of the node's edges (the size of the pools' scratch planes).
+template <typename acc_t>
+int64_t max_padded_size(const std::vector<EdgePools<acc_t>>& pools) {
+  int64_t size = 0;
+  for (const auto& P : pools) size = std::max(size, P.padded_size());
+  return size;
+}
+
 template <typename acc_t>
 acc_t pool_padding(int64_t kind) {
   return kind == kFreeMaxPool ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
@@ -169,6 +177,12 @@ void avg_pool_scatter(const EdgePools<acc_t>& P, const acc_t* __restrict__ d_pad
       }
     }
   }
+}
+
+// avg_pool_scatter at the edge's stride.
+template <typename acc_t>
+void avg_pool_scatter_at_stride(const EdgePools<acc_t>& P, const acc_t* d_padded, acc_t* dxp) {
+  P.stride == 1 ? avg_pool_scatter<1>(P, d_padded, dxp) : avg_pool_scatter<2>(P, d_padded, dxp);
 }
 
 // The tap (0..8, row-major in the window) of each max-pool output's maximum: the first tap equal
@@ -295,7 +309,6 @@ template <typename scalar_t, typename acc_t>
 struct NodeInputs {
   const NodeLayout& L;
   const std::vector<EdgePools<acc_t>>& pools;
-  int64_t max_padded;
   const std::vector<const scalar_t*>& x;  // edge inputs
   const std::vector<const scalar_t*>& y;  // conv outputs
   const acc_t* w;
@@ -322,7 +335,8 @@ FASTDNAS_VECTOR_CLONES void forward_channels(const NodeForward<scalar_t, acc_t>&
   int64_t pooled_items = 0;
   for (const FreeItem& item : L.free) pooled_items += free_kind_has_bn(item.kind);
   auto pooled = buffer<acc_t>(pooled_items * N * HW), acc = buffer<acc_t>(HW), values = buffer<acc_t>(HW);
-  auto xp = buffer<acc_t>(f.max_padded), rows = buffer<acc_t>(f.max_padded);
+  const int64_t max_padded = max_padded_size(f.pools);
+  auto xp = buffer<acc_t>(max_padded), rows = buffer<acc_t>(max_padded);
   std::vector<acc_t> invstd(L.num_bn_rows);
   for (int64_t c = begin; c < end; ++c) {
     for (int64_t i = 0, b = 0; i < static_cast<int64_t>(L.free.size()); ++i) {
@@ -418,11 +432,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_node_cpu(
     acc_t* mu = mean.mutable_data_ptr<acc_t>();
     acc_t* sigma2 = var.mutable_data_ptr<acc_t>();
     const auto pools = edge_pools<acc_t>(L);
-    int64_t max_padded = 0;
-    for (const auto& P : pools) max_padded = std::max(max_padded, P.padded_size());
     const auto x = data_pointers<scalar_t>(edges);
     const auto y = data_pointers<scalar_t>(convs);
-    const NodeForward<scalar_t, acc_t> f{{L, pools, max_padded, x, y, w, batch_stats}, eps, mu, sigma2,
+    const NodeForward<scalar_t, acc_t> f{{L, pools, x, y, w, batch_stats}, eps, mu, sigma2,
                                          out.mutable_data_ptr<scalar_t>()};
     at::parallel_for(0, L.C, 1, [&](int64_t begin, int64_t end) { forward_channels(f, begin, end); });
   });
@@ -458,7 +470,7 @@ FASTDNAS_VECTOR_CLONES void backward_items(const NodeBackward<scalar_t, acc_t>& 
   const acc_t *w = work.w, *mu = work.mu, *invstd = work.invstd;
   acc_t* partial = work.partial;
   const bool batch_stats = work.batch_stats;
-  const int64_t max_padded = work.max_padded;
+  const int64_t max_padded = max_padded_size(pools);
   // mean(g) and mean(g * xhat) of each BatchNorm's input gradient, on batch statistics only.
   const acc_t inv_count = acc_t(1) / static_cast<acc_t>(M);
   auto batch_mean = [&](acc_t sum) { return batch_stats ? sum * inv_count : acc_t(0); };
@@ -536,10 +548,7 @@ FASTDNAS_VECTOR_CLONES void backward_items(const NodeBackward<scalar_t, acc_t>& 
             for (int64_t ow = 0; ow < P.Wo; ++ow, ++o) d_row[ow] = static_cast<acc_t>(gp[o]) / P.divisor[o];
           }
           std::fill(t, t + padded, acc_t(0));
-          if (P.stride == 1)
-            avg_pool_scatter<1>(P, d_padded.data(), t);
-          else
-            avg_pool_scatter<2>(P, d_padded.data(), t);
+          avg_pool_scatter_at_stride(P, d_padded.data(), t);
           const scalar_t* xn = xe + p * in_plane;
           acc_t* dxp = dx.get() + n * padded;
           for (int64_t h = 0; h < P.H; ++h) {
@@ -594,10 +603,7 @@ FASTDNAS_VECTOR_CLONES void backward_items(const NodeBackward<scalar_t, acc_t>& 
                                             bn_normalize(v[o], m, inv), mg, mgx) /
                           P.divisor[o];
           }
-          if (P.stride == 1)
-            avg_pool_scatter<1>(P, d_padded.data(), dxp);
-          else
-            avg_pool_scatter<2>(P, d_padded.data(), dxp);
+          avg_pool_scatter_at_stride(P, d_padded.data(), dxp);
         }
       }
     }
@@ -648,8 +654,6 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
     const auto gx = mutable_data_pointers<scalar_t>(grad_edges);
     const auto gy = mutable_data_pointers<scalar_t>(grad_convs);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    int64_t max_padded = 0;
-    for (const auto& P : pools) max_padded = std::max(max_padded, P.padded_size());
 
     // Per-channel sums for the weight gradients and the BatchNorm backward: sum(g * xhat) for
     // each BatchNorm, sum(g * x) for each skip, sum(g) in the last row (batch statistics only).
@@ -667,7 +671,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mixed_n
       }
     });
     const NodeBackward<scalar_t, acc_t> work{
-        {L, pools, max_padded, x, y, w, batch_stats}, g, gx, gy, mu, invstd.data(), partial};
+        {L, pools, x, y, w, batch_stats}, g, gx, gy, mu, invstd.data(), partial};
     at::parallel_for(0, C * (E + K), 1, [&](int64_t begin, int64_t end) { backward_items(work, begin, end); });
 
     // Weight gradients: the per-channel partials added in channel order.

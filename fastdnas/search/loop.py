@@ -333,9 +333,11 @@ class Search:
         # The last architecture step's gradient, still on the alphas, counts in the clip norm (as in
         # the authors' loop); it is already unscaled, so under fp16 it is kept apart from the new,
         # scaled gradient and added back after that is unscaled.
-        leftover = [a.grad for a in arch] if self.precision.scaler.is_enabled() else []
-        for a in arch if leftover else []:
-            a.grad = None
+        leftover = []
+        if self.precision.scaler.is_enabled():
+            leftover = [a.grad for a in arch]
+            for a in arch:
+                a.grad = None
         # A network whose weight step runs on perturbed architecture weights (SDARTS) says so here.
         perturbed = getattr(self.model, "perturbed", None)
         with (perturbed(self.loss_fn, inputs, targets) if perturbed is not None else nullcontext()), \
