@@ -1,8 +1,11 @@
 """The search methods side by side: one first-order search step (``Search.search_step``: the
 architecture step on a val batch, then the weight step on a train batch) of DARTS, PC-DARTS
 (K = 4), GDAS and the presets of parts (DrNAS with K = 4, SDARTS-RS, SDARTS-ADV, beta-DARTS,
-FairDARTS) on the same DARTS supernet settings, reference eager and fused eager (and, on
-CUDA, fused + CUDA graphs; GDAS there in its dense form, every candidate run).
+FairDARTS, DARTS-PT) on the same DARTS supernet settings, reference eager and fused eager (and, on
+CUDA, fused + CUDA graphs; GDAS there in its dense form, every candidate run). DARTS-PT's
+selection phase gets two rows of its own: a tuning step (the weight step on the projected
+weights, one edge decided) and an evaluation batch (the supernet's forward in training mode,
+no gradients, one operation's weight zeroed), the two things that phase repeats.
 
 The variants are timed interleaved: every round runs one step of each in turn, and the table
 gives each one's median over the rounds, so a machine whose load changes moves all of them
@@ -22,7 +25,9 @@ from fastdnas.search import Search, SearchConfig
 
 from .search_step import _Sized, saved_bytes
 
-METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts")
+METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts", "darts-pt",
+           "darts-pt tuning", "darts-pt evaluation")
+SELECTION = ("darts-pt tuning", "darts-pt evaluation")  # DARTS-PT's selection phase: rows of their own
 # C=16 on the CPU as well: PC-DARTS's candidates then get 4 channels (2-channel convolutions
 # abort inside oneDNN's backward on some CPUs).
 SETTINGS = {
@@ -33,6 +38,7 @@ SETTINGS = {
 
 
 def build(method, backend, dense=False, **network):
+    method = method.split()[0]  # a DARTS-PT selection row: the DARTS-PT supernet
     if method not in ("darts", "pc-darts", "gdas"):  # the presets of parts; DrNAS with K = 4 (6 does not divide 16)
         overrides = {"partial_channels": 4} if method == "drnas" else None
         return composed.preset_network(method, overrides, backend=backend, **network)
@@ -54,7 +60,42 @@ def make_variant(method, variant, device, s):
     size = s["image_size"]
     batches = [t.to(device) for _ in range(2) for t in (torch.randn(s["batch"], 3, size, size),
                                                           torch.randint(0, 10, (s["batch"],)))]
-    return search, batches
+    if method in SELECTION:
+        return search, selection_step(method, search, batches)
+    return search, lambda: search.search_step(*batches)
+
+
+def selection_step(method, search, batches):
+    """One step of DARTS-PT's selection phase as PerturbationSelection runs it: a tuning step
+    (weights only, on the projected weights; the alphas frozen) or an evaluation batch (one
+    operation's weight zeroed on an undecided edge)."""
+    from fastdnas.darts.perturbation_selection import PerturbationSelection
+
+    model, selection = search.model, PerturbationSelection(search, log=lambda *a: None)
+    selection.ops[0][0] = 1  # one normal edge decided, as after the first decision
+    for p in model.arch_parameters():
+        p.requires_grad_(False)
+    if method == "darts-pt tuning":
+        def step():
+            model.override = selection.weights()
+            try:
+                search.weight_step(*batches[:2])
+            finally:
+                model.override = None
+        return step
+    trial = list(selection.weights())
+    trial[0] = trial[0].clone()
+    trial[0][1, 2] = 0.0  # an undecided edge, one operation removed
+
+    @torch.no_grad()
+    def step():
+        model.train()
+        model.override = tuple(trial)
+        try:
+            (model(batches[2]).argmax(1) == batches[3]).sum()
+        finally:
+            model.override = None
+    return step
 
 
 def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, warmup=5, **_):
@@ -63,19 +104,23 @@ def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, war
         s["rounds"] = rounds
     kinds = ["reference eager", "fused eager"] + (["fused graphs"] if device == "cuda" else [])
     case = f"C{s['C']} L{s['layers']} {s['batch']}x3x{s['image_size']}x{s['image_size']}"
-    variants, rows = {}, []
+    variants, rows, method_of = {}, [], {}
     for method in methods:
         for kind in kinds:
-            row = {"bench": f"{method} search step", "case": case, "device": device, "variant": kind}
+            what = f"{method} step" if method == "darts-pt tuning" else method if method in SELECTION else \
+                f"{method} search step"
+            row = {"bench": what, "case": case, "device": device, "variant": kind}
+            method_of[id(row)] = method
             try:
-                search, batches = make_variant(method, kind, device, s)
+                search, step = make_variant(method, kind, device, s)
                 for _ in range(warmup):  # lazy optimizer state, graph warm-up and capture
-                    search.search_step(*batches)
-                if device == "cpu" and kind.endswith("eager"):
+                    step()
+                if device == "cpu" and kind.endswith("eager") and method not in SELECTION:
                     forwards = 8 if method == "gdas" else 1
-                    row["saved_MB"] = sum(saved_bytes(lambda: search.model(batches[0]).sum())
+                    inputs = torch.randn(s["batch"], 3, s["image_size"], s["image_size"])
+                    row["saved_MB"] = sum(saved_bytes(lambda: search.model(inputs).sum())
                                           for _ in range(forwards)) / forwards / 2**20
-                variants[method, kind] = (search, batches, [])
+                variants[method, kind] = (search, step, [])
             except Exception as error:  # one variant failing must not hide the others
                 row["note"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
             rows.append(row)
@@ -83,14 +128,14 @@ def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, war
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     for _ in range(s["rounds"]):  # interleaved: one step of every variant per round
-        for search, batches, times in variants.values():
+        for search, step, times in variants.values():
             start = time.perf_counter()
-            search.search_step(*batches)
+            step()
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     for row in rows:
-        key = (row["bench"].removesuffix(" search step"), row["variant"])
+        key = (method_of[id(row)], row["variant"])
         if key in variants:
             times = sorted(variants[key][2])
             row["ms"] = times[len(times) // 2] * 1e3

@@ -113,8 +113,10 @@ def node_sum(mixed_ops, states, weights, backend, cell=None):
         return sum(op(h, w) for op, h, w in zip(mixed_ops, states, weights))
     from .. import ops  # the compiled extension is needed only here
 
+    plan = None
     if backend == "fused":
-        edge_bns = [_edge_batch_norms(op) for op in mixed_ops]
+        planned = cell.plan_of(mixed_ops) if cell is not None else None
+        edge_bns, plan = planned if planned is not None else ([_edge_batch_norms(op) for op in mixed_ops], None)
         if not all(type(bn) is nn.BatchNorm2d for pools, convs in edge_bns for bn in pools + convs):
             backend = "fused_sum"  # e.g. SyncBatchNorm: statistics over all ranks, which the kernel does not gather
     if backend == "fused_sum":
@@ -123,7 +125,7 @@ def node_sum(mixed_ops, states, weights, backend, cell=None):
     check_backend(backend)
     limit = ops.MAX_NODE_EDGES
     if len(states) <= limit:
-        out = _mixed_node(mixed_ops, states, weights, edge_bns, cell)
+        out = _mixed_node(mixed_ops, states, weights, edge_bns, cell, plan)
     else:  # wider than one kernel call takes (only with many steps): add up groups of edges
         out = sum(_mixed_node(mixed_ops[i : i + limit], states[i : i + limit], weights[i : i + limit],
                               edge_bns[i : i + limit], cell)
@@ -182,10 +184,16 @@ def _edge_batch_norms(op):
     """(pool BatchNorms, conv BatchNorms) of one edge: those mixed_node computes inside (it may
     only when all are plain nn.BatchNorm2d, not, say, a SyncBatchNorm put in their place). Looked
     up on every call, so replaced modules count."""
-    children = list(op._ops)  # one pass: indexing a ModuleList takes microseconds each time
-    pools = [children[i][1] for i, kind in op.free_primitives if kind in _FREE_WITH_BN]  # Sequential(pool, BN)
+    children = _children(op._ops)
+    pools = [_children(children[i])[1] for i, kind in op.free_primitives if kind in _FREE_WITH_BN]  # Sequential(pool, BN)
     convs = [children[i].output_bn for i in op.conv_primitives]
     return pools, convs
+
+
+def _children(module):
+    """A module's children as a list, read from its ``_modules`` directly: a plan is made on every
+    forward, and ``Sequential[i]`` / ``module.attribute`` take microseconds each."""
+    return list(module._modules.values())
 
 
 class FusedCell:
@@ -202,12 +210,15 @@ class FusedCell:
         self.running_updates = []
         self._relus = {}
         self._pieces = {}
+        self._plans = {}  # node key: (edge BatchNorms, plan), made once per cell evaluation
         requests = []  # (node key, group index, parameters)
         for mixed_ops in nodes:
             if len(mixed_ops) > ops.MAX_NODE_EDGES:
                 continue  # split into several mixed_node calls: their groups stack their own weights
-            plan = _node_plan(mixed_ops, [_edge_batch_norms(op) for op in mixed_ops])
+            edge_bns = [_edge_batch_norms(op) for op in mixed_ops]
+            plan = _node_plan(mixed_ops, edge_bns)
             key = tuple(map(id, mixed_ops))
+            self._plans[key] = (edge_bns, plan)
             for g, group in enumerate(plan[0] if plan else []):
                 requests += [(key, g, params) for params in group.weight_requests(mixed_ops)]
         by_shape = {}
@@ -222,6 +233,10 @@ class FusedCell:
             if key not in self._pieces:
                 self._pieces[key] = {}
             _append(self._pieces[key], g, piece)
+
+    def plan_of(self, mixed_ops):
+        """(edge BatchNorms, _node_plan) of a node of this cell evaluation, or None if not prepared."""
+        return self._plans.get(tuple(map(id, mixed_ops)))
 
     def weight_pieces(self, mixed_ops):
         """{group index: the stacked weights of its requests}, or {} if not prepared."""
@@ -261,10 +276,11 @@ def _node_plan(mixed_ops, edge_bns):
     return groups, pool_bns + [bn for group in groups for bn in group.conv_bns], inner_bns, mode
 
 
-def _mixed_node(mixed_ops, states, weights, edge_bns, cell=None):
+def _mixed_node(mixed_ops, states, weights, edge_bns, cell=None, plan=None):
     """One mixed_node call over the edges (mixed_ops[e] applied to states[e]); edge_bns[e] is
-    _edge_batch_norms(mixed_ops[e]); see _node_plan. With ``cell`` (a FusedCell) the weights
-    come stacked from it and the running-statistics update goes to it, else both happen here."""
+    _edge_batch_norms(mixed_ops[e]); ``plan``: their _node_plan if already made. With ``cell``
+    (a FusedCell) the weights come stacked from it and the running-statistics update goes to
+    it, else both happen here."""
     from .. import ops
 
     P = weights.shape[1]
@@ -274,7 +290,7 @@ def _mixed_node(mixed_ops, states, weights, edge_bns, cell=None):
         for i, kind in op.free_primitives:
             free_items.append(e * P + i)
             free_kinds.append(kind)
-    groups, node_bns, inner_bns, mode = _node_plan(mixed_ops, edge_bns)
+    groups, node_bns, inner_bns, mode = plan if plan is not None else _node_plan(mixed_ops, edge_bns)
     pieces = cell.weight_pieces(mixed_ops) if cell is not None else {}
     batch_stats, update, eps, momentum = mode
     N, C = states[0].shape[:2]
@@ -349,14 +365,14 @@ class _StrideGroup:
             _append(by_stride, op.stride, e)
         groups = []
         for stride, edges in by_stride.items():
-            children = [list(mixed_ops[e]._ops) for e in edges]
+            children = [_children(mixed_ops[e]._ops) for e in edges]
             sep, dil, single = [], [], []
             for i in mixed_ops[edges[0]].conv_primitives:
                 kind = _stack_kind([c[i] for c in children]) if stack else None
                 (sep if kind is SepConv else dil if kind is DilConv else single).append(i)
             group = cls(edges, stride, sep + dil, single, len(sep))
             group.conv_bns = [children[edges.index(e)][i].output_bn for e, i in group.conv_items]
-            group.inner_sets = [[c[i].op[3] for c in children] for i in sep]
+            group.inner_sets = [[_children(c[i].op)[3] for c in children] for i in sep]
             groups.append(group)
         return groups
 
@@ -366,7 +382,7 @@ class _StrideGroup:
         filters per primitive, their second 1x1 weights."""
         if not self.stacked:
             return []
-        S, layers = self.sep_count, self._layers(mixed_ops)
+        S, layers = self.sep_count, [[_children(seq) for seq in kind] for kind in self._layers(mixed_ops)]
         requests = [[seq[1].weight for seq in kind] for kind in layers]  # first depthwise (SepConv and DilConv)
         requests.append([seq[2].weight for kind in layers for seq in kind])  # their 1x1 convolutions
         if S:
@@ -375,7 +391,8 @@ class _StrideGroup:
         return requests
 
     def _layers(self, mixed_ops):
-        return [[mixed_ops[e]._ops[i].op for e in self.edges] for i in self.stacked]
+        children = [_children(mixed_ops[e]._ops) for e in self.edges]
+        return [[c[i].op for c in children] for i in self.stacked]
 
     def conv_outputs(self, mixed_ops, states, inner_running, batch_stats, update, eps, pieces=None, relu_of=None):
         """(the group's conv outputs before their final BatchNorm, in conv_items order; the inner
@@ -393,13 +410,13 @@ class _StrideGroup:
         outputs, stats = [], None
         if self.stacked:
             S, K = self.sep_count, len(self.stacked)
-            layers = self._layers(mixed_ops)
+            firsts = [_children(kind[0]) for kind in self._layers(mixed_ops)]  # each primitive's layers, edge 0
             if pieces is None:
                 pieces = [_stack_params(params) for params in self.weight_requests(mixed_ops)]
             pieces = iter(pieces)
             # [N, K*E*C, H, W], channels (primitive, edge, channel): the first depthwise and 1x1
             # convolutions of every primitive; the DilConvs' outputs are then done.
-            first = _depthwise_segments(x, [kind[0][1] for kind in layers], [next(pieces) for _ in layers], [0] * K)
+            first = _depthwise_segments(x, [seq[1] for seq in firsts], [next(pieces) for _ in range(K)], [0] * K)
             first = _stacked_pointwise(first, next(pieces))
             N, H, W = first.shape[0], first.shape[2], first.shape[3]
             # One split (its backward is one op, two slices' would be three). The BatchNorm saves
@@ -424,7 +441,7 @@ class _StrideGroup:
                            .to(y.dtype))
                 if update:
                     stats = (rows[0].view(S * E, C), rows[1].view(S * E, C))
-                second = _depthwise_segments(y, [kind[0][5] for kind in layers[:S]],
+                second = _depthwise_segments(y, [seq[5] for seq in firsts[:S]],
                                              [next(pieces) for _ in range(S)], [s * E * C for s in range(S)])
                 second = _stacked_pointwise(second, next(pieces))
                 parts = [second, done] if K > S else [second]
@@ -451,14 +468,17 @@ def _stack_kind(candidates):
         return None
     dw_layers = (1, 5) if kind is SepConv else (1,)
     pw_layers = (2, 6) if kind is SepConv else (2,)
+    first_seq = _children(first.op)
     for m in candidates:
-        if type(m) is not kind or len(m.op) != len(first.op):
+        if type(m) is not kind:
             return None
-        seq = m.op
+        seq = _children(m.op)
+        if len(seq) != len(first_seq):
+            return None
         for d, p in zip(dw_layers, pw_layers):
             dw, pw = seq[d], seq[p]
             if not (_is_plain_conv(dw) and dw.groups == dw.in_channels == dw.out_channels
-                    and _geometry(dw) == _geometry(first.op[d])):
+                    and _geometry(dw) == _geometry(first_seq[d])):
                 return None
             if not (_is_plain_conv(pw) and pw.groups == 1 and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
                     and pw.padding == (0, 0) and pw.in_channels == pw.out_channels == dw.out_channels):
@@ -490,8 +510,8 @@ def _depthwise_segments(x, convs, weights, offsets):
 def _stacked_pointwise(x, weights):
     """1x1 convolutions of stacked channels in one call: x is [N, J*C, H, W] (J slots of C
     channels), ``weights`` [J, C, C, 1, 1] the weight of each slot; returns [N, J*C, H, W]. A
-    grouped convolution: one op forward and one backward (a bmm over (sample, slot) pairs needs
-    the weights copied per sample, forward and backward, and was several times slower on the CPU)."""
+    grouped convolution: one op forward and one backward. (A broadcast matrix product was 1.4-3x
+    faster on the CPU alone, 3.5% of a search step, but autograd saves its weights copied per sample.)"""
     return F.conv2d(x, weights.flatten(0, 1), groups=weights.shape[0])
 
 

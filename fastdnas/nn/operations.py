@@ -52,7 +52,7 @@ class DilConv(nn.Module):
 
     @property
     def output_bn(self):
-        return self.op[-1]
+        return next(reversed(self.op._modules.values()))  # op[-1] walks the Sequential: slow per forward
 
 
 class SepConv(nn.Module):
@@ -80,7 +80,7 @@ class SepConv(nn.Module):
 
     @property
     def output_bn(self):
-        return self.op[-1]
+        return next(reversed(self.op._modules.values()))  # op[-1] walks the Sequential: slow per forward
 
 
 def _run_layers(sequential, start, stop, x):

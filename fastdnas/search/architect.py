@@ -1,4 +1,5 @@
 """The architecture step of bilevel search: first order, or second order through one unrolled weight step."""
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -27,7 +28,7 @@ def differentiating(model, params):
     backward computes none of their gradients (no weight-gradient kernels in an architecture pass,
     no alpha-gradient sums in a weight pass). The values computed are the same."""
     keep = {id(p) for p in params}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+    frozen = [p for p in _parameters_of(model) if p.requires_grad and id(p) not in keep]
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -35,6 +36,29 @@ def differentiating(model, params):
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+# model.parameters() walks every module in Python (thousands in a supernet, twice a step): the
+# list is kept per model and made again once any module or parameter was registered anywhere
+# since. A parameter that left the model some other way (``del``) is only toggled and restored
+# needlessly, and one it gained that way only keeps its gradient path: either way the same values.
+_registrations = [0]
+_parameter_lists = weakref.WeakKeyDictionary()
+
+
+def _count_registration(*args):
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+
+
+def _parameters_of(model):
+    kept = _parameter_lists.get(model)
+    if kept is None or kept[0] != _registrations[0]:
+        kept = _parameter_lists[model] = (_registrations[0], list(model.parameters()))
+    return kept[1]
 
 
 class Architect:
