@@ -30,6 +30,11 @@ DEPTHWISE_CASES = [("sep3", (64, 16, 32, 32), 3, 1, 1, 1), ("sep5", (64, 16, 32,
                    ("dil5", (64, 16, 32, 32), 5, 1, 4, 2), ("dil5 s2", (64, 32, 16, 16), 5, 2, 4, 2)]
 DEPTHWISE_CPU_CASES = [("sep3", (16, 8, 16, 16), 3, 1, 1, 1), ("sep5", (16, 8, 16, 16), 5, 1, 2, 1),
                        ("dil5", (16, 8, 16, 16), 5, 1, 4, 2), ("sep5", (16, 16, 32, 32), 5, 1, 2, 1)]
+# The stacked 1x1 convolutions of a stride group (J = primitives x edges slots of C channels), as one
+# grouped convolution (the "reference" rows: cuDNN / oneDNN) and as the broadcast matrix products
+# the CPU runs (fastdnas.nn.mixed_op._StackedPointwise): the GPU rows decide POINTWISE_MATMUL_DEVICES.
+POINTWISE_CASES = [(64, 20, 16, 32), (64, 8, 32, 16), (64, 20, 64, 8)]  # N, J, C, H=W
+POINTWISE_CPU_CASES = [(16, 20, 8, 16), (16, 20, 16, 8)]
 
 
 def _forward_backward(fn, inputs, grad):
@@ -133,6 +138,21 @@ def bench_depthwise_conv2d(device, cases, copy_bw, dtype=torch.float32, min_run_
     return rows
 
 
+def bench_stacked_pointwise(device, cases, copy_bw, dtype=torch.float32, min_run_time=1.0):
+    from fastdnas.nn.mixed_op import _StackedPointwise
+
+    rows = []
+    for N, J, C, size in cases:
+        x = torch.randn(N, J * C, size, size, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(J, C, C, 1, 1, device=device, dtype=dtype, requires_grad=True)
+        grad = torch.randn_like(x)
+        moved = 5 * x.numel() * x.element_size()  # forward: x in, y out; backward: grad and x in, x's gradient out
+        rows += _rows("stacked_pointwise", f"J{J} {N}x{J * C}x{size}x{size}", device, dtype,
+                      lambda: F.conv2d(x, w.flatten(0, 1), groups=J), lambda: _StackedPointwise.apply(x, w),
+                      [x, w], grad, moved, copy_bw, min_run_time)
+    return rows
+
+
 def run(device, quick=False, min_run_time=1.0, **_):
     """Every kernel row for ``device``, after the copy row they are compared with."""
     on_cuda = device == "cuda"
@@ -152,4 +172,6 @@ def run(device, quick=False, min_run_time=1.0, **_):
     rows += bench_resize_sum(device, pick(RESIZE_SUM_CASES, RESIZE_SUM_CPU_CASES), copy_bw, min_run_time=min_run_time)
     rows += bench_depthwise_conv2d(device, pick(DEPTHWISE_CASES, DEPTHWISE_CPU_CASES), copy_bw,
                                    min_run_time=min_run_time)
+    rows += bench_stacked_pointwise(device, pick(POINTWISE_CASES, POINTWISE_CPU_CASES), copy_bw,
+                                    min_run_time=min_run_time)
     return rows

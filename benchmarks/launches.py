@@ -19,6 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdnas import autodeeplab, darts
+from fastdnas.nn import mixed_op
 from fastdnas.search import cross_entropy_loss
 from fastdnas.segmentation import segmentation_loss
 
@@ -67,9 +68,16 @@ def count(fn, counter_type=LaunchCounter):
 
 
 def counted(fn, counter_type=LaunchCounter):
-    """The counter (a ``counter_type``) that watched fn() run."""
-    with counter_type() as counter:
-        fn()
+    """The counter (a ``counter_type``) that watched fn() run. The ops counted are those of the
+    CUDA path: the stacked 1x1 convolutions as one grouped convolution each way (on the CPU they
+    run as matrix products, four more ops per call; ``POINTWISE_MATMUL_DEVICES``)."""
+    devices = set(mixed_op.POINTWISE_MATMUL_DEVICES)
+    mixed_op.POINTWISE_MATMUL_DEVICES.clear()
+    try:
+        with counter_type() as counter:
+            fn()
+    finally:
+        mixed_op.POINTWISE_MATMUL_DEVICES.update(devices)
     return counter
 
 

@@ -507,12 +507,49 @@ def _depthwise_segments(x, convs, weights, offsets):
                                          [conv.padding for conv in convs], [conv.dilation for conv in convs], offsets)
 
 
+# Devices whose stacked 1x1 convolutions run as broadcast matrix products (_StackedPointwise)
+# instead of one grouped convolution: the CPU, where oneDNN's grouped convolution was 1.4-3.4x
+# slower forward+backward at the DARTS sizes (its backward reorders the small groups; 6% of a
+# search step). CUDA keeps cuDNN's grouped convolution (one op each way) until timed on a GPU.
+POINTWISE_MATMUL_DEVICES = {"cpu"}
+
+
 def _stacked_pointwise(x, weights):
     """1x1 convolutions of stacked channels in one call: x is [N, J*C, H, W] (J slots of C
-    channels), ``weights`` [J, C, C, 1, 1] the weight of each slot; returns [N, J*C, H, W]. A
-    grouped convolution: one op forward and one backward. (A broadcast matrix product was 1.4-3x
-    faster on the CPU alone, 3.5% of a search step, but autograd saves its weights copied per sample.)"""
+    channels), ``weights`` [J, C, C, 1, 1] the weight of each slot; returns [N, J*C, H, W]."""
+    if x.device.type in POINTWISE_MATMUL_DEVICES:
+        return _StackedPointwise.apply(x, weights)
     return F.conv2d(x, weights.flatten(0, 1), groups=weights.shape[0])
+
+
+class _StackedPointwise(torch.autograd.Function):
+    """y[n, j] = weights[j] @ x[n, j] ([C, C] times [C, H*W]) for every sample n and slot j. Its own
+    backward so that only x and the weights are saved: torch.matmul's would keep the weights
+    copied once per sample. Under autocast the products run in its dtype, as a convolution's."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, x, weights):
+        ctx.save_for_backward(x, weights)
+        N, _, H, W = x.shape
+        J, C = weights.shape[:2]
+        return torch.matmul(weights.view(J, C, C), x.reshape(N, J, C, H * W)).view(N, J * C, H, W)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):
+        x, weights = ctx.saved_tensors
+        N, _, H, W = x.shape
+        J, C = weights.shape[:2]
+        g = grad.reshape(N, J, C, H * W)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            w_t = weights.view(J, C, C).transpose(1, 2)
+            grad_x = torch.matmul(w_t.to(g.dtype), g).view(N, J * C, H, W).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            x_t = x.reshape(N, J, C, H * W).transpose(2, 3)
+            grad_w = torch.matmul(g, x_t.to(g.dtype)).sum(0).view(weights.shape).to(weights.dtype)
+        return grad_x, grad_w
 
 
 def _batch_norm_mode(bns):
