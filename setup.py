@@ -85,7 +85,7 @@ def openmp_flags():
 
 
 def extension():
-    sources = ["csrc/fastdnas.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
+    sources = ["csrc/fastdnas.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp")) + sorted(glob.glob("csrc/*/*_autograd.cpp"))
     extra = {"cxx": ["-O3"] + openmp_flags()}
     link = openmp_flags()
     if want_cuda():

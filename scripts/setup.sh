@@ -17,7 +17,7 @@ export MAX_JOBS=${MAX_JOBS:-2}
 library=$(ls fastdnas/_C*.so 2>/dev/null | head -n 1 || true)
 if [ -z "$library" ] || [ -n "$(find csrc setup.py -newer "$library" -print -quit)" ] \
    || ! .venv/bin/python -c "import fastdnas, fastdnas._build_info as b; assert b.WITH_CUDA or '$FASTDNAS_CUDA' != '1'" 2>/dev/null; then
-  cpu_units=$(ls csrc/fastdnas.cpp csrc/*/*_cpu.cpp | wc -l)
+  cpu_units=$(ls csrc/fastdnas.cpp csrc/*/*_cpu.cpp csrc/*/*_autograd.cpp | wc -l)
   cuda_units=$(ls csrc/*/*_cuda.cu | wc -l)
   if [ "$FASTDNAS_CUDA" = 1 ]; then
     echo "building fastdnas: $cpu_units CPU and $cuda_units CUDA units (TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-default}," \

@@ -1,14 +1,13 @@
-"""depthwise_conv2d_segments, several depthwise convolutions of one stride in one call: its wrapper, fake
-kernels and autograd formula (csrc/depthwise_segments/)."""
+"""depthwise_conv2d_segments, several depthwise convolutions of one stride in one call: its wrapper and fake
+kernels (the kernels and the autograd formula: csrc/depthwise_segments/)."""
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from ..backward_needs import engine_needs
 from ..precision import autocast_inputs
-from .common import (_check_storage_size, _checked_size_product, _checked_size_sum, _int_list, _needed, _only_needed,
-                     _tensor, _tensor_list, _type_name)
+from .common import (_check_storage_size, _checked_size_product, _checked_size_sum, _int_list, _tensor, _tensor_list,
+                     _type_name)
 from .depthwise_conv import MAX_DEPTHWISE_GEOMETRY, _check_depthwise_tensor, _depthwise_shape, _pair
 
 MAX_DEPTHWISE_SEGMENTS = 8  # kMaxDepthwiseSegments in csrc/depthwise_segments/depthwise_segments.h
@@ -153,37 +152,6 @@ def _depthwise_conv2d_segments_weight_grad_fake(grad, input, kernel_sizes, strid
     return grad.new_empty((flat_size,))
 
 
-def _depthwise_conv2d_segments_setup_context(ctx, inputs, output):
-    input, weights, stride, paddings, dilations, input_offsets = inputs
-    ctx.geometry = (stride, paddings, dilations, input_offsets)
-    need_input, need_weights = ctx.needs_input_grad[0], any(w.requires_grad for w in weights)
-    ctx.save_for_backward(input if need_weights else None, *(weights if need_input else []))
-    ctx.input_size = list(input.shape)
-    ctx.weight_shapes = [list(w.shape) for w in weights]
-    ctx.need_weights = need_weights
-
-
-def _depthwise_conv2d_segments_backward(ctx, grad):
-    input, *weights = ctx.saved_tensors
-    grad_input = None
-    grad_weights = [None] * len(ctx.weight_shapes)
-    if ctx.needs_input_grad[0] and engine_needs(ctx, 0):
-        grad_input = torch.ops.fastdnas._depthwise_conv2d_segments_input_grad(grad, weights, ctx.input_size,
-                                                                             *ctx.geometry)
-    # The weights' gradients only where this backward pass uses them (not in torch.autograd.grad
-    # of the alphas alone): engine_needs, tensor input 1 + g.
-    need_weights = [ctx.need_weights and need and engine_needs(ctx, 1 + g)
-                    for g, need in enumerate(_needed(ctx.needs_input_grad[1], len(ctx.weight_shapes)))]
-    if any(need_weights):
-        kernel_sizes = [k for shape in ctx.weight_shapes for k in shape[2:]]
-        flat = torch.ops.fastdnas._depthwise_conv2d_segments_weight_grad(grad, input, kernel_sizes, *ctx.geometry)
-        numels = [shape[0] * shape[2] * shape[3] for shape in ctx.weight_shapes]
-        grad_weights = _only_needed([g.view(shape) for g, shape in zip(flat.split(numels), ctx.weight_shapes)],
-                                    need_weights)
-    return grad_input, grad_weights, None, None, None, None
-
-
-torch.library.register_autograd(
-    "fastdnas::depthwise_conv2d_segments", _depthwise_conv2d_segments_backward,
-    setup_context=_depthwise_conv2d_segments_setup_context
-)
+# Autograd: csrc/depthwise_segments/depthwise_segments_autograd.cpp (the input gradient summed over the
+# segments that read a channel; all weight gradients from one flat tensor; each only where the
+# running backward pass uses it).

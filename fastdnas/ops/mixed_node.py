@@ -1,5 +1,5 @@
-"""mixed_node, a DARTS node with its parameter-free ops and search-mode BatchNorms inside: its wrapper, fake
-kernels and autograd formula (csrc/mixed_node/)."""
+"""mixed_node, a DARTS node with its parameter-free ops and search-mode BatchNorms inside: its wrapper and fake
+kernels (the kernels and the autograd formula: csrc/mixed_node/)."""
 from typing import Sequence
 
 import torch
@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..precision import autocast_inputs
 from ..reference import accumulation_dtype
-from .common import _SUPPORTED_DTYPES, _int_list, _needed, _only_needed, _tensor, _tensor_list
+from .common import _SUPPORTED_DTYPES, _int_list, _tensor, _tensor_list
 
 # Limits of one call (csrc/mixed_node/mixed_node.h); fastdnas.nn splits wider nodes.
 MAX_NODE_EDGES = 16
@@ -176,39 +176,5 @@ def _mixed_node_backward_fake(grad, edge_inputs, strides, conv_outputs, weights,
     return grad_edges, grad_convs, torch.empty_like(weights, memory_format=torch.contiguous_format)
 
 
-def _mixed_node_setup_context(ctx, inputs, output):
-    edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items, running_mean, _, eps = inputs
-    _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
-    ctx.set_materialize_grads(False)  # no zero gradients made for the statistics (two ops per node)
-    ctx.num_edges = len(edge_inputs)
-    ctx.items = (list(strides), list(free_items), list(free_kinds), list(conv_items))
-    ctx.eps = eps
-    ctx.batch_stats = running_mean is None
-    ctx.save_for_backward(*edge_inputs, *conv_outputs, weights, mean, var)
-
-
-def _mixed_node_backward(ctx, grad, _grad_mean, _grad_var):
-    strides, free_items, free_kinds, conv_items = ctx.items
-    # No gradient for the int lists; an empty list must come back as an empty list.
-    free_items_grad, free_kinds_grad, conv_items_grad = ([] if not items else None
-                                                         for items in (free_items, free_kinds, conv_items))
-    if grad is None:  # the sum's gradient is undefined (grads are not materialised): so are the inputs'
-        return ([None] * ctx.num_edges, None, [None] * len(conv_items), None, free_items_grad, free_kinds_grad,
-                conv_items_grad, None, None, None)
-    saved = ctx.saved_tensors
-    E = ctx.num_edges
-    edge_inputs, conv_outputs = list(saved[:E]), list(saved[E:-3])
-    weights, mean, var = saved[-3:]
-    grad_edges, grad_convs, grad_weights = torch.ops.fastdnas._mixed_node_backward(
-        grad, edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items, mean, var, ctx.eps,
-        ctx.batch_stats)
-    need_edges, need_convs = (_needed(ctx.needs_input_grad[i], n) for i, n in ((0, E), (2, len(conv_outputs))))
-    return (_only_needed(grad_edges, need_edges), None, _only_needed(grad_convs, need_convs),
-            grad_weights if ctx.needs_input_grad[3] else None, free_items_grad, free_kinds_grad, conv_items_grad,
-            None, None, None)
-
-
-torch.library.register_autograd(
-    "fastdnas::mixed_node", _mixed_node_backward, setup_context=_mixed_node_setup_context
-)
+# Autograd: csrc/mixed_node/mixed_node_autograd.cpp (mean and var not differentiable; every input's
+# gradient from one _mixed_node_backward call).
