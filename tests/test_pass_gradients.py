@@ -87,6 +87,20 @@ def test_differentiating_freezes_the_other_parameters_and_restores_them():
     assert all(p.requires_grad for p in weights[1:])
 
 
+def test_differentiating_sees_modules_and_parameters_registered_since_its_last_use():
+    # It keeps the model's parameter list between calls (walking every module twice a step was
+    # slow); a module or parameter registered since (anywhere) makes it read the list again.
+    net = darts.SearchNetwork(C=4, num_classes=5, layers=3)
+    alphas = list(net.arch_parameters())
+    with differentiating(net, alphas):
+        pass
+    net.classifier = torch.nn.Linear(net.classifier.in_features, 5)  # a new module, new parameters
+    net.extra = torch.nn.Parameter(torch.zeros(3))  # a new parameter
+    with differentiating(net, alphas):
+        assert not net.classifier.weight.requires_grad and not net.extra.requires_grad
+    assert net.classifier.weight.requires_grad and net.extra.requires_grad
+
+
 def test_custom_ops_skip_the_weight_gradients_a_pass_does_not_use():
     """torch.autograd.grad(loss, alphas) with every weight still requiring grad (the original
     architect's Hessian-vector product on the compat network): the depthwise kernels' weight
