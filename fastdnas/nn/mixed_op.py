@@ -185,7 +185,8 @@ def _edge_batch_norms(op):
     only when all are plain nn.BatchNorm2d, not, say, a SyncBatchNorm put in their place). Looked
     up on every call, so replaced modules count."""
     children = _children(op._ops)
-    pools = [_children(children[i])[1] for i, kind in op.free_primitives if kind in _FREE_WITH_BN]  # Sequential(pool, BN)
+    # A pool with BatchNorm is Sequential(pool, BN).
+    pools = [_children(children[i])[1] for i, kind in op.free_primitives if kind in _FREE_WITH_BN]
     convs = [children[i].output_bn for i in op.conv_primitives]
     return pools, convs
 
