@@ -53,7 +53,8 @@ def sampled_node(edges, states, hardwts, index, backend):
     """``sum_j hardwts[j, k_j] * edges[j]._ops[k_j](states[j])`` with k = ``index`` (host ints).
 
     The reference backend adds every edge as the paper writes it ('none' included); the fused
-    backends leave out 'none' edges and add the rest with one ``mixed_sum``.
+    backends leave out 'none' edges, run a sampled convolution as the fused node does
+    (``_candidate``) and add the edges with one ``mixed_sum``.
     """
     if backend == "reference":
         return sum(op._ops[k](h) * w[k] for op, h, w, k in zip(edges, states, hardwts, index))
