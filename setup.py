@@ -85,7 +85,8 @@ def openmp_flags():
 
 
 def extension():
-    sources = ["csrc/fastdnas.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp")) + sorted(glob.glob("csrc/*/*_autograd.cpp"))
+    sources = ["csrc/fastdnas.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
+    sources += sorted(glob.glob("csrc/*/*_autograd.cpp"))  # the C++ autograd formulas
     extra = {"cxx": ["-O3"] + openmp_flags()}
     link = openmp_flags()
     if want_cuda():

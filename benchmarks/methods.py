@@ -27,7 +27,8 @@ from .search_step import _Sized, saved_bytes
 
 METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts", "darts-pt",
            "darts-pt tuning", "darts-pt evaluation")
-SELECTION = ("darts-pt tuning", "darts-pt evaluation")  # DARTS-PT's selection phase: rows of their own
+# DARTS-PT's selection phase: rows of their own, by name -> the row's label.
+SELECTION = {"darts-pt tuning": "darts-pt tuning step", "darts-pt evaluation": "darts-pt evaluation"}
 # C=16 on the CPU as well: PC-DARTS's candidates then get 4 channels (2-channel convolutions
 # abort inside oneDNN's backward on some CPUs).
 SETTINGS = {
@@ -104,13 +105,12 @@ def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, war
         s["rounds"] = rounds
     kinds = ["reference eager", "fused eager"] + (["fused graphs"] if device == "cuda" else [])
     case = f"C{s['C']} L{s['layers']} {s['batch']}x3x{s['image_size']}x{s['image_size']}"
-    variants, rows, method_of = {}, [], {}
+    variants, rows, timed = {}, [], []  # timed: (method, row) of every timed row
     for method in methods:
         for kind in kinds:
-            what = f"{method} step" if method == "darts-pt tuning" else method if method in SELECTION else \
-                f"{method} search step"
-            row = {"bench": what, "case": case, "device": device, "variant": kind}
-            method_of[id(row)] = method
+            row = {"bench": SELECTION.get(method, f"{method} search step"), "case": case, "device": device,
+                   "variant": kind}
+            timed.append((method, row))
             try:
                 search, step = make_variant(method, kind, device, s)
                 for _ in range(warmup):  # lazy optimizer state, graph warm-up and capture
@@ -134,8 +134,8 @@ def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, war
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    for row in rows:
-        key = (method_of[id(row)], row["variant"])
+    for method, row in timed:
+        key = (method, row["variant"])
         if key in variants:
             times = sorted(variants[key][2])
             row["ms"] = times[len(times) // 2] * 1e3
