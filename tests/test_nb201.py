@@ -146,7 +146,13 @@ def test_gdas_against_the_authors_formula(backend):
     # the pool), so the gradient reaches every alpha; the rest of it random.
     g = -torch.empty(6, 5, dtype=torch.float64).exponential_().log()
     g[torch.arange(6), torch.tensor([1, 2, 3, 4, 3, 2])] += 40.0
+    reference = copy.deepcopy(net)
+    reference.backend = "reference"
+    reference(x, gumbels=g)
     out = net(x, gumbels=g)
+    reference_buffers = dict(reference.named_buffers())  # the running statistics the authors' forward records
+    for name, buffer in net.named_buffers():
+        torch.testing.assert_close(buffer, reference_buffers[name], rtol=1e-10, atol=1e-12, msg=name)
     # The authors' sample: h = one_hot(argmax) - p.detach() + p, p = softmax((log_softmax(a) + g) / tau).
     probs = F.softmax((net.alphas.log_softmax(dim=1) + g) / 5.0, dim=1)
     index = probs.max(-1, keepdim=True)[1]
@@ -175,9 +181,10 @@ def test_gdas_against_the_authors_formula(backend):
     assert (grads(net, (out * weight).sum())[[n for n, _ in net.named_parameters()].index("alphas")] != 0).all()
 
 
-def test_gdas_all_none_edges_still_give_node_shape():
+@pytest.mark.parametrize("backend", ["fused_sum", "fused"])
+def test_gdas_all_none_edges_still_give_node_shape(backend):
     net = tiny(NB201GdasNetwork)
-    net.backend = "fused_sum"
+    net.backend = backend
     with torch.no_grad():
         net.alphas.zero_()
         net.alphas[:, 0] = 50.0  # every edge samples 'none'

@@ -217,6 +217,27 @@ def test_gdas_gradient_reaches_only_the_sampled_candidates_weights():
             assert (grad.abs().sum() > 0) == (op == 4), name
 
 
+def test_sampled_gdas_fused_node_is_one_mixed_node_call_and_keeps_batchnorm_statistics(monkeypatch):
+    """Sampled pools, skips and convolutions (every kind somewhere, 'none' on some edges): one
+    mixed_node call per node, and the BatchNorm running statistics of the reference after two
+    forward passes with different samples."""
+    torch.manual_seed(5)
+    fused = gdas_network("fused")
+    reference = copy.deepcopy(fused)
+    reference.backend = "reference"
+    calls = []
+    original = fastdnas.ops.mixed_node
+    monkeypatch.setattr(fastdnas.ops, "mixed_node", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for forced in (torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 0, 5]), torch.tensor([3, 7, 6, 5, 4, 3, 2] * 2)):
+        gumbels = fixed_gumbels(fused, forced)
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+        fused(x, gumbels), reference(x, gumbels)
+    assert len(calls) == 2 * len(fused.cells) * fused.steps
+    reference_buffers = dict(reference.named_buffers())
+    for name, buffer in fused.named_buffers():
+        torch.testing.assert_close(buffer, reference_buffers[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_hard_gumbel_softmax_samples_the_softmax():
     torch.manual_seed(3)
     alphas = torch.randn(8)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.mixed_op import mixed_sum_chunked, node_edge_slices
+from ..nn.mixed_op import FusedCell, mixed_sum_chunked, node_edge_slices, sampled_node_sum
 from ..nn.operations import PRIMITIVES
 from .search_network import SearchCell, SearchNetwork
 
@@ -49,18 +49,25 @@ def hard_gumbel_softmax(alphas, tau, gumbels=None):
     return one_hot - probs.detach() + probs, index.squeeze(-1)
 
 
-def sampled_node(edges, states, hardwts, index, backend):
+def sampled_node(edges, states, hardwts, index, backend, cell=None):
     """``sum_j hardwts[j, k_j] * edges[j]._ops[k_j](states[j])`` with k = ``index`` (host ints).
 
-    The reference backend adds every edge as the paper writes it ('none' included); the fused
-    backends leave out 'none' edges, run a sampled convolution as the fused node does
-    (``_candidate``) and add the edges with one ``mixed_sum``.
+    The reference backend adds every edge as the paper writes it ('none' included). "fused":
+    one ``mixed_node`` call over the sampled candidates (``sampled_node_sum``; ``cell`` the
+    FusedCell that shares ReLUs and running-statistics updates within the cell evaluation).
+    "fused_sum" (and "fused" where its BatchNorms cannot run in the kernel): 'none' edges left
+    out, a sampled convolution run as the fused node does (``_candidate``), the edges added
+    with one ``mixed_sum``.
     """
     if backend == "reference":
         return sum(op._ops[k](h) * w[k] for op, h, w, k in zip(edges, states, hardwts, index))
     chosen = [j for j, (op, k) in enumerate(zip(edges, index)) if op.primitives[k] != "none"]
     if not chosen:  # every edge sampled 'none': zeros of the output shape, still tied to the graph
         return edges[0]._ops[index[0]](states[0]) * hardwts[0, index[0]]
+    if backend == "fused":
+        out = sampled_node_sum(edges, states, hardwts, index, cell)
+        if out is not None:
+            return out
     outputs = [_candidate(edges[j]._ops[index[j]], states[j]) for j in chosen]
     return mixed_sum_chunked(outputs, torch.stack([hardwts[j, index[j]] for j in chosen]))
 
@@ -88,9 +95,12 @@ class SampledSearchCell(SearchCell):
                              f"{list(hardwts.shape)} and {len(index)}")
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         edges = list(self._ops)  # a plain list: slicing a ModuleList builds a new one
+        cell = FusedCell([]) if self.backend == "fused" else None
         for edge_slice in node_edge_slices(self.steps):
             states.append(sampled_node(edges[edge_slice], states, hardwts[edge_slice], index[edge_slice],
-                                       self.backend))
+                                       self.backend, cell))
+        if cell is not None:
+            cell.finish()
         return torch.cat(states[-self.multiplier :], dim=1)
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..darts.gdas import hard_gumbel_softmax
-from ..nn.mixed_op import FusedCell, MixedOp, mixed_sum_chunked, node_sum
+from ..nn.mixed_op import FusedCell, MixedOp, mixed_sum_chunked, node_sum, sampled_node_sum
 from ..nn.operations import Identity, Zero, _run_layers
 from .space import EDGES, NB201_PRIMITIVES, NUM_EDGES, NUM_NODES, decode_argmax, genotype_string
 
@@ -140,20 +140,25 @@ class NB201Cell(_Switchable):
         k = ``index`` (host ints): only the sampled operations run, the other entries of the
         straight-through weights (0 in value) still pass their gradient on."""
         nodes = [x]
+        cell = FusedCell([]) if self.backend == "fused" else None  # each state's ReLU once, one statistics update
         for edges, rows in self.node_edges():
             h, k = hardwts[rows], index[rows]
             if self.backend == "reference":  # as the authors' code writes it
                 node = sum(sum(w[o] * op._ops[o](nodes[j]) if o == kj else w[o] for o in range(len(w)))
                            for j, (op, w, kj) in enumerate(zip(edges, h, k)))
             else:
-                node = sampled_node_sum(edges, nodes, h, k)
+                node = gdas_node(edges, nodes, h, k, self.backend, cell)
             nodes.append(node)
+        if cell is not None:
+            cell.finish()
         return nodes[-1]
 
 
-def sampled_node_sum(edges, states, hardwts, index):
-    """The GDAS node on the fused backends: the sampled non-'none' operations added by one
-    ``mixed_sum``, plus one scalar: the sum of every other entry of the straight-through weights."""
+def gdas_node(edges, states, hardwts, index, backend, cell=None):
+    """The GDAS node on the fused backends: the sampled non-'none' operations added ("fused": one
+    ``mixed_node`` call over them, ``cell`` the cell evaluation's FusedCell; "fused_sum", or
+    where the kernel cannot run them: one ``mixed_sum``), plus one scalar: the sum of every other
+    entry of the straight-through weights."""
     chosen = [j for j, (op, k) in enumerate(zip(edges, index)) if op.primitives[k] != "none"]
     picked = torch.zeros_like(hardwts).index_put_(
         (torch.arange(len(index), device=hardwts.device), torch.tensor(index, device=hardwts.device)),
@@ -162,9 +167,11 @@ def sampled_node_sum(edges, states, hardwts, index):
     if not chosen:  # every edge sampled 'none': zeros of the node's shape, still tied to the graph
         none = sum(op._ops[k](states[j]) * hardwts[j, k] for j, (op, k) in enumerate(zip(edges, index)))
         return none + rest
-    outputs = [edges[j]._ops[index[j]](states[j]) for j in chosen]
-    weights = torch.stack([hardwts[j, index[j]] for j in chosen])
-    return mixed_sum_chunked(outputs, weights) + rest
+    node = sampled_node_sum(edges, states, hardwts, index, cell) if backend == "fused" else None
+    if node is None:
+        outputs = [edges[j]._ops[index[j]](states[j]) for j in chosen]
+        node = mixed_sum_chunked(outputs, torch.stack([hardwts[j, index[j]] for j in chosen]))
+    return node + rest
 
 
 class NB201Network(_Switchable):

@@ -136,6 +136,46 @@ def node_sum(mixed_ops, states, weights, backend, cell=None):
     return out
 
 
+def sampled_node_sum(mixed_ops, states, weights, picks, cell=None):
+    """``sum_e weights[e, picks[e]] * mixed_ops[e]._ops[picks[e]](states[e])``, one candidate per
+    edge (a GDAS sample), as one ``mixed_node`` call over the picked candidates: pools and skips
+    inside the kernel, a convolution's BatchNorm too, a 'none' edge naming no item. ``weights``:
+    [E, primitives]. None when the node cannot run fused: no picked candidate the kernel computes
+    (all 'none' or outside it), BatchNorms not plain or not in one mode."""
+    edges = [_OneCandidate(op, k) for op, k in zip(mixed_ops, picks)]
+    if not any(edge.free_primitives or edge.conv_primitives for edge in edges):
+        return None
+    edge_bns = [_edge_batch_norms(edge) for edge in edges]
+    if not all(type(bn) is nn.BatchNorm2d for pools, convs in edge_bns for bn in pools + convs):
+        return None
+    groups = []  # one group per convolution edge: the picked candidates differ from edge to edge
+    for e, edge in enumerate(edges):
+        if edge.conv_primitives:
+            group = _StrideGroup([e], edge.stride, [], edge.conv_primitives, 0)
+            group.conv_bns = edge_bns[e][1]
+            groups.append(group)
+    node_bns = [bn for pools, _ in edge_bns for bn in pools] + [bn for group in groups for bn in group.conv_bns]
+    mode = _batch_norm_mode(node_bns)
+    if mode is None:
+        return None
+    out = _mixed_node(edges, states, weights, edge_bns, cell, (groups, node_bns, [], mode))
+    for e, (op, k) in enumerate(zip(mixed_ops, picks)):
+        if k in op.outside_primitives:
+            out = out + weights[e, k] * op._ops[k](states[e])
+    return out
+
+
+class _OneCandidate:
+    """A MixedOp restricted to its candidate k: what ``_mixed_node`` and ``_edge_batch_norms`` read of an edge."""
+
+    __slots__ = ("stride", "_ops", "free_primitives", "conv_primitives")
+
+    def __init__(self, op, k):
+        self.stride, self._ops = op.stride, op._ops
+        self.free_primitives = [(i, kind) for i, kind in op.free_primitives if i == k]
+        self.conv_primitives = [k] if k in op.conv_primitives else []
+
+
 def node_edge_slices(num_nodes):
     """The slices of a cell's edges (flattened node by node) that enter each of its nodes: node i
     has 2 + i incoming edges."""
