@@ -155,3 +155,16 @@ def no_plots(monkeypatch):
 
     for plot in ("plot_genotype", "plot_alpha_history"):
         monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
+
+
+def write_image_folder(root, classes=3, per_class=2, split="val"):
+    """A tiny ImageFolder split (root/split/<class>/<image>.png) of random images of two sizes."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        folder = root / split / f"n{c:08d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (40 + 8 * i, 48, 3), dtype=torch.uint8, generator=generator)
+            Image.fromarray(pixels.numpy()).save(folder / f"image_{i}.png")

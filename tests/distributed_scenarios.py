@@ -152,8 +152,36 @@ def cli_search_epoch(rank, world_size, port, out):
                    os.path.join(out, "autodeeplab")]
     codes = [cli.main(darts), cli.main(autodeeplab)]
     states = [search_state(search) for search in searches]
+    # `fastdnas train darts` on the same ranks: which files each rank writes, its model and records.
+    import fastdnas.train
+
+    train_network, write_result, trained = fastdnas.train.train_network, fastdnas.train.write_result, []
+    fastdnas.train.write_json_lines = lambda path, records: (writes.append("train log"), write_log(path, records))
+    fastdnas.train.write_result = lambda *args, **kwargs: (writes.append("result"), write_result(*args, **kwargs))[1]
+
+    def recording(model, *args, **kwargs):
+        trained.extend([model, train_network(model, *args, **kwargs)])
+        return trained[-1]
+
+    fastdnas.train.train_network = recording
+    codes.append(cli.main(TRAIN_FLAGS + ["--out", os.path.join(out, "train")]))
+    # ImageNet (the test's ImageFolder of 6 + 6 images): the mobile network, 2 images per rank.
+    codes.append(cli.main(["train", "darts", "--dataset", "imagenet", "--data", os.path.join(out, "imagenet"),
+                           "--genotype", "DARTS_V2", "--epochs", "1", "--batch-size", "4", "--init-channels", "8",
+                           "--layers", "3", "--threads", "1", "--device", "cpu", "--out", os.path.join(out, "imagenet-run")]))
+    train, imagenet = ({"state": {k: v.clone() for k, v in model.state_dict().items()},
+                        "records": [{k: v for k, v in r.items() if k != "time"} for r in records]}
+                       for model, records in (trained[:2], trained[2:]))
     distributed.shutdown(owned_only=False)  # the group made here, after the searches' DDP wrappers
-    torch.save({"codes": codes, "writes": writes, "states": states}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save({"codes": codes, "writes": writes, "states": states, "train": train, "imagenet": imagenet},
+               os.path.join(out, f"rank{rank}.pt"))
+
+
+# `train darts` of a published cell, 2 epochs of 4 steps; cross-rank BatchNorm and no drop-path
+# (its masks are drawn per rank), so 2 ranks compute what 1 process computes (synthetic: no augmentation).
+TRAIN_FLAGS = ["train", "darts", "--dataset", "synthetic", "--genotype", "DARTS_V2", "--init-channels", "4",
+               "--layers", "3", "--auxiliary", "--batch-size", "16", "--epochs", "2", "--device", "cpu",
+               "--threads", "1", "--sync-bn", "--drop-path-prob", "0"]
 
 
 # `search nb201 --seeds 5,6` (tests/test_distributed.py): tiny, 2 steps an epoch.

@@ -5,8 +5,11 @@ Checked: every rank holds bit-identical alphas and weights after every epoch (fi
 order); 2 ranks with half the batch each compute what 1 process computes with the whole batch
 (with cross-rank BatchNorm, and measurably not without it); only rank 0 writes; a 2-rank
 checkpoint resumes in 1 process; `search nb201 --seeds` on 4 ranks runs each seed on its group of 2
-as that seed alone on 2 ranks, and resumes.
+as that seed alone on 2 ranks, and resumes; `train darts` on 2 ranks (synthetic and an ImageNet
+folder) ends with the same weights on both ranks, written once, and with cross-rank BatchNorm
+trains what 1 process trains.
 """
+import json
 import socket
 import time
 
@@ -15,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from distributed_scenarios import (
     TOY_VARIANTS,
+    TRAIN_FLAGS,
     batch_norm_case,
     cli_search_epoch,
     hang,
@@ -25,6 +29,7 @@ from distributed_scenarios import (
     toy_searches,
     with_watchdog,
 )
+from conftest import write_image_folder
 
 from fastdnas import cli
 from fastdnas.data import load_synthetic
@@ -163,9 +168,13 @@ def test_cli_search_on_two_ranks_writes_once_and_resumes_in_one_process(tmp_path
     for plot in ("plot_genotype", "plot_alpha_history", "plot_trellis", "plot_cell"):
         monkeypatch.setattr(fastdnas.viz, plot, lambda *args, **kwargs: None)
     monkeypatch.setattr(fastdnas.data, "load_shapes", tiny_shapes())
+    write_image_folder(tmp_path / "imagenet", split="train")
+    write_image_folder(tmp_path / "imagenet", split="val")
     rank0, rank1 = spawn(cli_search_epoch, tmp_path)
-    assert rank0["codes"] == rank1["codes"] == [0, 0]
-    assert rank0["writes"] == ["checkpoint", "log"] * 2 and rank1["writes"] == []  # one epoch of each space
+    assert rank0["codes"] == rank1["codes"] == [0, 0, 0, 0]
+    # One epoch of each search space, the 2 epochs of `train darts`, the epoch of its ImageNet training.
+    assert rank0["writes"] == ["checkpoint", "log"] * 2 + ["train log"] * 2 + ["result"] + ["train log", "result"]
+    assert rank1["writes"] == []
     for got, want in zip(rank0["states"], rank1["states"], strict=True):  # darts, autodeeplab
         for key in ("alphas", "weights", "buffers"):
             assert all(torch.equal(a, b) for a, b in zip(got[key], want[key], strict=True)), key
@@ -183,6 +192,24 @@ def test_cli_search_on_two_ranks_writes_once_and_resumes_in_one_process(tmp_path
     assert list(two_ranks["model"]) == list(straight["model"])  # no DDP prefix, no SyncBatchNorm trace
     for a, b in zip(straight["arch_parameters"], resumed["arch_parameters"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    # `train darts` on 2 ranks: the same model on both, and what 1 process trains with the whole batch.
+    for space in ("train", "imagenet"):
+        train0, train1 = rank0[space], rank1[space]
+        assert train0["records"] == train1["records"]
+        assert train0["state"].keys() == train1["state"].keys()
+        assert all(torch.equal(train0["state"][k], train1["state"][k]) for k in train0["state"]), space
+    assert json.loads((tmp_path / "imagenet-run" / "result.json").read_text())["ranks"] == 2
+    train0 = rank0["train"]
+    assert cli.main(TRAIN_FLAGS + ["--out", str(tmp_path / "train-one")]) == 0
+    one = torch.load(tmp_path / "train-one" / "model.pt", weights_only=True)
+    assert one.keys() == train0["state"].keys()  # no DDP prefix, no cross-rank BatchNorm trace
+    for name, value in one.items():
+        torch.testing.assert_close(train0["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    result = json.loads((tmp_path / "train" / "result.json").read_text())
+    assert result["ranks"] == 2 and result["epochs"] == 2
+    one_result = json.loads((tmp_path / "train-one" / "result.json").read_text())
+    assert abs(result["test_loss"] - one_result["test_loss"]) <= 1e-4 * abs(one_result["test_loss"])
 
     # Auto-DeepLab (per-rank BatchNorm) resumes in 1 process too.
     assert cli.main(["search", "autodeeplab", "--layers", "2", "--blocks", "2", "--filter-multiplier", "2",
@@ -268,6 +295,6 @@ def test_bad_distributed_settings(tmp_path, capsys, monkeypatch):
         toy_search(distributed.Distributed(rank=0, world_size=2), batch_size=15)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit):
-        cli.main(["train", "darts", "--dataset", "synthetic", "--genotype", "x.json"])
-    assert "train runs in one process" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused before joining the process group (no rank 1 to wait for)
+        cli.main(["train", "darts", "--dataset", "synthetic", "--genotype", "DARTS_V2", "--batch-size", "15"])
+    assert "--batch-size 15 is the global batch: it must be a multiple of the 2 ranks" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from fastdnas.darts import (FinalNetwork, ImageNetNetwork, convert_final_state_d
                             genotype_to_nni, label_smoothing_loss)
 from fastdnas.darts import genotypes
 from fastdnas.compat_cli import parameter_counts
+from conftest import write_image_folder
 from original_layout import OriginalFinalNetwork, randomise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,18 +161,6 @@ def test_cli_trains_a_published_cell_by_name(tmp_path, capsys):
     assert cli.main(["train", "darts", "--genotype", "DARTS_V2", "--dataset", "synthetic", "--epochs", "1",
                      "--init-channels", "4", "--layers", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "result.json").read_text())["genotype"] == genotype_to_dict(genotypes.DARTS_V2)
-
-
-def write_image_folder(root, classes=3, per_class=2, split="val"):
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for c in range(classes):
-        folder = root / split / f"n{c:08d}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = torch.randint(0, 256, (40 + 8 * i, 48, 3), dtype=torch.uint8, generator=generator)
-            Image.fromarray(pixels.numpy()).save(folder / f"image_{i}.png")
 
 
 def test_cli_evaluates_an_original_imagenet_checkpoint(tmp_path, capsys):

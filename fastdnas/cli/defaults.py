@@ -80,7 +80,7 @@ SEARCH_DATASET_DEFAULTS = {
 TRAIN_DEFAULTS = {
     "lr": 0.025, "lr_min": 0.0, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0,
     "auxiliary": False, "auxiliary_weight": 0.4, "drop_path_prob": 0.2, "cutout": 0, "seed": 0,
-    "epochs": 600, "batch_size": 96, "init_channels": 36, "layers": 20,
+    "epochs": 600, "batch_size": 96, "init_channels": 36, "layers": 20, "sync_bn": False,
 }
 TRAIN_DATASET_DEFAULTS = {
     # The DARTS CIFAR recipe (its reported numbers use the auxiliary head and cutout).
@@ -113,7 +113,7 @@ AUTODEEPLAB_SEARCH_DATASET_DEFAULTS = {
 AUTODEEPLAB_TRAIN_DEFAULTS = {
     "dataset": "shapes",
     "lr": 0.05, "lr_min": 0.0, "momentum": 0.9, "weight_decay": 3e-4, "grad_clip": 5.0, "seed": 0,
-    "epochs": 100, "batch_size": 8, "filter_multiplier": 20, "crop_size": None,
+    "epochs": 100, "batch_size": 8, "filter_multiplier": 20, "crop_size": None, "sync_bn": False,
 }
 AUTODEEPLAB_TRAIN_DATASET_DEFAULTS = {
     "cityscapes": {},

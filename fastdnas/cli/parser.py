@@ -19,8 +19,7 @@ FLAGS = [
      AUTODEEPLAB),
     ("--out", {"metavar": "DIR"}, "output folder", EVERY),
     ("--epochs", {"type": int}, "", EVERY),
-    ("--batch-size", {"type": int}, "images per step (under torchrun: over all ranks)", SEARCHES),
-    ("--batch-size", {"type": int}, "images per step", (TRAIN_DARTS, TRAIN_ADL)),
+    ("--batch-size", {"type": int}, "images per step (under torchrun: over all ranks)", EVERY),
     ("--lr", {"type": float}, "initial weight learning rate (cosine annealed)", EVERY),
     ("--lr-min", {"type": float}, "final weight learning rate", EVERY),
     ("--momentum", {"type": float}, "", EVERY),
@@ -100,7 +99,7 @@ FLAGS = [
      "with --resume: load a checkpoint whose checksum is missing or damaged (an older fastdnas, or a file cut "
      "at its end), saying why; without it such a checkpoint is refused", SEARCHES),
     ("--sync-bn", {"action": argparse.BooleanOptionalAction},
-     "under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)", SEARCHES),
+     "under torchrun: BatchNorm statistics over the batches of all ranks (SyncBatchNorm)", EVERY),
     ("--cuda-graphs", {"action": argparse.BooleanOptionalAction},
      "replay each search step from CUDA graphs (CUDA devices only; same results, far fewer kernel launches)",
      SEARCHES),

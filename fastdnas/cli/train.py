@@ -11,12 +11,10 @@ def run_train(args):
     """The train command of every space: settings, data, ``train_network``, model.pt and result.json."""
     import torch
 
-    from ..train import TrainConfig, count_parameters, train_network, write_result
-
     from ..search import distributed
+    from ..train import TrainConfig, count_parameters, train_network, write_result
+    from .search import start_distributed
 
-    if distributed.from_environment().enabled:
-        raise UsageError("train runs in one process: launch it without torchrun (only search is data-parallel)")
     defaults, dataset_defaults = SETTINGS["train", args.space]
     settings, _ = resolve_settings(args, defaults, dataset_defaults)
     file_setting = FILE_SETTINGS[args.space]
@@ -26,19 +24,35 @@ def run_train(args):
     architecture = read_architecture(args.space, settings[file_setting], file_setting)
     check_positive(settings, ["epochs", "batch_size", "log_interval"])
     check_space_settings("train", args.space, settings)
-    device = pick_device(settings["device"], settings["threads"])
+    try:
+        world_size = distributed.from_environment().world_size
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if settings["batch_size"] % world_size:  # checked before joining the process group
+        raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
+                         f"{world_size} ranks")
+    context, device = start_distributed(settings)  # under torchrun: this rank's device in the process group
+    device = device or pick_device(settings["device"], settings["threads"])
     data = load_data(settings, cutout=settings.get("cutout", 0))
     space = TRAIN_SPACES[args.space](settings, data, architecture)
     config = make_config(TrainConfig, settings, TRAIN_CONFIG_KEYS, **space.config_options)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial network on every rank
     model = space.model()
     out = settings["out"]
-    os.makedirs(out, exist_ok=True)
-    print(f"train {args.space} on {data.summary()}; {count_parameters(model):,} parameters; device {describe_device(device)}; "
-          f"output in {out}")
-    records = train_network(model, data.train, data.test, config, device=device, out_dir=out, **space.train_options)
+    ranks = (f" x {context.world_size} ranks (batch {config.batch_size // context.world_size} per rank)"
+             if context.enabled else "")
+    if context.is_main:
+        os.makedirs(out, exist_ok=True)
+        print(f"train {args.space} on {data.summary()}; {count_parameters(model):,} parameters; "
+              f"device {describe_device(device)}{ranks}; output in {out}")
+    records = train_network(model, data.train, data.test, config, device=device, out_dir=out, distributed=context,
+                            sync_bn=settings["sync_bn"], **space.train_options)
+    if not context.is_main:
+        return 0
     torch.save(model.state_dict(), os.path.join(out, "model.pt"))
     extra = {**space.extra(records), "settings": {k: v for k, v in settings.items() if k != "config"}}
+    if context.enabled:
+        extra["ranks"] = context.world_size
     result = write_result(os.path.join(out, "result.json"), records, model, config, extra=extra,
                           eval_name=space.train_options.get("eval_name", "test"))
     print(f"{space.report(result)} after {result['epochs']} epochs ({result['time']:.0f} s); "

@@ -210,7 +210,8 @@ def data_parallel(model, context, device):
     """
     if not context.enabled:
         return model
-    arch_ids = {id(p) for p in model.arch_parameters()}
+    arch = list(model.arch_parameters()) if hasattr(model, "arch_parameters") else []  # none in a final network
+    arch_ids = {id(p) for p in arch}
     # DDP names a parameter "<module name>.<parameter name>" (".alphas" on the root module).
     ignored = [f"{module_name}.{name}" for module_name, module in model.named_modules()
                for name, p in module.named_parameters(recurse=False) if id(p) in arch_ids]
@@ -218,7 +219,7 @@ def data_parallel(model, context, device):
     device = torch.device(device)
     device_ids = [device.index] if device.type == "cuda" else None
     # The same initial state everywhere (DDP broadcasts the weights it owns, not the ignored alphas).
-    broadcast_(list(model.arch_parameters()) + list(model.buffers()), context)
+    broadcast_(arch + list(model.buffers()), context)
     # A network that runs only some of its weights per step (GDAS's sampled operations) makes DDP
     # look for the unused ones.
     unused = not getattr(model, "uses_all_weights", True)
