@@ -69,8 +69,9 @@ def count(fn, counter_type=LaunchCounter):
 
 def counted(fn, counter_type=LaunchCounter):
     """The counter (a ``counter_type``) that watched fn() run. The ops counted are those of the
-    CUDA path: the stacked 1x1 convolutions as one grouped convolution each way (on the CPU they
-    run as matrix products, four more ops per call; ``POINTWISE_MATMUL_DEVICES``)."""
+    CUDA path: the stacked 1x1 convolutions as one grouped convolution each way and the cells'
+    preprocessing as convolutions (on the CPU both run as matrix products, more ops per call;
+    ``POINTWISE_MATMUL_DEVICES``)."""
     devices = set(mixed_op.POINTWISE_MATMUL_DEVICES)
     mixed_op.POINTWISE_MATMUL_DEVICES.clear()
     try:

@@ -325,3 +325,27 @@ def test_fused_backend_keeps_every_edges_batchnorm_statistics(device):
     fused.eval(), reference.eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device)
     assert rel_err(fused(x), reference(x)) <= 1e-10
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("bias", [False, True], ids=["plain", "biased"])
+def test_preprocessing_as_matrix_products_equals_the_modules(bias, mode):
+    """run_fused (a cell's ReLUConvBN and FactorizedReduce, 1x1 convolutions as matrix products,
+    biased ones too, as in the GDAS authors' supernet) against the modules' own forward, float64:
+    output and the gradients of the input and of every parameter (in eval mode, where a bias
+    before the BatchNorm has a gradient; in training the batch mean cancels it)."""
+    from fastdnas.darts.gdas_authors import with_conv_biases
+    from fastdnas.nn.operations import FactorizedReduce, ReLUConvBN, run_fused
+
+    torch.manual_seed(0)
+    for module in (ReLUConvBN(6, 4, 1, 1, 0, affine=False), FactorizedReduce(6, 4, affine=True)):
+        module = getattr((with_conv_biases(module) if bias else module).double(), mode)()
+        x = torch.randn(3, 6, 6, 8, dtype=torch.float64, requires_grad=True)
+        probe = torch.randn(3, 4, *((6, 8) if isinstance(module, ReLUConvBN) else (3, 4)), dtype=torch.float64)
+        inputs = [x] + (list(module.parameters()) if mode == "eval" else [])
+        results = []
+        for forward in (module, lambda x: run_fused(module, x)):
+            out = forward(x)
+            results.append([out] + list(torch.autograd.grad((out * probe).sum(), inputs)))
+        for got, want in zip(results[1], results[0], strict=True):
+            assert rel_err(got, want) <= 1e-12

@@ -93,7 +93,7 @@ class SampledSearchCell(SearchCell):
         if list(hardwts.shape) != expected or len(index) != expected[0]:
             raise ValueError(f"hardwts must have shape {expected} and index {expected[0]} entries, got "
                              f"{list(hardwts.shape)} and {len(index)}")
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = self.preprocess(s0, s1)
         edges = list(self._ops)  # a plain list: slicing a ModuleList builds a new one
         cell = FusedCell([]) if self.backend == "fused" else None
         for edge_slice in node_edge_slices(self.steps):

@@ -114,7 +114,7 @@ class PartialSearchCell(SearchCell):
         if list(weights.shape) != expected or list(edge_weights.shape) != expected[:1]:
             raise ValueError(f"weights must have shape {expected} and edge_weights {expected[:1]}, got "
                              f"{list(weights.shape)} and {list(edge_weights.shape)}")
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = self.preprocess(s0, s1)
         edges = list(self._ops)  # a plain list: slicing a ModuleList builds a new one
         for edge_slice in node_edge_slices(self.steps):
             states.append(partial_node(edges[edge_slice], states, weights[edge_slice], edge_weights[edge_slice],

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..decode import num_edges, parse_cell
 from ..nn.mixed_op import MixedOp, cell_nodes, check_backend
-from ..nn.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN
+from ..nn.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, run_fused
 from .genotype import Genotype
 
 
@@ -58,11 +58,18 @@ class SearchCell(nn.Module):
         for op in self._ops:
             op.backend = backend
 
+    def preprocess(self, s0, s1):
+        """[preprocess0(s0), preprocess1(s1)]; the fused backends run their 1x1 convolutions as
+        matrix products (``run_fused``)."""
+        if self.backend == "reference":
+            return [self.preprocess0(s0), self.preprocess1(s1)]
+        return [run_fused(self.preprocess0, s0), run_fused(self.preprocess1, s1)]
+
     def forward(self, s0, s1, weights):
         expected = [len(self._ops), len(self.primitives)]
         if list(weights.shape) != expected:
             raise ValueError(f"weights must have shape {expected} (edges x primitives), got {list(weights.shape)}")
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = self.preprocess(s0, s1)
         # Fused backends: each node one kernel call.
         states = cell_nodes(self._ops, states, weights, self.steps, self.backend)
         return torch.cat(states[-self.multiplier :], dim=1)

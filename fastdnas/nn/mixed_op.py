@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .operations import OPS, PRIMITIVES, DilConv, SepConv, _is_plain_conv
+from .operations import OPS, POINTWISE_MATMUL_DEVICES, PRIMITIVES, DilConv, SepConv, _is_plain_conv
 
 BACKENDS = ("fused", "fused_sum", "reference")
 
@@ -547,12 +547,6 @@ def _depthwise_segments(x, convs, weights, offsets):
     return ops.depthwise_conv2d_segments(x, [w.flatten(0, 1) for w in weights], convs[0].stride,
                                          [conv.padding for conv in convs], [conv.dilation for conv in convs], offsets)
 
-
-# Devices whose stacked 1x1 convolutions run as broadcast matrix products (_StackedPointwise)
-# instead of one grouped convolution: the CPU, where oneDNN's grouped convolution was 1.4-3.4x
-# slower forward+backward at the DARTS sizes (its backward reorders the small groups; 6% of a
-# search step). CUDA keeps cuDNN's grouped convolution (one op each way) until timed on a GPU.
-POINTWISE_MATMUL_DEVICES = {"cpu"}
 
 
 def _stacked_pointwise(x, weights):
