@@ -1,9 +1,8 @@
-"""depthwise_conv2d, the depthwise convolution of the separable and dilated candidates: its wrapper, fake
-kernels and autograd formula (csrc/depthwise_conv/)."""
+"""depthwise_conv2d, the depthwise convolution of the separable and dilated candidates: its wrapper and fake
+kernels (the kernels and the autograd formula: csrc/depthwise_conv/)."""
 import torch
 from torch import Tensor
 
-from ..backward_needs import engine_needs
 from ..precision import autocast_inputs
 from .common import _SUPPORTED_DTYPES, _check_storage_size, _tensor, _type_name
 
@@ -117,23 +116,5 @@ def _depthwise_conv2d_weight_grad_fake(grad, input, weight_size, stride, padding
     return grad.new_empty(weight_size)
 
 
-def _depthwise_conv2d_setup_context(ctx, inputs, output):
-    input, weight, stride, padding, dilation = inputs
-    ctx.geometry = (stride, padding, dilation)
-    ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
-    ctx.input_size, ctx.weight_size = list(input.shape), list(weight.shape)
-
-
-def _depthwise_conv2d_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    grad_input = grad_weight = None
-    if ctx.needs_input_grad[0] and engine_needs(ctx, 0):
-        grad_input = torch.ops.fastdnas._depthwise_conv2d_input_grad(grad, weight, ctx.input_size, *ctx.geometry)
-    if ctx.needs_input_grad[1] and engine_needs(ctx, 1):
-        grad_weight = torch.ops.fastdnas._depthwise_conv2d_weight_grad(grad, input, ctx.weight_size, *ctx.geometry)
-    return grad_input, grad_weight, None, None, None
-
-
-torch.library.register_autograd(
-    "fastdnas::depthwise_conv2d", _depthwise_conv2d_backward, setup_context=_depthwise_conv2d_setup_context
-)
+# Autograd: csrc/depthwise_conv/depthwise_conv_autograd.cpp (each gradient computed only when the
+# running backward pass uses it).
