@@ -35,6 +35,11 @@ DEPTHWISE_CPU_CASES = [("sep3", (16, 8, 16, 16), 3, 1, 1, 1), ("sep5", (16, 8, 1
 # the CPU runs (fastdnas.nn.mixed_op._StackedPointwise): the GPU rows decide POINTWISE_MATMUL_DEVICES.
 POINTWISE_CASES = [(64, 20, 16, 32), (64, 8, 32, 16), (64, 20, 64, 8)]  # N, J, C, H=W
 POINTWISE_CPU_CASES = [(16, 20, 8, 16), (16, 20, 16, 8)]
+# A search cell's preprocessing 1x1 convolution (4C -> C after a normal cell; stride 2: one half of a
+# FactorizedReduce), as a convolution (the "reference" rows) and as the batched matrix product the
+# CPU runs (fastdnas.nn.operations.run_fused): the GPU rows decide POINTWISE_MATMUL_DEVICES there too.
+PREPROCESS_CASES = [(64, 64, 16, 32, 1), (64, 128, 32, 16, 1), (64, 64, 8, 32, 2)]  # N, C_in, C_out, H=W, stride
+PREPROCESS_CPU_CASES = [(16, 32, 8, 16, 1), (16, 64, 16, 8, 1), (16, 32, 4, 16, 2)]
 
 
 def _forward_backward(fn, inputs, grad):
@@ -153,6 +158,24 @@ def bench_stacked_pointwise(device, cases, copy_bw, dtype=torch.float32, min_run
     return rows
 
 
+def bench_preprocess_pointwise(device, cases, copy_bw, dtype=torch.float32, min_run_time=1.0):
+    from fastdnas.nn.operations import _pointwise_conv
+
+    rows = []
+    for N, C_in, C_out, size, stride in cases:
+        x = torch.randn(N, C_in, size, size, device=device, dtype=dtype, requires_grad=True)
+        w = torch.randn(C_out, C_in, 1, 1, device=device, dtype=dtype, requires_grad=True)
+        out = size // stride
+        grad = torch.randn(N, C_out, out, out, device=device, dtype=dtype)
+        # forward: x in, y out; backward: grad and x in, x's gradient out
+        moved = (3 * x.numel() + 2 * grad.numel()) * x.element_size()
+        rows += _rows("preprocess_pointwise", f"s{stride} {N}x{C_in}x{size}x{size} -> {C_out}", device, dtype,
+                      lambda: F.conv2d(x, w, stride=stride),
+                      lambda: _pointwise_conv(x[:, :, ::stride, ::stride] if stride > 1 else x, w),
+                      [x, w], grad, moved, copy_bw, min_run_time)
+    return rows
+
+
 def run(device, quick=False, min_run_time=1.0, **_):
     """Every kernel row for ``device``, after the copy row they are compared with."""
     on_cuda = device == "cuda"
@@ -174,4 +197,6 @@ def run(device, quick=False, min_run_time=1.0, **_):
                                    min_run_time=min_run_time)
     rows += bench_stacked_pointwise(device, pick(POINTWISE_CASES, POINTWISE_CPU_CASES), copy_bw,
                                     min_run_time=min_run_time)
+    rows += bench_preprocess_pointwise(device, pick(PREPROCESS_CASES, PREPROCESS_CPU_CASES), copy_bw,
+                                       min_run_time=min_run_time)
     return rows
