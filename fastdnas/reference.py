@@ -38,7 +38,7 @@ def resize_sum(inputs, size, weights=None):
 
 
 # Kinds of the parameter-free candidates of mixed_node (csrc/mixed_node/mixed_node.h).
-FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP, FREE_PLAIN_AVG_POOL = 0, 1, 2, 3
+FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP, FREE_PLAIN_AVG_POOL, FREE_PLAIN_MAX_POOL = 0, 1, 2, 3, 4
 
 
 def mixed_node(edge_inputs, strides, conv_outputs, weights, free_items, free_kinds, conv_items,
@@ -49,7 +49,8 @@ def mixed_node(edge_inputs, strides, conv_outputs, weights, free_items, free_kin
     primitive ``free_items[i] = e * P + p`` (weight ``weights[e, p]``) applied to
     ``edge_inputs[e]``: kind 0 BN(max_pool2d(3, strides[e], 1)), kind 1
     BN(avg_pool2d(3, strides[e], 1, count_include_pad=False)), kind 2 the identity (stride 1),
-    kind 3 avg_pool2d(3, strides[e], 1, count_include_pad=False) without BN.
+    kind 3 avg_pool2d(3, strides[e], 1, count_include_pad=False) without BN, kind 4
+    max_pool2d(3, strides[e], 1) without BN.
     ``conv_outputs[k]`` is a conv op's output before its final BatchNorm, weighted by the flat
     entry ``conv_items[k]`` of weights. Every BN is BatchNorm(affine=False, eps) on the batch
     statistics, or on ``running_mean``/``running_var`` [B, C] when given. BN rows: the pooled free
@@ -90,6 +91,8 @@ def mixed_node(edge_inputs, strides, conv_outputs, weights, free_items, free_kin
             value = batch_norm(F.avg_pool2d(x, 3, stride, 1, count_include_pad=False))
         elif kind == FREE_PLAIN_AVG_POOL:  # the NAS-Bench-201 pool: no BatchNorm
             value = F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+        elif kind == FREE_PLAIN_MAX_POOL:  # the GDAS authors' search pool: no BatchNorm
+            value = F.max_pool2d(x, 3, stride, 1)
         else:
             value = x
         terms.append(flat_weights[item] * value)

@@ -168,7 +168,8 @@ def cli_search_epoch(rank, world_size, port, out):
     # ImageNet (the test's ImageFolder of 6 + 6 images): the mobile network, 2 images per rank.
     codes.append(cli.main(["train", "darts", "--dataset", "imagenet", "--data", os.path.join(out, "imagenet"),
                            "--genotype", "DARTS_V2", "--epochs", "1", "--batch-size", "4", "--init-channels", "8",
-                           "--layers", "3", "--threads", "1", "--device", "cpu", "--out", os.path.join(out, "imagenet-run")]))
+                           "--layers", "3", "--threads", "1", "--device", "cpu",
+                           "--out", os.path.join(out, "imagenet-run")]))
     train, imagenet = ({"state": {k: v.clone() for k, v in model.state_dict().items()},
                         "records": [{k: v for k, v in r.items() if k != "time"} for r in records]}
                        for model, records in (trained[:2], trained[2:]))

@@ -315,6 +315,11 @@ MIXED_NODE = named("mixed_node", [
     *[(f"plain_avg-{dtype_name(dt)}-{'running' if running else 'batch'}",
        lambda dt=dt, running=running: mixed_node_problem((2, 1), dt, N=2, C=3, running=running, plain_avg=True))
       for dt in (torch.float64, torch.float32) for running in (False, True)],
+    *[(f"plain_max-{dtype_name(dt)}-{'running' if running else 'batch'}",
+       lambda dt=dt, running=running: mixed_node_problem((2, 1), dt, N=2, C=3, running=running, plain_max=True))
+      for dt in (torch.float64, torch.float32) for running in (False, True)],
+    ("plain_max-odd", lambda: mixed_node_problem((2, 1, 1), torch.float64, N=2, C=2, out_size=(3, 5), odd_inputs=True,
+                                                 plain_max=True, plain_avg=True)),
     ("convs_only", lambda: mixed_node_problem((1, 2), torch.float64, N=2, C=2, free=False)),
     ("largest-16-edges", lambda: mixed_node_problem((1,) * 8 + (2,) * 8, torch.float32, N=1, C=2, out_size=(3, 2))),
     ("empty-batch", lambda: mixed_node_problem((2, 1), torch.float32, N=0, C=3)),

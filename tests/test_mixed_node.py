@@ -12,13 +12,15 @@ from conftest import CUDA, DEVICES, rel_err
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 P = 8  # primitives per edge, as in DARTS: weights are [E, 8]
 MAX, AVG, SKIP, PLAIN = ops.FREE_MAX_POOL, ops.FREE_AVG_POOL, ops.FREE_SKIP, ops.FREE_PLAIN_AVG_POOL
+PLAIN_MAX = ops.FREE_PLAIN_MAX_POOL
 
 
 def make_node(strides, N=3, C=4, out_size=(5, 6), dtype=torch.float64, device="cpu", free=True, convs=True,
-              running=False, requires_grad=True, odd_inputs=False, plain_avg=False):
+              running=False, requires_grad=True, odd_inputs=False, plain_avg=False, plain_max=False):
     """A node laid out as the search network lays it out: per edge max and avg pool, skip (stride
     1), then the conv outputs (4 per edge, 5 with FactorizedReduce at stride 2). ``plain_avg``:
-    the avg pools without BatchNorm (kind 3, the NAS-Bench-201 pool) instead."""
+    the avg pools without BatchNorm (kind 3, the NAS-Bench-201 pool) instead; ``plain_max``: the max
+    pools without BatchNorm (kind 4, the GDAS authors' pool)."""
     Ho, Wo = out_size
     edge_inputs, conv_outputs, free_items, free_kinds, conv_items = [], [], [], [], []
     for e, s in enumerate(strides):
@@ -26,7 +28,7 @@ def make_node(strides, N=3, C=4, out_size=(5, 6), dtype=torch.float64, device="c
         edge_inputs.append(torch.randn(N, C, *size, dtype=torch.float64, device=device).to(dtype))
         if free:
             free_items += [e * P + 1, e * P + 2]
-            free_kinds += [MAX, PLAIN if plain_avg else AVG]
+            free_kinds += [PLAIN_MAX if plain_max else MAX, PLAIN if plain_avg else AVG]
             if s == 1:
                 free_items.append(e * P + 3)
                 free_kinds.append(SKIP)
@@ -90,26 +92,36 @@ def test_matches_reference(running, strides, dtype, device):
     check_against_reference(make_node(strides, dtype=dtype, device=device, running=running), TOLERANCE[dtype])
 
 
+# The pools without BatchNorm (no statistics row of their own): kind 3, the avg pool (the
+# NAS-Bench-201 pool, in place of the BatchNorm'd avg pools), and kind 4, the max pool (the GDAS
+# authors' pool, in place of the BatchNorm'd max pools, beside kind 3).
+PLAIN_POOLS = {"plain_avg": (PLAIN, dict(plain_avg=True)),
+               "plain_max": (PLAIN_MAX, dict(plain_max=True, plain_avg=True))}
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize("strides", [(1, 1, 1), (2, 1)])
 @pytest.mark.parametrize("running", [False, True], ids=["batch_stats", "running_stats"])
-def test_plain_avg_pool_matches_reference(running, strides, dtype, device):
-    """Kind 3, the avg pool without BatchNorm, beside the other kinds (no statistics row of its own)."""
-    node = make_node(strides, dtype=dtype, device=device, running=running, plain_avg=True)
-    assert PLAIN in node["free_kinds"]
+@pytest.mark.parametrize("pool", list(PLAIN_POOLS))
+def test_plain_pool_matches_reference(pool, running, strides, dtype, device):
+    """A pool without BatchNorm beside the other kinds, then on its own."""
+    kind, flags = PLAIN_POOLS[pool]
+    node = make_node(strides, dtype=dtype, device=device, running=running, **flags)
+    assert kind in node["free_kinds"]
     check_against_reference(node, TOLERANCE[dtype])
-    alone = make_node(strides, N=2, C=3, device=device, convs=False, plain_avg=True)
-    keep = [i for i, k in enumerate(alone["free_kinds"]) if k == PLAIN]
-    alone.update(free_items=[alone["free_items"][i] for i in keep], free_kinds=[PLAIN] * len(keep))
+    alone = make_node(strides, N=2, C=3, device=device, convs=False, **flags)
+    keep = [i for i, k in enumerate(alone["free_kinds"]) if k == kind]
+    alone.update(free_items=[alone["free_items"][i] for i in keep], free_kinds=[kind] * len(keep))
     check_against_reference(alone, TOLERANCE[torch.float64])
     assert ops.mixed_node(*as_args(alone))[1].shape == (0, 3)  # no BatchNorm, no statistics
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("running", [False, True], ids=["batch_stats", "running_stats"])
-def test_plain_avg_pool_gradcheck_and_opcheck(running, device):
-    node = make_node((2, 1), N=2, C=2, out_size=(3, 4), device=device, running=running, plain_avg=True)
+@pytest.mark.parametrize("pool", list(PLAIN_POOLS))
+def test_plain_pool_gradcheck_and_opcheck(pool, running, device):
+    node = make_node((2, 1), N=2, C=2, out_size=(3, 4), device=device, running=running, **PLAIN_POOLS[pool][1])
     assert gradcheck_node(node)
     torch.library.opcheck(torch.ops.fastdnas.mixed_node, as_args(node))
 
@@ -349,7 +361,7 @@ BAD_INPUTS = [
     (dict(weights=torch.ones(2, P, dtype=torch.int64)), "weights must be a floating-point tensor"),
     (dict(free_kinds=[MAX]), "free_items and free_kinds must have one entry per free item"),
     (dict(free_kinds=[MAX, 7, MAX, AVG, SKIP]), r"free_kinds\[1\] must be 0 \(max_pool_3x3\)"),
-    (dict(free_kinds=[MAX, 4, MAX, AVG, SKIP]), r"or 3 \(avg_pool_3x3 without BatchNorm\), got 4"),
+    (dict(free_kinds=[MAX, 5, MAX, AVG, SKIP]), r"or 4 \(max_pool_3x3 without BatchNorm\), got 5"),
     (dict(free_items=[0, 1, 2 * P, 9, 10]), r"free_items\[2\] = 16 is not a flat index into weights \[2, 8\]"),
     (dict(free_kinds=[SKIP, AVG, MAX, AVG, SKIP]), "free item 0 is a skip on edge 0 of stride 2"),
     (dict(conv_items=[3]), "conv_items must have one entry per conv output"),

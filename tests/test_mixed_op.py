@@ -36,6 +36,30 @@ def test_fused_equals_reference(stride, backend, device):
             assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), name
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_candidates_outside_the_kernel_equal_the_reference(stride):
+    """A bare max pool left out of free_kinds (no BatchNorm, no kind given): the fused node adds it
+    outside the mixed_node call (``outside_primitives``); kind 4 computes it inside. Both equal
+    the reference, float64, output and gradients."""
+    from fastdnas.nn.operations import FINAL_OPS
+
+    ops = dict(OPS, max_pool_3x3=FINAL_OPS["max_pool_3x3"])
+    C = 6
+    reference = MixedOp(C, stride, ops=ops, backend="reference").double()
+    x = torch.randn(3, C, 10, 12, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(len(PRIMITIVES), dtype=torch.float64, requires_grad=True)
+    want_out, want_grads = run(reference, x, alpha)
+    for free_kinds, outside in (({"avg_pool_3x3": 1, "skip_connect": 2}, [1]),
+                                ({"max_pool_3x3": 4, "avg_pool_3x3": 1, "skip_connect": 2}, [])):
+        op = MixedOp(C, stride, ops=ops, free_kinds=free_kinds, backend="fused").double()
+        op.load_state_dict(reference.state_dict())
+        assert op.outside_primitives == outside
+        out, grads = run(op, x, alpha)
+        assert rel_err(out, want_out) <= 1e-10
+        for got, want in zip(grads, want_grads):
+            assert rel_err(got, want) <= 1e-10
+
+
 @pytest.mark.parametrize("stride,relus_saved", [(1, 4), (2, 5)])
 def test_fused_backend_runs_one_relu_per_edge_for_its_convolutions(monkeypatch, stride, relus_saved):
     # Reference: one ReLU of x per convolution candidate (4, and FactorizedReduce at stride 2),

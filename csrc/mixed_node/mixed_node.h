@@ -25,9 +25,11 @@ constexpr int64_t kFreeMaxPool = 0;
 constexpr int64_t kFreeAvgPool = 1;
 constexpr int64_t kFreeSkip = 2;
 constexpr int64_t kFreePlainAvgPool = 3;  // avg_pool_3x3 without BatchNorm
+constexpr int64_t kFreePlainMaxPool = 4;  // max_pool_3x3 without BatchNorm
 
-// Free items without a BatchNorm (no statistics row): skip and the plain avg pool.
+// Free items without a BatchNorm (no statistics row): skip and the plain pools.
 FASTDNAS_HOST_DEVICE bool free_kind_has_bn(int64_t kind) { return kind == kFreeMaxPool || kind == kFreeAvgPool; }
+FASTDNAS_HOST_DEVICE bool free_kind_is_max(int64_t kind) { return kind == kFreeMaxPool || kind == kFreePlainMaxPool; }
 
 // Limits that keep the CUDA kernels' argument tables small (the 4 KB parameter limit of older
 // GPUs); wider nodes are split by the caller (fastdnas/nn/mixed_op.py).
@@ -119,9 +121,9 @@ inline NodeLayout make_node_layout(const char* op, at::TensorList edge_inputs, a
     TORCH_CHECK(free_items[i] >= 0 && free_items[i] < E * P, op, ": free_items[", i, "] = ", free_items[i],
                 " is not a flat index into weights [", E, ", ", P, "]");
     const int64_t kind = free_kinds[i];
-    TORCH_CHECK(kind == kFreeMaxPool || kind == kFreeAvgPool || kind == kFreeSkip || kind == kFreePlainAvgPool, op,
-                ": free_kinds[", i, "] must be 0 (max_pool_3x3), 1 (avg_pool_3x3), 2 (skip_connect) or 3 "
-                "(avg_pool_3x3 without BatchNorm), got ", kind);
+    TORCH_CHECK(kind >= kFreeMaxPool && kind <= kFreePlainMaxPool, op, ": free_kinds[", i,
+                "] must be 0 (max_pool_3x3), 1 (avg_pool_3x3), 2 (skip_connect), 3 (avg_pool_3x3 without BatchNorm) "
+                "or 4 (max_pool_3x3 without BatchNorm), got ", kind);
     const int64_t edge = free_items[i] / P;
     TORCH_CHECK(kind != kFreeSkip || L.stride[edge] == 1, op, ": free item ", i, " is a skip on edge ", edge,
                 " of stride ", L.stride[edge], "; a strided skip_connect is a FactorizedReduce (a conv output)");

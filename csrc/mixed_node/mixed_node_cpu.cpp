@@ -57,7 +57,7 @@ int64_t max_padded_size(const std::vector<EdgePools<acc_t>>& pools) {
 
 template <typename acc_t>
 acc_t pool_padding(int64_t kind) {
-  return kind == kFreeMaxPool ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+  return free_kind_is_max(kind) ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
 }
 
 // The per-plane pool loops below are AVX2 clones of their own, not inlined into the work items:
@@ -136,7 +136,7 @@ FASTDNAS_VECTOR_INLINE
 void pool_plane(int64_t kind, const scalar_t* plane, const EdgePools<acc_t>& P, acc_t* xp, acc_t* rows,
                 acc_t* values) {
   pad_plane(plane, P, pool_padding<acc_t>(kind), xp);
-  if (kind == kFreeMaxPool)
+  if (free_kind_is_max(kind))
     P.stride == 1 ? max_pool_plane<1>(xp, P, rows, values) : max_pool_plane<2>(xp, P, rows, values);
   else
     P.stride == 1 ? avg_pool_plane<1>(xp, P, values) : avg_pool_plane<2>(xp, P, values);
@@ -377,7 +377,7 @@ FASTDNAS_VECTOR_CLONES void forward_channels(const NodeForward<scalar_t, acc_t>&
         if (item.kind == kFreeSkip) {
 #pragma GCC ivdep
           for (int64_t o = 0; o < HW; ++o) a[o] = accumulate_product(a[o], wi, plane[o]);
-        } else if (item.kind == kFreePlainAvgPool) {  // no BatchNorm: the pool itself, weighted
+        } else if (!free_kind_has_bn(item.kind)) {  // a plain pool: the pool itself, weighted
           pool_plane(item.kind, plane, P, xp.get(), rows.get(), values.get());
           const acc_t* v = values.get();
 #pragma GCC ivdep
@@ -530,6 +530,29 @@ FASTDNAS_VECTOR_CLONES void backward_items(const NodeBackward<scalar_t, acc_t>& 
             acc_t* dx_row = dx.get() + n * padded + (h + 1) * Wp + 1;
             const scalar_t* g_row = gp + h * P.W;
             for (int64_t j = 0; j < P.W; ++j) dx_row[j] += scaled_gradient<acc_t>(wi, static_cast<acc_t>(g_row[j]));
+          }
+        }
+        partial[i * C + c] = total;
+        continue;
+      }
+      if (item.kind == kFreePlainMaxPool) {
+        // weight * g sent back to each window's maximum; the weight's sum(g * pool(x)).
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t p = n * C + c;
+          const scalar_t* gp = g + p * HW;
+          const scalar_t* xn = xe + p * in_plane;
+          acc_t* v = values.get();
+          acc_t* xpn = xp.get() + n * padded;
+          pool_plane(item.kind, xn, P, xpn, rows.get(), v);
+          total += lane_sum<acc_t>(HW, [&](int64_t o) { return static_cast<acc_t>(gp[o]) * v[o]; });
+          for (int64_t o = 0; o < HW; ++o) d[o] = scaled_gradient<acc_t>(wi, static_cast<acc_t>(gp[o]));
+          acc_t* dxp = dx.get() + n * padded;
+          if (P.stride == 1) {
+            max_pool_taps<1>(xpn, P, v, taps.data());
+            max_pool_scatter<1>(xn, P, taps.data(), d.get(), dxp);
+          } else {
+            max_pool_taps<2>(xpn, P, v, taps.data());
+            max_pool_scatter<2>(xn, P, taps.data(), d.get(), dxp);
           }
         }
         partial[i * C + c] = total;

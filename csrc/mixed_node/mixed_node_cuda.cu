@@ -75,6 +75,17 @@ NodeTable<scalar_t> node_table(const NodeLayout& L, const std::vector<at::Tensor
   return t;
 }
 
+// A pool without BatchNorm (kind 3 or 4) of a plane at output (oh, ow).
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t plain_pool(int kind, const scalar_t* plane, int64_t H, int64_t W, int64_t oh,
+                                            int64_t ow, int64_t stride) {
+  if (kind == kFreePlainMaxPool) {
+    int64_t argmax;
+    return max_pool3x3<acc_t>(plane, H, W, oh, ow, stride, &argmax);
+  }
+  return avg_pool3x3<acc_t>(plane, H, W, oh, ow, stride);
+}
+
 // The input of BatchNorm row b at plane p, output (oh, ow): a pool of an edge input or a conv output.
 template <typename acc_t, typename scalar_t>
 __device__ acc_t bn_input(const NodeTable<scalar_t>& t, int b, int64_t p, int64_t oh, int64_t ow) {
@@ -285,10 +296,10 @@ __global__ void forward_kernel(NodeTable<scalar_t> t, const acc_t* __restrict__ 
       if (t.free_kind[i] == kFreeSkip) {  // stride 1: the output's layout
         load_items<kVector>(t.edge[e], it, v);
         for (int q = 0; q < kItems; ++q) acc[q] += w * v[q];
-      } else if (t.free_kind[i] == kFreePlainAvgPool) {
+      } else if (t.free_kind[i] == kFreePlainAvgPool || t.free_kind[i] == kFreePlainMaxPool) {
         for (int q = 0; q < it.valid; ++q)
-          acc[q] += w * avg_pool3x3<acc_t>(t.edge[e] + it.p[q] * t.H[e] * t.W[e], t.H[e], t.W[e], it.oh[q], it.ow[q],
-                                           t.stride[e]);
+          acc[q] += w * plain_pool<acc_t>(t.free_kind[i], t.edge[e] + it.p[q] * t.H[e] * t.W[e], t.H[e], t.W[e],
+                                          it.oh[q], it.ow[q], t.stride[e]);
       } else {
         const int b = t.free_row[i];
         bn_inputs<kVector>(t, b, it, v);
@@ -313,7 +324,7 @@ __global__ void forward_kernel(NodeTable<scalar_t> t, const acc_t* __restrict__ 
 // ---- Backward -------------------------------------------------------------------------------
 
 // Rows of the backward sums: the free items (sum g*xhat for a BatchNorm'd pool, sum g*x for a
-// skip, sum g*pool for a plain avg pool), the conv outputs (sum g*xhat), and last sum(g) (on
+// skip, sum g*pool for a plain pool), the conv outputs (sum g*xhat), and last sum(g) (on
 // batch statistics only).
 template <typename scalar_t>
 struct RowKind {
@@ -325,7 +336,7 @@ template <typename scalar_t>
 __device__ __forceinline__ RowKind<scalar_t> row_kind(const NodeTable<scalar_t>& t, int r) {
   RowKind<scalar_t> k;
   k.skip = r < t.num_free && t.free_kind[r] == kFreeSkip;
-  k.plain = r < t.num_free && t.free_kind[r] == kFreePlainAvgPool;
+  k.plain = r < t.num_free && (t.free_kind[r] == kFreePlainAvgPool || t.free_kind[r] == kFreePlainMaxPool);
   k.is_sum = r == t.num_free + t.num_conv;
   k.b = r < t.num_free ? t.free_row[r] : (k.is_sum ? -1 : t.num_free_bn + (r - t.num_free));
   return k;
@@ -360,8 +371,8 @@ __global__ void backward_sums_kernel(NodeTable<scalar_t> t, const scalar_t* __re
     } else if (k.plain) {
       const int e = t.free_edge[r];
       for (int q = 0; q < it.valid; ++q)
-        sum[rr] += g[q] * avg_pool3x3<acc_t>(t.edge[e] + it.p[q] * t.H[e] * t.W[e], t.H[e], t.W[e], it.oh[q],
-                                             it.ow[q], t.stride[e]);
+        sum[rr] += g[q] * plain_pool<acc_t>(t.free_kind[r], t.edge[e] + it.p[q] * t.H[e] * t.W[e], t.H[e], t.W[e],
+                                            it.oh[q], it.ow[q], t.stride[e]);
     } else {
       const int64_t s = k.b * t.C + c;
       const acc_t m = mean[s], inv = bn_invstd(var[s], eps);  // once per thread
@@ -491,6 +502,16 @@ __global__ void input_gradient_kernel(NodeTable<scalar_t> t, GradTable<scalar_t>
       const acc_t w = weights[t.free_weight[i]];
       if (t.free_kind[i] == kFreeSkip) {
         acc += scaled_gradient<acc_t>(w, static_cast<acc_t>(grad[idx]));
+        continue;
+      }
+      if (t.free_kind[i] == kFreePlainMaxPool) {  // weight * g of every window whose maximum it is
+        const scalar_t* x = t.edge[e] + p * in_plane;
+        for (int64_t oh = oh0; oh <= oh1; ++oh)
+          for (int64_t ow = ow0; ow <= ow1; ++ow) {
+            int64_t a;
+            max_pool3x3<acc_t>(x, H, W, oh, ow, st, &a);
+            if (a == pos) acc += scaled_gradient<acc_t>(w, static_cast<acc_t>(g[oh * t.Wo + ow]));
+          }
         continue;
       }
       if (t.free_kind[i] == kFreePlainAvgPool) {  // weight * g / window size of every window holding it

@@ -19,11 +19,12 @@ forward) with the authors' supernet:
 The step (weights first, the clip over the weights' and the alphas' gradients, Nesterov SGD) is
 the search loop's (``SearchConfig(weight_step_first=True, nesterov=True, clip_with_arch=True)``).
 
-Backends: the sampled forward runs the sampled candidate modules and adds a node's edges with
-``mixed_sum`` ("fused", "fused_sum"), or as a Python sum ("reference"). In the dense form
-(``sampled_only=False``) the "fused" node is one ``mixed_node`` call with the skip and the plain
-average pool (kind 3) inside the kernel; the biased convolutions run candidate by candidate and
-the max pool without BatchNorm (no kernel kind) is added outside it (``MixedOp.outside_primitives``).
+Backends: "fused" runs each node as one ``mixed_node`` call with the skip and the bare pools
+inside the kernel (kind 3, the average pool without BatchNorm; kind 4, the max pool without
+BatchNorm), over the sampled candidates (sampled form) or all of them (dense form,
+``sampled_only=False``); the biased convolutions run candidate by candidate, their 1x1 layers as
+matrix products on the CPU. "fused_sum" runs the sampled candidate modules and adds a node's
+edges with ``mixed_sum``; "reference" as a Python sum.
 """
 import torch
 import torch.nn as nn
@@ -54,8 +55,8 @@ def _biased(factory):
 AUTHORS_OPS = {name: _biased(factory) for name, factory in OPS.items()}
 AUTHORS_OPS["max_pool_3x3"] = FINAL_OPS["max_pool_3x3"]
 AUTHORS_OPS["avg_pool_3x3"] = FINAL_OPS["avg_pool_3x3"]
-# What mixed_node computes itself (dense "fused" form): the skip and the average pool without BatchNorm.
-AUTHORS_FREE_KINDS = {"skip_connect": 2, "avg_pool_3x3": 3}  # fastdnas.ops.FREE_SKIP, FREE_PLAIN_AVG_POOL
+# What mixed_node computes itself: the skip and the pools without BatchNorm.
+AUTHORS_FREE_KINDS = {"skip_connect": 2, "avg_pool_3x3": 3, "max_pool_3x3": 4}  # fastdnas.ops.FREE_SKIP, FREE_PLAIN_*
 
 
 def finite_gumbel_noise(like):

@@ -26,7 +26,7 @@ BACKENDS = ("fused", "fused_sum", "reference")
 # skip_connect only at stride 1 (at stride 2 it is a FactorizedReduce, a convolution).
 _FREE_KINDS = {"max_pool_3x3": 0, "avg_pool_3x3": 1, "skip_connect": 2}
 _FREE_SKIP = 2
-_FREE_WITH_BN = (0, 1)  # the pools followed by a BatchNorm (kind 3, a pool without one, has none)
+_FREE_WITH_BN = (0, 1)  # the pools followed by a BatchNorm (kinds 3 and 4, pools without one, have none)
 
 
 def check_backend(backend):
@@ -69,8 +69,9 @@ class MixedOp(nn.Module):
         ]
         free = {i for i, _ in self.free_primitives}
         self.conv_primitives = [i for i in self.computed_indices if i not in free]
-        # Candidates mixed_node has no kind for (neither free nor a convolution ending in a
-        # BatchNorm, e.g. a max pool without BatchNorm): the "fused" node adds them outside the kernel.
+        # Candidates mixed_node does not compute (neither free by ``free_kinds`` nor a convolution
+        # ending in a BatchNorm, e.g. a bare pool left out of free_kinds): the "fused" node adds them
+        # outside the kernel.
         self.outside_primitives = [i for i in self.conv_primitives if not hasattr(self._ops[i], "output_bn")]
         self.conv_primitives = [i for i in self.conv_primitives if i not in self.outside_primitives]
         # The same selection as an index that costs no host-to-device copy per call (a Python list

@@ -13,7 +13,7 @@ from .common import _SUPPORTED_DTYPES, _int_list, _tensor, _tensor_list
 MAX_NODE_EDGES = 16
 MAX_NODE_FREE_ITEMS = 3 * MAX_NODE_EDGES
 MAX_NODE_CONV_OUTPUTS = 5 * MAX_NODE_EDGES
-FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP, FREE_PLAIN_AVG_POOL = 0, 1, 2, 3
+FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP, FREE_PLAIN_AVG_POOL, FREE_PLAIN_MAX_POOL = 0, 1, 2, 3, 4
 
 
 def mixed_node(edge_inputs: Sequence[Tensor], strides: Sequence[int], conv_outputs: Sequence[Tensor],
@@ -32,7 +32,8 @@ def mixed_node(edge_inputs: Sequence[Tensor], strides: Sequence[int], conv_outpu
         free_items, free_kinds: the parameter-free candidates: ``free_items[i] = e * P + p``
             names primitive p of edge e; ``free_kinds[i]`` is 0 (max_pool_3x3 then BN), 1
             (avg_pool_3x3, count_include_pad=False, then BN), 2 (skip_connect, stride 1 only) or 3
-            (avg_pool_3x3, count_include_pad=False, without BN: the NAS-Bench-201 pool).
+            (avg_pool_3x3, count_include_pad=False, without BN: the NAS-Bench-201 pool) or 4
+            (max_pool_3x3 without BN: the GDAS authors' search pool).
         conv_items: for each conv output, its flat index ``e * P + p`` into weights.
         running_mean, running_var: [B, C] statistics to normalise with (eval), one row per BN:
             the pooled free items in order, then the conv outputs; None: batch statistics.
@@ -113,9 +114,10 @@ def _check_mixed_node_args(op, edge_inputs, strides, conv_outputs, weights, free
     for i, (item, kind) in enumerate(zip(free_items, free_kinds)):
         torch._check(0 <= item < E * P,
                      lambda: f"{op}: free_items[{i}] = {item} is not a flat index into weights [{E}, {P}]")
-        torch._check(kind in (FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP, FREE_PLAIN_AVG_POOL),
+        torch._check(kind in (FREE_MAX_POOL, FREE_AVG_POOL, FREE_SKIP, FREE_PLAIN_AVG_POOL, FREE_PLAIN_MAX_POOL),
                      lambda: f"{op}: free_kinds[{i}] must be 0 (max_pool_3x3), 1 (avg_pool_3x3), 2 "
-                     f"(skip_connect) or 3 (avg_pool_3x3 without BatchNorm), got {kind}")
+                     f"(skip_connect), 3 (avg_pool_3x3 without BatchNorm) or 4 (max_pool_3x3 without BatchNorm), "
+                     f"got {kind}")
         torch._check(kind != FREE_SKIP or strides[item // P] == 1,
                      lambda: f"{op}: free item {i} is a skip on edge {item // P} of stride {strides[item // P]}; a "
                      "strided skip_connect is a FactorizedReduce (a conv output)")
