@@ -141,10 +141,13 @@ def sampled_node_sum(mixed_ops, states, weights, picks, cell=None):
     """``sum_e weights[e, picks[e]] * mixed_ops[e]._ops[picks[e]](states[e])``, one candidate per
     edge (a GDAS sample), as one ``mixed_node`` call over the picked candidates: pools and skips
     inside the kernel, a convolution's BatchNorm too, a 'none' edge naming no item. ``weights``:
-    [E, primitives]. None when the node cannot run fused: no picked candidate the kernel computes
-    (all 'none' or outside it), BatchNorms not plain or not in one mode."""
+    [E, primitives]. None when the node cannot run fused: wider than one kernel call takes, no
+    picked candidate the kernel computes (all 'none' or outside it), BatchNorms not plain or not
+    in one mode."""
+    from .. import ops
+
     edges = [_OneCandidate(op, k) for op, k in zip(mixed_ops, picks)]
-    if not any(edge.free_primitives or edge.conv_primitives for edge in edges):
+    if len(edges) > ops.MAX_NODE_EDGES or not any(edge.free_primitives or edge.conv_primitives for edge in edges):
         return None
     edge_bns = [_edge_batch_norms(edge) for edge in edges]
     if not all(type(bn) is nn.BatchNorm2d for pools, convs in edge_bns for bn in pools + convs):
