@@ -1,8 +1,10 @@
 """The search methods side by side: one first-order search step (``Search.search_step``: the
 architecture step on a val batch, then the weight step on a train batch) of DARTS, PC-DARTS
-(K = 4), GDAS and the presets of parts (DrNAS with K = 4, SDARTS-RS, SDARTS-ADV, beta-DARTS,
-FairDARTS, DARTS-PT) on the same DARTS supernet settings, reference eager and fused eager (and, on
-CUDA, fused + CUDA graphs; GDAS there in its dense form, every candidate run). DARTS-PT's
+(K = 4), GDAS, GDAS as its authors run it ("gdas-authors": their supernet with the multiple of 3
+cells nearest the setting, their step order, clipping and Nesterov) and the presets of parts
+(DrNAS with K = 4, SDARTS-RS, SDARTS-ADV, beta-DARTS, FairDARTS, DARTS-PT) on the same DARTS
+supernet settings, reference eager and fused eager (and, on CUDA, fused + CUDA graphs; GDAS there
+in its dense form, every candidate run; not gdas-authors, whose noise check runs on the host). DARTS-PT's
 selection phase gets two rows of its own: a tuning step (the weight step on the projected
 weights, one edge decided) and an evaluation batch (the supernet's forward in training mode,
 no gradients, one operation's weight zeroed), the two things that phase repeats.
@@ -21,12 +23,15 @@ import torch
 
 from fastdnas import darts
 from fastdnas.darts import composed
+from fastdnas.darts.gdas_authors import AuthorsGdasNetwork
 from fastdnas.search import Search, SearchConfig
 
 from .search_step import _Sized, saved_bytes
 
-METHODS = ("darts", "pc-darts", "gdas", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts", "darts-pt",
+METHODS = ("darts", "pc-darts", "gdas", "gdas-authors", "drnas", "sdarts-rs", "sdarts-adv", "beta-darts", "fair-darts", "darts-pt",
            "darts-pt tuning", "darts-pt evaluation")
+# GDAS as its authors run it (--gdas-variant authors): their step order, clipping and Nesterov.
+AUTHORS_STEP = dict(weight_step_first=True, nesterov=True, clip_with_arch=True)
 # DARTS-PT's selection phase: rows of their own, by name -> the row's label.
 SELECTION = {"darts-pt tuning": "darts-pt tuning step", "darts-pt evaluation": "darts-pt evaluation"}
 # C=16 on the CPU as well: PC-DARTS's candidates then get 4 channels (2-channel convolutions
@@ -40,6 +45,9 @@ SETTINGS = {
 
 def build(method, backend, dense=False, **network):
     method = method.split()[0]  # a DARTS-PT selection row: the DARTS-PT supernet
+    if method == "gdas-authors":  # their supernet takes 3N cells: the multiple of 3 nearest ``layers``
+        network["layers"] = 3 * max(1, round(network["layers"] / 3))
+        return AuthorsGdasNetwork(backend=backend, sampled_only=not dense, **network)
     if method not in ("darts", "pc-darts", "gdas"):  # the presets of parts; DrNAS with K = 4 (6 does not divide 16)
         overrides = {"partial_channels": 4} if method == "drnas" else None
         return composed.preset_network(method, overrides, backend=backend, **network)
@@ -56,8 +64,10 @@ def make_variant(method, variant, device, s):
     model = build(method, variant.split()[0], dense=graphs, C=s["C"], num_classes=10, layers=s["layers"])
     if hasattr(model, "set_search_epoch"):
         model.set_search_epoch(0, 2)
-    search = Search(model, _Sized(s["batch"]), _Sized(s["batch"]), SearchConfig(batch_size=s["batch"], epochs=1),
-                    device=device, progress=False, log=lambda *a: None, cuda_graphs=graphs)
+    step_order = AUTHORS_STEP if method == "gdas-authors" else {}
+    search = Search(model, _Sized(s["batch"]), _Sized(s["batch"]),
+                    SearchConfig(batch_size=s["batch"], epochs=1, **step_order), device=device, progress=False,
+                    log=lambda *a: None, cuda_graphs=graphs)
     size = s["image_size"]
     batches = [t.to(device) for _ in range(2) for t in (torch.randn(s["batch"], 3, size, size),
                                                           torch.randint(0, 10, (s["batch"],)))]
@@ -108,6 +118,8 @@ def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, war
     variants, rows, timed = {}, [], []  # timed: (method, row) of every timed row
     for method in methods:
         for kind in kinds:
+            if method == "gdas-authors" and kind.endswith("graphs"):
+                continue  # its noise check runs on the host: no captured step
             row = {"bench": SELECTION.get(method, f"{method} search step"), "case": case, "device": device,
                    "variant": kind}
             timed.append((method, row))
@@ -116,7 +128,7 @@ def run(device, quick=False, min_run_time=1.0, methods=METHODS, rounds=None, war
                 for _ in range(warmup):  # lazy optimizer state, graph warm-up and capture
                     step()
                 if device == "cpu" and kind.endswith("eager") and method not in SELECTION:
-                    forwards = 8 if method == "gdas" else 1
+                    forwards = 8 if method.startswith("gdas") else 1
                     inputs = torch.randn(s["batch"], 3, s["image_size"], s["image_size"])
                     row["saved_MB"] = sum(saved_bytes(lambda: search.model(inputs).sum())
                                           for _ in range(forwards)) / forwards / 2**20
