@@ -1,5 +1,5 @@
 """Public wrappers of the compiled ops, with their fake (meta) kernels and autograd formulas (those of
-mixed_node, depthwise_conv2d and depthwise_conv2d_segments are in C++, csrc/*/*_autograd.cpp): one module per op, as in csrc/. The library is loaded before any module registers its fake kernels.
+mixed_node, mixed_sum, depthwise_conv2d and depthwise_conv2d_segments are in C++, csrc/*/*_autograd.cpp): one module per op, as in csrc/. The library is loaded before any module registers its fake kernels.
 
 ``fastdnas.ops.mixed_sum`` (and mixed_node, resize_sum, trellis_aggregate) is the op, not its module: a
 test patching a name the op's code reads patches ``sys.modules["fastdnas.ops.mixed_sum"]``."""

@@ -1,12 +1,11 @@
-"""mixed_sum: its wrapper, fake kernels and autograd formula (csrc/mixed_sum/)."""
+"""mixed_sum: its wrapper and fake kernels (the kernels and the autograd formula: csrc/mixed_sum/)."""
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ..precision import autocast_inputs
-from .common import (_check_input_list, _check_like_first, _check_weight_vector, _needed, _only_needed, _tensor,
-                     _tensor_list)
+from .common import _check_input_list, _check_like_first, _check_weight_vector, _tensor, _tensor_list
 
 MAX_MIXED_SUM_INPUTS = 128  # csrc/mixed_sum/mixed_sum.h
 
@@ -63,21 +62,5 @@ def _mixed_sum_backward_fake(grad, inputs, weights, output_mask=(True, True)):
     return grad_inputs, torch.empty_like(weights, memory_format=torch.contiguous_format) if output_mask[1] else None
 
 
-def _mixed_sum_setup_context(ctx, inputs, output):
-    tensors, weights = inputs
-    ctx.num_inputs = len(tensors)
-    ctx.save_for_backward(*tensors, weights)
-
-
-def _mixed_sum_backward(ctx, grad):
-    *tensors, weights = ctx.saved_tensors
-    need_inputs = _needed(ctx.needs_input_grad[0], len(tensors))
-    # The kernel leaves out what no one needs: the input gradients, or the weights' sums.
-    grad_inputs, grad_weights = torch.ops.fastdnas._mixed_sum_backward(grad, tensors, weights,
-                                                                       [any(need_inputs), ctx.needs_input_grad[1]])
-    return _only_needed(grad_inputs or [None] * len(tensors), need_inputs), grad_weights
-
-
-torch.library.register_autograd(
-    "fastdnas::mixed_sum", _mixed_sum_backward, setup_context=_mixed_sum_setup_context
-)
+# Autograd: csrc/mixed_sum/mixed_sum_autograd.cpp (the kernel asked only for the gradients the
+# running backward pass uses).
