@@ -120,6 +120,13 @@ def check_positive(settings, names):
         raise UsageError(", ".join(f"--{n.replace('_', '-')} must be >= 1, got {settings[n]}" for n in bad))
 
 
+def check_global_batch(settings, world_size):
+    """Under torchrun --batch-size is the global batch: the ranks must split it evenly."""
+    if settings["batch_size"] % world_size:
+        raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
+                         f"{world_size} ranks")
+
+
 def make_config(cls, settings, keys, **fixed):
     try:
         return cls(**{k: settings[k] for k in keys}, **fixed)

@@ -6,8 +6,8 @@ import os
 import sys
 import time
 
-from .common import (UsageError, check_positive, describe_device, load_data, make_config, pick_device,
-                     resolve_settings)
+from .common import (UsageError, check_global_batch, check_positive, describe_device, load_data, make_config,
+                     pick_device, resolve_settings)
 from .darts import SCHEDULE_PARTS, drnas_schedule, method_parts, uses_parts
 from .defaults import GDAS_FEW_STEPS, INVOCATION_ONLY, SEARCH_CONFIG_KEYS, SETTINGS
 from .nb201 import load_nb201
@@ -46,9 +46,7 @@ def run_search(args, started=None):
         raise UsageError(f"--drnas-stages {settings['drnas_stages']} widens the network between the stages: run it in "
                          "one process (without torchrun), or with --drnas-stages 1")
     config = make_config(SearchConfig, settings, SEARCH_CONFIG_KEYS, **space_config_options(args.space, settings))
-    if settings["batch_size"] % context.world_size:
-        raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
-                         f"{context.world_size} ranks")
+    check_global_batch(settings, context.world_size)
     if args.space == "autodeeplab" and settings["batch_size"] // context.world_size < 2 and not settings["sync_bn"]:
         raise UsageError(f"--batch-size {settings['batch_size']} leaves fewer than 2 images per rank: the ASPP "
                          "image-pooling branch normalises over the batch (give a larger batch, or --sync-bn)")

@@ -1,8 +1,8 @@
 """The train command of every space."""
 import os
 
-from .common import (UsageError, check_positive, describe_device, load_data, make_config, pick_device,
-                     resolve_settings)
+from .common import (UsageError, check_global_batch, check_positive, describe_device, load_data, make_config,
+                     pick_device, resolve_settings)
 from .defaults import FILE_SETTINGS, SETTINGS, TRAIN_CONFIG_KEYS
 from .spaces import TRAIN_SPACES, check_space_settings
 
@@ -28,9 +28,7 @@ def run_train(args):
         world_size = distributed.from_environment().world_size
     except ValueError as error:
         raise UsageError(str(error)) from error
-    if settings["batch_size"] % world_size:  # checked before joining the process group
-        raise UsageError(f"--batch-size {settings['batch_size']} is the global batch: it must be a multiple of the "
-                         f"{world_size} ranks")
+    check_global_batch(settings, world_size)  # before joining the process group
     context, device = start_distributed(settings)  # under torchrun: this rank's device in the process group
     device = device or pick_device(settings["device"], settings["threads"])
     data = load_data(settings, cutout=settings.get("cutout", 0))

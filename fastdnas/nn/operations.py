@@ -178,8 +178,7 @@ class FactorizedReduce(nn.Module):
     def forward(self, x):
         x = self.relu(x)
         self._check_even(x)
-        # The shifted branch starts at the second row/column; for even sizes both give H/2 x W/2.
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return self.bn(self._conv_halves(x))
 
     def pre_bn(self, x_relu):
         """The output before the BatchNorm, from the already ReLU'd input, as the fused backends run
@@ -188,9 +187,13 @@ class FactorizedReduce(nn.Module):
         self._check_even(x_relu)
         if not (x_relu.device.type in POINTWISE_MATMUL_DEVICES and _is_pointwise(self.conv_1, stride=2)
                 and _is_pointwise(self.conv_2, stride=2)):
-            return torch.cat([self.conv_1(x_relu), self.conv_2(x_relu[:, :, 1:, 1:])], dim=1)
+            return self._conv_halves(x_relu)
         return torch.cat([_pointwise_conv(x_relu[:, :, ::2, ::2], self.conv_1.weight, self.conv_1.bias),
                           _pointwise_conv(x_relu[:, :, 1::2, 1::2], self.conv_2.weight, self.conv_2.bias)], dim=1)
+
+    def _conv_halves(self, x):
+        # The shifted branch starts at the second row/column; for even sizes both give H/2 x W/2.
+        return torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
 
     @staticmethod
     def _check_even(x):
