@@ -276,11 +276,18 @@ def test_resize_sum_opcheck(with_weights, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_resize_sum_backward_is_deterministic_across_thread_counts(device):
-    inputs, weights = make_resize_inputs([(40, 33), (10, 9)], torch.float32, device, C=8, requires_grad=False)
+def test_resize_sum_is_deterministic_across_thread_counts(device):
+    # Up and down along each axis; the CPU forward reuses resampled rows within a thread's rows.
+    inputs, weights = make_resize_inputs([(40, 33), (10, 9), (90, 5)], torch.float32, device, C=8,
+                                         requires_grad=False)
     grad = torch.randn(2, 8, 37, 41, device=device)
-    results = run_with_thread_counts(lambda: torch.ops.fastdnas._resize_sum_backward(grad, inputs, weights)[1])
-    assert all(torch.equal(r, results[0]) for r in results)
+
+    def run():
+        grad_inputs, grad_weights = torch.ops.fastdnas._resize_sum_backward(grad, inputs, weights)
+        return [torch.ops.fastdnas.resize_sum(inputs, [37, 41], weights), *grad_inputs, grad_weights]
+
+    results = run_with_thread_counts(run)
+    assert all(torch.equal(a, b) for r in results for a, b in zip(r, results[0]))
 
 
 # --- both ops ----------------------------------------------------------------------------------
