@@ -1,6 +1,6 @@
 // The fastdnas op library: its schemas (schemas.h); kernels register per dispatch key beside
-// each op (mixed_node's and depthwise_conv2d_segments's autograd too: *_autograd.cpp), the other
-// autograd formulas and the fake (meta) kernels from Python (fastdnas/ops/, one module per op).
+// each op (the autograd formulas too: *_autograd.cpp), the fake (meta) kernels from Python
+// (fastdnas/ops/, one module per op).
 #include <Python.h>
 #include <torch/library.h>
 

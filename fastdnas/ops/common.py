@@ -65,17 +65,6 @@ def _int_list(op, what, values):
     return list(values)
 
 
-def _needed(flags, count):
-    """One bool per tensor of a Tensor[] argument from its ``ctx.needs_input_grad`` entry (a list,
-    or one bool for the whole list in older torch)."""
-    return list(flags) if isinstance(flags, (list, tuple)) else [bool(flags)] * count
-
-
-def _only_needed(grads, needed):
-    """``grads`` with None where autograd needs no gradient."""
-    return [g if need else None for g, need in zip(grads, needed)]
-
-
 def _check_weight_vector(weights, length, device, op, what, length_meaning):
     # Mirrors check_weight_vector in csrc/common/checks.h.
     torch._check(

@@ -1,12 +1,12 @@
-"""resize_sum, a weighted sum of bilinear resizes: its wrapper, fake kernels and autograd formula (csrc/trellis/)."""
+"""resize_sum, a weighted sum of bilinear resizes: its wrapper and fake kernels (the kernels and the autograd
+formula: csrc/trellis/)."""
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ..precision import autocast_inputs
-from .common import (_check_input_list, _check_like_first, _check_storage_size, _check_weight_vector, _needed,
-                     _only_needed, _tensor, _tensor_list)
+from .common import _check_input_list, _check_like_first, _check_storage_size, _check_weight_vector, _tensor, _tensor_list
 
 MAX_RESIZE_SUM_INPUTS = 32  # csrc/trellis/resize_sum.h
 
@@ -84,20 +84,4 @@ def _resize_sum_backward_fake(grad, inputs, weights):
     return grad_inputs, grad.new_empty((len(inputs),), dtype=grad_weights_dtype)
 
 
-def _resize_sum_setup_context(ctx, inputs, output):
-    tensors, _size, weights = inputs
-    ctx.has_weights = weights is not None
-    ctx.save_for_backward(*tensors, weights)
-
-
-def _resize_sum_backward(ctx, grad):
-    *tensors, weights = ctx.saved_tensors
-    grad_inputs, grad_weights = torch.ops.fastdnas._resize_sum_backward(grad, tensors, weights)
-    need_inputs = _needed(ctx.needs_input_grad[0], len(tensors))
-    need_weights = ctx.has_weights and ctx.needs_input_grad[2]
-    return _only_needed(grad_inputs, need_inputs), None, grad_weights if need_weights else None
-
-
-torch.library.register_autograd(
-    "fastdnas::resize_sum", _resize_sum_backward, setup_context=_resize_sum_setup_context
-)
+# Autograd: csrc/trellis/resize_sum_autograd.cpp.

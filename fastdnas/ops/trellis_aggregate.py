@@ -1,12 +1,13 @@
-"""trellis_aggregate, the Auto-DeepLab node sum: its wrapper, fake kernels and autograd formula (csrc/trellis/)."""
+"""trellis_aggregate, the Auto-DeepLab node sum: its wrapper and fake kernels (the kernels and the autograd
+formula: csrc/trellis/)."""
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ..precision import autocast_inputs
-from .common import (_SUPPORTED_DTYPES, _check_like_first, _check_storage_size, _check_weight_vector, _needed,
-                     _only_needed, _tensor, _tensor_list, _type_name)
+from .common import (_SUPPORTED_DTYPES, _check_like_first, _check_storage_size, _check_weight_vector, _tensor,
+                     _tensor_list, _type_name)
 
 MAX_TRELLIS_CELLS = 3  # csrc/trellis/trellis_aggregate.h
 MAX_TRELLIS_BLOCKS_PER_CELL = 32  # csrc/trellis/trellis_aggregate.h
@@ -113,20 +114,4 @@ def _trellis_aggregate_backward_fake(grad, blocks, num_cells, betas, output_mask
     return grad_blocks, torch.empty_like(betas, memory_format=torch.contiguous_format) if output_mask[1] else None
 
 
-def _trellis_aggregate_setup_context(ctx, inputs, output):
-    blocks, num_cells, betas = inputs
-    ctx.num_cells = num_cells
-    ctx.save_for_backward(*blocks, betas)
-
-
-def _trellis_aggregate_backward(ctx, grad):
-    *blocks, betas = ctx.saved_tensors
-    need_blocks = _needed(ctx.needs_input_grad[0], len(blocks))
-    grad_blocks, grad_betas = torch.ops.fastdnas._trellis_aggregate_backward(
-        grad, blocks, ctx.num_cells, betas, [any(need_blocks), ctx.needs_input_grad[2]])
-    return _only_needed(grad_blocks or [None] * len(blocks), need_blocks), None, grad_betas
-
-
-torch.library.register_autograd(
-    "fastdnas::trellis_aggregate", _trellis_aggregate_backward, setup_context=_trellis_aggregate_setup_context
-)
+# Autograd: csrc/trellis/trellis_aggregate_autograd.cpp.
