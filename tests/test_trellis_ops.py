@@ -264,6 +264,21 @@ def test_resize_sum_backward_without_weights(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_resize_sum_backward_gives_only_the_gradients_autograd_needs(device):
+    inputs, weights = make_resize_inputs([(3, 4), (6, 2), (5, 5)], torch.float64, device, requires_grad=False)
+    grad = torch.randn(2, 3, 5, 3, dtype=torch.float64, device=device)
+    grad_inputs, grad_weights = torch.ops.fastdnas._resize_sum_backward(grad, inputs, weights)
+    leaves = [inputs[0], inputs[1].clone().requires_grad_(), inputs[2]]
+    weights = weights.clone().requires_grad_()
+    ops.resize_sum(leaves, (5, 3), weights).backward(grad)
+    assert leaves[0].grad is None and leaves[2].grad is None
+    assert torch.equal(leaves[1].grad, grad_inputs[1]) and torch.equal(weights.grad, grad_weights)
+    weights.grad = leaves[1].grad = None
+    ops.resize_sum(leaves, (5, 3), weights.detach()).backward(grad)
+    assert torch.equal(leaves[1].grad, grad_inputs[1]) and weights.grad is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("with_weights", [True, False])
 def test_resize_sum_opcheck(with_weights, dtype, device):
