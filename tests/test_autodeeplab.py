@@ -38,10 +38,17 @@ def test_fused_and_reference_backends_agree(backend):
     net = small_network(backend, blocks=3)
     x = torch.randn(2, 3, 20, 24, dtype=torch.float64)
     probe = torch.randn(2, 3, 20, 24, dtype=torch.float64)
+    start = {name: b.clone() for name, b in net.named_buffers()}
     fused_logits, fused_grads = outputs_and_grads(net, x, probe)
+    fused_buffers = {name: b.clone() for name, b in net.named_buffers()}
+    net.load_state_dict(start, strict=False)
     net.backend = "reference"
     reference_logits, reference_grads = outputs_and_grads(net, x, probe)
     assert rel_err(fused_logits, reference_logits) <= 1e-10
+    # Running statistics: every cell evaluation (up to 3 per node) updates them in turn. (Some
+    # means are of normalised inputs, zero up to rounding: an absolute bound for those.)
+    for name, b in net.named_buffers():
+        torch.testing.assert_close(fused_buffers[name], b, rtol=1e-9, atol=1e-12, msg=name)
     assert fused_grads.keys() == reference_grads.keys()
     assert {"alphas", "betas"} <= fused_grads.keys()
     # The fused backends sum the depthwise and 1x1 convolutions in another order than ATen; at the

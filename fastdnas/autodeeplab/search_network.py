@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import ops, reference
 from ..decode import NUM_LEVELS, num_edges, parse_cell, reachable_levels, transition_mask, viterbi
-from ..nn.mixed_op import MixedOp, cell_nodes, check_backend
+from ..nn.mixed_op import MixedOp, cell_nodes, check_backend, fused_cell
 from ..nn.operations import PRIMITIVES, ReLUConvBN
 from .aspp import aspp_for_level
 
@@ -105,14 +105,21 @@ class TrellisCell(nn.Module):
         for edge in self.edges:
             edge.backend = backend
 
-    def forward(self, s0, s1, weights):
+    def forward(self, s0, s1, weights, evaluations=None):
+        """``evaluations``: this cell's ``evaluations()`` of the current forward, shared by its
+        evaluations on several inputs (None: this evaluation alone)."""
         expected = [len(self.edges), len(self.primitives)]
         if list(weights.shape) != expected:
             raise ValueError(f"weights must have shape {expected} (edges x primitives), got {list(weights.shape)}")
         states = [s0, s1]
         # Fused backends: each node one kernel call.
-        states = cell_nodes(self.edges, states, weights, self.blocks, self.backend)
+        states = cell_nodes(self.edges, states, weights, self.blocks, self.backend, evaluations)
         return states[2:]
+
+    def evaluations(self):
+        """What several evaluations of this cell in one forward share: the "fused" backend's
+        FusedCell (the weights stacked once; fastdnas.nn.mixed_op.fused_cell), else None."""
+        return fused_cell(self.edges, self.blocks) if self.backend == "fused" else None
 
 
 class TrellisNode(nn.Module):
@@ -147,10 +154,10 @@ class TrellisNode(nn.Module):
         ``sizes``: (height, width) of every level."""
         # H^{l-2} is the same for every transition: preprocess it once.
         s0 = self.preprocess_prev_prev(prev_prev_layer[self.level]) if self.has_prev_prev else None
-        evaluations = []
+        evaluations, shared = [], self.cell.evaluations()
         for source, resample in zip(self.source_levels, self.resample):
             s1 = resample(prev_layer[source], sizes[self.level])
-            evaluations.append(self.cell(s1 if s0 is None else s0, s1, alpha_weights))
+            evaluations.append(self.cell(s1 if s0 is None else s0, s1, alpha_weights, shared))
         transition_weights = beta_weights.flatten().index_select(0, self.transition_index)
         return _trellis_aggregate(evaluations, transition_weights, self.cell.backend)
 

@@ -189,14 +189,19 @@ def node_edge_slices(num_nodes):
         offset += 2 + i
 
 
-def cell_nodes(edges, states, weights, num_nodes, backend):
+def cell_nodes(edges, states, weights, num_nodes, backend, cell=None):
     """The nodes of a search cell: node i is the node_sum of the mixed ops ``edges`` (flattened
     node by node: 2, 3, 4, ... edges) over the 2 + i states before it; returns ``states`` with
-    the num_nodes nodes appended. ``weights``: [len(edges), primitives]."""
+    the num_nodes nodes appended. ``weights``: [len(edges), primitives]. ``cell``: the
+    ``fused_cell(edges, num_nodes)`` to use ("fused" backend), kept across the evaluations of one
+    cell in a forward; None: a new one."""
     edges = list(edges)  # slicing a ModuleList builds a ModuleList, which torch 2.4's dynamo cannot trace
-    nodes = [edges[edge_slice] for edge_slice in node_edge_slices(num_nodes)]
+    nodes = _cell_node_edges(edges, num_nodes)
     # Fused: the weights of all nodes stacked at once, their running statistics updated at the end.
-    cell = FusedCell(nodes) if backend == "fused" else None
+    if backend != "fused":
+        cell = None
+    elif cell is None:
+        cell = FusedCell(nodes)
     states = list(states)
     # One split (not a slice per node): its backward is one op.
     for node_edges, node_weights in zip(nodes, weights.split([len(n) for n in nodes])):
@@ -204,6 +209,19 @@ def cell_nodes(edges, states, weights, num_nodes, backend):
     if cell is not None:
         cell.finish()
     return states
+
+
+def _cell_node_edges(edges, num_nodes):
+    return [edges[edge_slice] for edge_slice in node_edge_slices(num_nodes)]
+
+
+def fused_cell(edges, num_nodes):
+    """A FusedCell of a search cell's edges (as cell_nodes takes them) for several evaluations of
+    the cell in one forward (Auto-DeepLab evaluates a node's cell once per incoming transition):
+    the cell's weights are stacked once for all of them, so each parameter's gradient arrives
+    once, summed over the evaluations in the stacked weights' gradient, instead of once per
+    evaluation (an add per parameter and evaluation)."""
+    return FusedCell(_cell_node_edges(list(edges), num_nodes))
 
 
 def mixed_sum_chunked(inputs, weights):
@@ -247,15 +265,18 @@ class FusedCell:
     ``torch.stack`` per weight shape, split into the nodes' pieces (views); the nodes pass it to
     ``node_sum`` and append their running-statistics updates to it; ``finish()`` applies them
     all in one stacked update. ``relu_of(state)``: the ReLU of a state, computed once per cell
-    evaluation however many nodes read it edge by edge."""
+    evaluation however many nodes read it edge by edge. One FusedCell may serve several
+    evaluations of its cell in turn (``fused_cell``): the stacks are made once, split again for
+    each evaluation (one gradient per stack and evaluation, summed once per stack), and each
+    ``finish()`` ends an evaluation."""
 
     def __init__(self, nodes):
         from .. import ops
 
         self.running_updates = []
         self._relus = {}
-        self._pieces = {}
-        self._plans = {}  # node key: (edge BatchNorms, plan), made once per cell evaluation
+        self._pieces = None  # {node key: {group index: [pieces]}}, split from the stacks per evaluation
+        self._plans = {}  # node key: (edge BatchNorms, plan), made once
         requests = []  # (node key, group index, parameters)
         for mixed_ops in nodes:
             if len(mixed_ops) > ops.MAX_NODE_EDGES:
@@ -266,18 +287,13 @@ class FusedCell:
             self._plans[key] = (edge_bns, plan)
             for g, group in enumerate(plan[0] if plan else []):
                 requests += [(key, g, params) for params in group.weight_requests(mixed_ops)]
+        self._requests = [(key, g) for key, g, _ in requests]
         by_shape = {}
         for r, (_, _, params) in enumerate(requests):
             _append(by_shape, tuple(params[0].shape), r)
-        pieces = [None] * len(requests)
-        for rows in by_shape.values():
-            stacked = _stack_params([p for r in rows for p in requests[r][2]])
-            for r, piece in zip(rows, stacked.split([len(requests[r][2]) for r in rows])):
-                pieces[r] = piece
-        for (key, g, _), piece in zip(requests, pieces):
-            if key not in self._pieces:
-                self._pieces[key] = {}
-            _append(self._pieces[key], g, piece)
+        # Per weight shape: (request indices, their stacked parameters, how many each took).
+        self._stacks = [(rows, _stack_params([p for r in rows for p in requests[r][2]]),
+                         [len(requests[r][2]) for r in rows]) for rows in by_shape.values()]
 
     def plan_of(self, mixed_ops):
         """(edge BatchNorms, _node_plan) of a node of this cell evaluation, or None if not prepared."""
@@ -285,6 +301,16 @@ class FusedCell:
 
     def weight_pieces(self, mixed_ops):
         """{group index: the stacked weights of its requests}, or {} if not prepared."""
+        if self._pieces is None:
+            pieces = [None] * len(self._requests)
+            for rows, stacked, sizes in self._stacks:
+                for r, piece in zip(rows, stacked.split(sizes)):
+                    pieces[r] = piece
+            self._pieces = {}
+            for (key, g), piece in zip(self._requests, pieces):
+                if key not in self._pieces:
+                    self._pieces[key] = {}
+                _append(self._pieces[key], g, piece)
         return self._pieces.get(tuple(map(id, mixed_ops)), {})
 
     def relu_of(self, state):
@@ -299,6 +325,7 @@ class FusedCell:
         apply_running_updates(self.running_updates)
         self.running_updates = []
         self._relus = {}
+        self._pieces = None
 
 
 def _node_plan(mixed_ops, edge_bns):
