@@ -125,8 +125,8 @@ def main():
         ext_modules=[ext],
         cmdclass={"build_ext": BuildExtension},
         python_requires=">=3.10",
-        # The oldest torch with every custom-op API used (torch.library.register_fake, register_autograd,
-        # opcheck) up to the newest tested; scripts/test_oldest_torch.sh and scripts/test.sh test both ends.
+        # The oldest torch with every custom-op API used (torch.library.register_fake, opcheck) up to
+        # the newest tested; scripts/test_oldest_torch.sh and scripts/test.sh test both ends.
         install_requires=["torch>=2.4.0,<2.15", "numpy"],
         extras_require={
             "search": ["scikit-learn", "matplotlib", "tqdm"],
