@@ -6,6 +6,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../common/autograd_lists.h"
+
 namespace fastdnas {
 namespace {
 
@@ -37,13 +39,6 @@ at::Tensor depthwise_weight_grad(const at::Tensor& grad, const at::Tensor& input
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, at::IntArrayRef,
                                          at::IntArrayRef, at::IntArrayRef)>();
   return op.call(grad, input, weight_size, stride, padding, dilation);
-}
-
-// A saved size list back as SymInts (toSymIntList is newer than the oldest torch supported).
-std::vector<c10::SymInt> sym_sizes(const c10::IValue& saved) {
-  std::vector<c10::SymInt> sizes;
-  for (const c10::IValue& size : saved.toListRef()) sizes.push_back(size.toSymInt());
-  return sizes;
 }
 
 class DepthwiseFunction : public torch::autograd::Function<DepthwiseFunction> {

@@ -6,6 +6,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../common/autograd_lists.h"
+
 namespace fastdnas {
 namespace {
 
@@ -84,9 +86,8 @@ class SegmentsFunction : public torch::autograd::Function<SegmentsFunction> {
     variable_list result(1 + G + 4);
     if (ctx->needs_input_grad(0)) {
       const std::vector<at::Tensor> weights(saved.begin() + 1, saved.end());
-      std::vector<c10::SymInt> input_size;  // (toSymIntList is newer than the oldest torch supported)
-      for (const c10::IValue& size : ctx->saved_data["input_size"].toListRef()) input_size.push_back(size.toSymInt());
-      result[0] = segments_input_grad(grad, weights, input_size, stride, paddings, dilations, offsets);
+      result[0] = segments_input_grad(grad, weights, sym_sizes(ctx->saved_data["input_size"]), stride, paddings,
+                                      dilations, offsets);
     }
     std::vector<bool> need(G);
     bool any = false;
@@ -109,9 +110,7 @@ class SegmentsFunction : public torch::autograd::Function<SegmentsFunction> {
 at::Tensor depthwise_conv2d_segments_autograd(const at::Tensor& input, at::TensorList weights,
                                               at::IntArrayRef stride, at::IntArrayRef paddings,
                                               at::IntArrayRef dilations, at::IntArrayRef input_offsets) {
-  bool defined = input.defined();
-  for (const at::Tensor& w : weights) defined = defined && w.defined();
-  if (!defined) {  // a raw call with None for a tensor: the kernel's argument check names it
+  if (!input.defined() || !all_defined(weights)) {  // a raw call with None for a tensor: the kernel's argument check names it
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return segments_forward(input, weights, stride, paddings, dilations, input_offsets);
   }

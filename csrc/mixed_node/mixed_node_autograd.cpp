@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../common/autograd_lists.h"
+
 namespace fastdnas {
 namespace {
 
@@ -86,10 +88,8 @@ class MixedNodeFunction : public torch::autograd::Function<MixedNodeFunction> {
         ctx->saved_data["free_items"].toIntVector(), ctx->saved_data["free_kinds"].toIntVector(), conv_items,
         saved[E + K + 1], saved[E + K + 2], ctx->saved_data["eps"].toDouble(), ctx->saved_data["batch_stats"].toBool());
     // Tensor inputs in the order of the node's next edges: edge inputs, conv outputs, weights.
-    for (int64_t e = 0; e < E; ++e)
-      if (ctx->needs_input_grad(e)) result[e] = grad_edges[e];
-    for (int64_t k = 0; k < K; ++k)
-      if (ctx->needs_input_grad(E + k)) result[E + 1 + k] = grad_convs[k];
+    keep_needed(ctx, 0, grad_edges, result, 0);
+    keep_needed(ctx, E, grad_convs, result, E + 1);
     if (ctx->needs_input_grad(E + K)) result[E + K + 1] = grad_weights;
     return result;
   }

@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../common/autograd_lists.h"
+
 namespace fastdnas {
 namespace {
 
@@ -49,22 +51,18 @@ class MixedSumFunction : public torch::autograd::Function<MixedSumFunction> {
     const size_t K = saved.size();
     // One entry per tensor argument, each tensor of inputs its own, then the weights.
     variable_list result(K + 1);
-    bool any_input = false;
-    for (size_t k = 0; k < K; ++k) any_input |= ctx->needs_input_grad(k);
+    const bool any_input = any_needs_input_grad(ctx, 0, K);
     const bool need_weights = ctx->needs_input_grad(K);
     if (!any_input && !need_weights) return result;
     auto [grad_inputs, grad_weights] = mixed_sum_backward(grads[0], saved, weights, {any_input, need_weights});
-    for (size_t k = 0; k < K && any_input; ++k)
-      if (ctx->needs_input_grad(k)) result[k] = grad_inputs[k];
+    if (any_input) keep_needed(ctx, 0, grad_inputs, result, 0);
     if (need_weights) result[K] = grad_weights;
     return result;
   }
 };
 
 at::Tensor mixed_sum_autograd(at::TensorList inputs, const at::Tensor& weights) {
-  bool defined = weights.defined();
-  for (const at::Tensor& x : inputs) defined = defined && x.defined();
-  if (!defined) {  // a raw call with None for a tensor: the kernel's argument check names it
+  if (!weights.defined() || !all_defined(inputs)) {  // a raw call with None for a tensor: the kernel's argument check names it
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return mixed_sum_forward(inputs, weights);
   }

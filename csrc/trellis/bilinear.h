@@ -103,21 +103,4 @@ FASTDNAS_HOST_DEVICE acc_t bilinear_sample(const scalar_t* plane, int64_t input_
                         col.lambda1 * static_cast<acc_t>(row1[col.index1]));
 }
 
-// One entry of the adjoint of the resize at input pixel (y, x): the sum over the output pixels
-// that read it of their weight on it times grad. Gathered, so no two threads write one element.
-template <typename acc_t, typename scalar_t>
-FASTDNAS_HOST_DEVICE acc_t bilinear_adjoint_at(const scalar_t* grad_plane, const ResizeAxis<acc_t>& rows,
-                                               const ResizeAxis<acc_t>& cols, int64_t y, int64_t x) {
-  const OutputRange out_rows = outputs_reading(rows, y), out_cols = outputs_reading(cols, x);
-  acc_t total = static_cast<acc_t>(0);
-  for (int64_t oy = out_rows.begin; oy < out_rows.end; ++oy) {
-    const scalar_t* grad_row = grad_plane + oy * cols.output_size;
-    acc_t row_sum = static_cast<acc_t>(0);
-    for (int64_t ox = out_cols.begin; ox < out_cols.end; ++ox)
-      row_sum = accumulate_product(row_sum, tap_weight(linear_taps(cols, ox), x), grad_row[ox]);
-    total += tap_weight(linear_taps(rows, oy), y) * row_sum;
-  }
-  return total;
-}
-
 }  // namespace fastdnas

@@ -4,6 +4,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../common/autograd_lists.h"
+
 namespace fastdnas {
 namespace {
 
@@ -55,13 +57,11 @@ class ResizeSumFunction : public torch::autograd::Function<ResizeSumFunction> {
     const size_t count = saved.size();
     // Edges (needs_input_grad): each input, then the weights if given. Results: each input, size, weights.
     variable_list result(count + 2);
-    bool any_input = false;
-    for (size_t k = 0; k < count; ++k) any_input |= ctx->needs_input_grad(k);
+    const bool any_input = any_needs_input_grad(ctx, 0, count);
     const bool need_weights = has_weights && ctx->needs_input_grad(count);
     if (!any_input && !need_weights) return result;
     auto [grad_inputs, grad_weights] = resize_sum_backward(grads[0], saved, weights);
-    for (size_t k = 0; k < count; ++k)
-      if (ctx->needs_input_grad(k)) result[k] = grad_inputs[k];
+    keep_needed(ctx, 0, grad_inputs, result, 0);
     if (need_weights) result[count + 1] = grad_weights;
     return result;
   }
@@ -69,9 +69,7 @@ class ResizeSumFunction : public torch::autograd::Function<ResizeSumFunction> {
 
 at::Tensor resize_sum_autograd(at::TensorList inputs, c10::SymIntArrayRef size,
                                const std::optional<at::Tensor>& weights) {
-  bool defined = true;
-  for (const at::Tensor& x : inputs) defined = defined && x.defined();
-  if (!defined) {  // a raw call with None for a tensor: the kernel's argument check names it
+  if (!all_defined(inputs)) {  // a raw call with None for a tensor: the kernel's argument check names it
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return resize_sum_forward(inputs, size, weights);
   }

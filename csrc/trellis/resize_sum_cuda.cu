@@ -61,8 +61,8 @@ __global__ void resize_sum_forward_kernel(ResizeInputTable<scalar_t, acc_t> inpu
 // Backward: the adjoint of a bilinear resize is separable. At input pixel (y, x) of input k it is
 //   sum over output rows oy reading y of  w_row(oy, y) * T[oy, x],
 //   T[oy, x] = sum over output columns ox reading x of  w_col(ox, x) * grad[oy, ox],
-// each sum in ascending order (the CPU kernel's bilinear_adjoint_at adds the same products in the
-// same order). Two kernels for all K inputs at once:
+// each sum in ascending order (the CPU kernel adds the same products in the same order: T per
+// output row, then the rows). Two kernels for all K inputs at once:
 //  1. resize_sum_bands_kernel: a block per (plane, band of band_rows output rows) reads the band
 //     of grad once for every input; a thread per input column (k, x) forms T for the band's rows
 //     (one column weight per output column, the rows' loads independent), then streams the rows'

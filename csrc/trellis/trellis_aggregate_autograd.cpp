@@ -5,6 +5,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../common/autograd_lists.h"
+
 namespace fastdnas {
 namespace {
 
@@ -51,23 +53,19 @@ class TrellisAggregateFunction : public torch::autograd::Function<TrellisAggrega
     const size_t count = saved.size();
     // Edges (needs_input_grad): each block, then the betas. Results: each block, num_cells, betas.
     variable_list result(count + 2);
-    bool any_block = false;
-    for (size_t b = 0; b < count; ++b) any_block |= ctx->needs_input_grad(b);
+    const bool any_block = any_needs_input_grad(ctx, 0, count);
     const bool need_betas = ctx->needs_input_grad(count);
     if (!any_block && !need_betas) return result;
     auto [grad_blocks, grad_betas] = trellis_aggregate_backward(
         grads[0], saved, ctx->saved_data["num_cells"].toInt(), betas, {any_block, need_betas});
-    for (size_t b = 0; b < count && any_block; ++b)
-      if (ctx->needs_input_grad(b)) result[b] = grad_blocks[b];
+    if (any_block) keep_needed(ctx, 0, grad_blocks, result, 0);
     if (need_betas) result[count + 1] = grad_betas;
     return result;
   }
 };
 
 at::Tensor trellis_aggregate_autograd(at::TensorList blocks, int64_t num_cells, const at::Tensor& betas) {
-  bool defined = betas.defined();
-  for (const at::Tensor& x : blocks) defined = defined && x.defined();
-  if (!defined) {  // a raw call with None for a tensor: the kernel's argument check names it
+  if (!betas.defined() || !all_defined(blocks)) {  // a raw call with None for a tensor: the kernel's argument check names it
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return trellis_aggregate_forward(blocks, num_cells, betas);
   }
